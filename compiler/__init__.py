@@ -1,0 +1,7 @@
+"""Spec -> networkx graph -> checks -> torch.fx GraphModule + DeepSpeed config + report."""
+
+FORMAT_VERSION = 1  # of the build directory; the runtime refuses other versions
+
+from .pipeline import Compiled, compile_spec, write_artifacts  # noqa: E402
+
+__all__ = ["FORMAT_VERSION", "Compiled", "compile_spec", "write_artifacts"]

@@ -1,0 +1,58 @@
+"""Build every node's module in dependency order, storing each port's width on the graph."""
+
+from __future__ import annotations
+
+import contextlib
+
+import networkx as nx
+import torch
+from torch import nn
+
+from graphspec.errors import EnvironmentProblem, Issue, SpecError
+from graphspec.schema import Spec
+
+from .builders import BUILDERS, BuildContext
+from .graph import resolve_port
+
+
+def input_ports(g: nx.MultiDiGraph, name: str) -> dict:
+    return {e["dst_port"]: resolve_port(g, src, e["src_port"]) for src, _, e in g.in_edges(name, data=True)}
+
+
+def build_modules(spec: Spec, g: nx.MultiDiGraph, meta: bool) -> tuple[dict[str, nn.Module], list[Issue]]:
+    """(name -> module, issues). A node whose inputs failed to build is skipped, not reported twice."""
+    if not meta:
+        torch.manual_seed(spec.train.seed)  # random init is reproducible from the spec
+    ctx = BuildContext(spec=spec, meta=meta, modules={})
+    issues: list[Issue] = []
+    env: list[Issue] = []
+    for name in nx.topological_sort(g):
+        attrs = g.nodes[name]
+        if attrs["section"] == "inputs":
+            continue
+        ins = input_ports(g, name)
+        if any(p is None or (p.width is None and p.form in ("sequence", "vector")) for p in ins.values()):
+            continue
+        try:
+            with torch.device("meta") if meta else contextlib.nullcontext():
+                module = BUILDERS[attrs["kind"]](attrs["spec"], attrs["path"], ins, ctx)
+        except EnvironmentProblem as e:
+            env.extend(e.issues)
+            continue
+        except SpecError as e:
+            issues.extend(e.issues)
+            continue
+        ctx.modules[name] = module
+        _store_widths(attrs, module)
+    if env and not issues:
+        raise EnvironmentProblem(env, title="the spec needs what this machine lacks")
+    return ctx.modules, issues + env
+
+
+def _store_widths(attrs: dict, module: nn.Module) -> None:
+    if attrs["kind"] == "itm":
+        return
+    width = module.vocab_size if attrs["kind"] == "mlm" else module.width
+    attrs["out"] = {port: p.with_width(width) for port, p in attrs["out"].items()}
+    if getattr(module, "max_positions", None):
+        attrs["max_positions"] = module.max_positions

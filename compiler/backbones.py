@@ -1,0 +1,159 @@
+"""Building transformers and timm backbones from encoder nodes, offline-first.
+
+`meta=True` builds the architecture on the meta device: no weights are read or
+allocated, which is what compile-time checks need. Otherwise `init: random`
+builds from the config and `init: pretrained` loads the weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from graphspec.errors import EnvironmentProblem, Issue, SpecError, suggest
+
+_HF_SIZES = {  # size override -> transformers config attribute
+    "hidden": "hidden_size", "layers": "num_hidden_layers", "heads": "num_attention_heads",
+    "embedding_size": "embedding_size", "vocab_size": "vocab_size",
+    "max_positions": "max_position_embeddings", "patch_size": "patch_size",
+}
+_TIMM_SIZES = {"hidden": "embed_dim", "layers": "depth", "heads": "num_heads", "mlp_ratio": "mlp_ratio",
+               "patch_size": "patch_size"}
+_HF_DROPOUTS = ("hidden_dropout_prob", "attention_probs_dropout_prob")
+
+
+def _device(meta: bool):
+    return torch.device("meta") if meta else contextlib.nullcontext()
+
+
+def _offline_hint(source: str, path: tuple) -> EnvironmentProblem:
+    return EnvironmentProblem([Issue(
+        path + ("source",),
+        f"'{source}' is neither a local directory nor in the Hugging Face cache, and could not be downloaded",
+        "on a machine with network, save it (`huggingface-cli download "
+        f"{source} --local-dir DIR`) and set `source: DIR`; or use `init: random` with `model_type`",
+    )], title="weights not available")
+
+
+def hf_config(node, path: tuple, image_size: int | None = None):
+    """The transformers config of an hf_text / hf_vision node, with overrides applied."""
+    from transformers import AutoConfig
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    if node.model_type:
+        if node.model_type not in CONFIG_MAPPING:
+            raise SpecError([Issue(path + ("model_type",), f"unknown transformers model type '{node.model_type}'",
+                                   suggest(node.model_type, CONFIG_MAPPING.keys()))])
+        cfg = AutoConfig.for_model(node.model_type)
+    else:
+        cfg = _pretrained_config(node.source, path)
+    if hasattr(cfg, "image_size") and image_size and node.init == "random":
+        cfg.image_size = image_size
+    _apply_hf_sizes(cfg, node, path)
+    if node.dropout is not None:
+        for attr in _HF_DROPOUTS:
+            if hasattr(cfg, attr):
+                setattr(cfg, attr, node.dropout)
+    return cfg
+
+
+def _pretrained_config(source: str, path: tuple):
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(source, local_files_only=True)
+    except (OSError, ValueError):
+        if os.environ.get("HF_HUB_OFFLINE") == "1" or Path(source).exists():
+            raise _offline_hint(source, path) from None
+    try:
+        return AutoConfig.from_pretrained(source)
+    except (OSError, ValueError) as e:
+        raise _offline_hint(source, path) from e
+
+
+def _apply_hf_sizes(cfg, node, path: tuple) -> None:
+    if node.size is None:
+        return
+    problems = []
+    for key, value in node.size.model_dump(exclude_none=True).items():
+        if key == "mlp_ratio":
+            cfg.intermediate_size = int(getattr(cfg, "hidden_size") * value)
+            continue
+        attr = _HF_SIZES[key]
+        if not hasattr(cfg, attr):
+            problems.append(Issue(path + ("size", key), f"a '{cfg.model_type}' model has no {attr}",
+                                  "remove this override"))
+        setattr(cfg, attr, value)
+    if node.size.mlp_ratio and node.size.hidden:
+        cfg.intermediate_size = int(node.size.hidden * node.size.mlp_ratio)
+    if problems:
+        raise SpecError(problems)
+
+
+def hf_model(node, cfg, path: tuple, meta: bool) -> nn.Module:
+    from transformers import AutoModel
+
+    if meta or node.init == "random":
+        with _device(meta):
+            model = AutoModel.from_config(cfg)
+    else:
+        try:
+            model = AutoModel.from_pretrained(node.source, config=cfg)
+        except OSError as e:
+            raise _offline_hint(node.source, path) from e
+    # graphspec pools with its own nodes; an unused pooler would only add parameters that get no gradient.
+    if getattr(model, "pooler", None) is not None:
+        model.pooler = None
+    return model
+
+
+def timm_model(node, image_size: int, path: tuple, meta: bool) -> nn.Module:
+    """A timm backbone without its classifier; ViTs sized to the input image."""
+    import timm
+
+    if not timm.is_model(node.source):
+        raise SpecError([Issue(path + ("source",), f"timm has no model '{node.source}'",
+                               suggest(node.source, timm.list_models()) or "see timm.list_models()")])
+    kwargs: dict = {"num_classes": 0, "global_pool": ""}
+    if node.size is not None:
+        for key, value in node.size.model_dump(exclude_none=True).items():
+            if key not in _TIMM_SIZES:
+                raise SpecError([Issue(path + ("size", key), f"timm vision models take no '{key}'",
+                                       f"use {', '.join(_TIMM_SIZES)}")])
+            kwargs[_TIMM_SIZES[key]] = value
+    optional = {"img_size": image_size}
+    if node.dropout is not None:
+        optional.update(drop_rate=node.dropout, proj_drop_rate=node.dropout, attn_drop_rate=node.dropout)
+    pretrained = node.init == "pretrained" and not meta
+    if pretrained and node.weights:
+        if not Path(node.weights).is_file():
+            raise EnvironmentProblem([Issue(path + ("weights",), f"no weights file at '{node.weights}'",
+                                            "give the path of a .safetensors or .pth file")])
+        kwargs["pretrained_cfg_overlay"] = {"file": str(node.weights)}
+    with _device(meta):
+        return _create_timm(timm, node.source, pretrained, kwargs, optional, path)
+
+
+def _create_timm(timm, name: str, pretrained: bool, kwargs: dict, optional: dict, path: tuple) -> nn.Module:
+    """create_model, dropping the optional arguments (image size, dropouts) an architecture does not take."""
+    while True:
+        try:
+            return timm.create_model(name, pretrained=pretrained, **kwargs, **optional)
+        except TypeError as e:
+            bad = next((k for k in optional if f"'{k}'" in str(e)), None)
+            if bad is None:
+                key = next((k for k in kwargs if f"'{k}'" in str(e)), None)
+                if key is None:
+                    raise
+                raise SpecError([Issue(path + ("size",), f"timm model '{name}' does not take '{key}'",
+                                       "remove that size override")]) from e
+            optional.pop(bad)
+        except (OSError, RuntimeError) as e:
+            if not pretrained:
+                raise
+            raise EnvironmentProblem([Issue(path + ("source",), f"pretrained weights for timm '{name}' are not available: {str(e)[:200]}",
+                                            "download them where there is network and set `weights:` to the file")]) from e

@@ -1,0 +1,86 @@
+"""Emit the model as a torch.fx GraphModule whose code reads like the spec.
+
+One `call_module` per spec node (the adapter/layer built for it), one
+`getitem` per output port used, one placeholder per input tensor; heads live
+under `heads.` and the output is a dict of head outputs.
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+
+import networkx as nx
+import torch.fx as fx
+from torch import nn
+
+from graphspec.schema import Spec, ref_node, ref_port
+
+from .graph import references
+from .ports import DEFAULT_PORT
+
+
+def input_names(spec: Spec) -> list[str]:
+    """The model's forward arguments, in order: ids and mask per text input, pixels per image input."""
+    names = []
+    for name, inp in spec.inputs.items():
+        names += [f"{name}_ids", f"{name}_mask"] if inp.modality == "text" else [name]
+    return names
+
+
+def label_names(spec: Spec) -> list[str]:
+    """Optional arguments: labels for mlm heads, so only labelled positions are decoded."""
+    return [f"{name}_labels" for name, head in spec.heads.items() if head.kind == "mlm"]
+
+
+def class_name(spec: Spec) -> str:
+    return "".join(p.capitalize() for p in re.split(r"[^A-Za-z0-9]", spec.name) if p) or "Model"
+
+
+class _Root(nn.Module):
+    def __init__(self, spec: Spec, modules: dict[str, nn.Module]):
+        super().__init__()
+        for name in spec.nodes:
+            self.add_module(name, modules[name])
+        self.heads = nn.ModuleDict({name: modules[name] for name in spec.heads})
+
+
+def emit_module(spec: Spec, g: nx.MultiDiGraph, modules: dict[str, nn.Module]) -> fx.GraphModule:
+    graph = fx.Graph()
+    values: dict[tuple[str, str | None], object] = {}
+    for name, inp in spec.inputs.items():
+        if inp.modality == "text":
+            values[(name, None)] = (graph.placeholder(f"{name}_ids"), graph.placeholder(f"{name}_mask"))
+        else:
+            values[(name, None)] = (graph.placeholder(name),)
+    labels = {n: graph.placeholder(n, default_value=None) for n in label_names(spec)}
+    calls: dict[str, fx.Node] = {}
+    outputs = {}
+    for name in nx.topological_sort(g):
+        attrs = g.nodes[name]
+        if attrs["section"] == "inputs":
+            continue
+        args: list = []
+        for dst_port, ref, _ in references(attrs["kind"], attrs["spec"]):
+            if dst_port != "vocab_from":
+                args += _value(graph, g, values, calls, ref)
+        target = f"heads.{name}" if attrs["section"] == "heads" else name
+        kwargs = {"labels": labels[f"{name}_labels"]} if f"{name}_labels" in labels else {}
+        calls[name] = graph.create_node("call_module", target, tuple(args), kwargs, name=name)
+        if attrs["section"] == "heads":
+            outputs[name] = calls[name]
+    graph.output(outputs)
+    return fx.GraphModule(_Root(spec, modules), graph, class_name=class_name(spec))
+
+
+def _value(graph: fx.Graph, g, values: dict, calls: dict, ref: str) -> tuple:
+    """The fx value(s) a reference names; ports are read with getitem once and reused."""
+    src = ref_node(ref)
+    port = ref_port(ref) or (next(iter(g.nodes[src]["out"])) if len(g.nodes[src]["out"]) == 1
+                             else DEFAULT_PORT.get(g.nodes[src]["kind"]))
+    if g.nodes[src]["section"] == "inputs":
+        return values[(src, None)]
+    key = (src, port)
+    if key not in values:
+        values[key] = (graph.create_node("call_function", operator.getitem, (calls[src], port), name=f"{src}_{port}"),)
+    return values[key]

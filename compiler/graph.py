@@ -1,0 +1,72 @@
+"""Spec -> networkx graph: one vertex per input, node and head; one edge per reference.
+
+Vertex attributes: `section` ('inputs' | 'nodes' | 'heads'), `kind`, `spec` (the
+Pydantic object), `path` (its field path), `out` (name -> Port; widths filled in
+by compiler.infer). Edge attributes: `field` (the consumer's field path holding
+the reference), `dst_port` (the consumer's input port), `src_port` (the
+producer's port, resolved when the reference names a known port).
+"""
+
+from __future__ import annotations
+
+import networkx as nx
+
+from graphspec.schema import Spec, ref_node, ref_port
+
+from .ports import DEFAULT_PORT, input_port_for, output_ports
+
+
+def references(kind: str, spec_obj) -> list[tuple[str, str, tuple]]:
+    """(input port, reference, field path relative to the node) for every reference a node makes."""
+    refs: list[tuple[str, str, tuple]] = []
+    if kind == "co_attention":
+        refs += [("inputs.text", spec_obj.inputs.text, ("inputs", "text")),
+                 ("inputs.image", spec_obj.inputs.image, ("inputs", "image"))]
+    elif kind == "cls_pool":
+        refs += [(f"inputs.{i}", r, ("inputs", i)) for i, r in enumerate(spec_obj.inputs)]
+    else:
+        refs.append(("input", spec_obj.input, ("input",)))
+    if kind == "mlm" and spec_obj.vocab_from:
+        refs.append(("vocab_from", spec_obj.vocab_from, ("vocab_from",)))
+    return refs
+
+
+def build_graph(spec: Spec) -> nx.MultiDiGraph:
+    g = nx.MultiDiGraph(name=spec.name)
+    for name, inp in spec.inputs.items():
+        g.add_node(name, section="inputs", kind=inp.modality, spec=inp, path=("inputs", name),
+                   out={inp.modality: input_port_for(inp.modality)})
+    for section in ("nodes", "heads"):
+        for name, obj in getattr(spec, section).items():
+            g.add_node(name, section=section, kind=obj.kind, spec=obj, path=(section, name), out={})
+    for section in ("nodes", "heads"):
+        for name, obj in getattr(spec, section).items():
+            for dst_port, ref, rel in references(obj.kind, obj):
+                src = ref_node(ref)
+                if src not in g:
+                    continue  # reported by rules.unknown_reference
+                g.add_edge(src, name, field=(section, name) + rel, dst_port=dst_port, ref=ref,
+                           src_port=ref_port(ref))
+    _fill_outputs(g)
+    return g
+
+
+def _fill_outputs(g: nx.MultiDiGraph) -> None:
+    """Output ports of nodes and heads (widths unknown yet), in dependency order."""
+    order = list(nx.topological_sort(g)) if nx.is_directed_acyclic_graph(g) else list(g.nodes)
+    for name in order:
+        attrs = g.nodes[name]
+        if attrs["section"] != "inputs":
+            ins = {e["dst_port"]: resolve_port(g, src, e["src_port"]) for src, _, e in g.in_edges(name, data=True)}
+            attrs["out"] = output_ports(attrs["kind"], ins)
+
+
+def resolve_port(g: nx.MultiDiGraph, node: str, port: str | None):
+    """The Port a reference `node[.port]` names, or None when the port does not exist."""
+    out = g.nodes[node]["out"]
+    if port is None:
+        if len(out) == 1:
+            return next(iter(out.values()))
+        default = DEFAULT_PORT.get(g.nodes[node]["kind"])
+        return out.get(default)
+    return out.get(port)

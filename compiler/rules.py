@@ -1,0 +1,155 @@
+"""Graph rules: small named functions, one rule each, run from plain lists.
+
+Structural rules need only the graph built from the spec; width rules run once
+compiler.infer has stored each port's width on the graph.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+import networkx as nx
+
+from graphspec.errors import Issue, suggest
+from graphspec.schema import Spec, ref_node, ref_port
+
+from .graph import references, resolve_port
+from .ports import input_wants
+
+Rule = Callable[[Spec, nx.MultiDiGraph], Iterator[Issue]]
+
+_FORM_FIX = {
+    "vector": "pool the sequence first (a cls_pool node)",
+    "sequence": "feed it a sequence: an encoder, fusion stream or projection",
+    "tokens": "feed it a text input",
+    "pixels": "feed it an image input",
+}
+
+
+def _all_refs(spec: Spec):
+    for section in ("nodes", "heads"):
+        for name, obj in getattr(spec, section).items():
+            for dst_port, ref, rel in references(obj.kind, obj):
+                yield section, name, obj, dst_port, ref, (section, name) + rel
+
+
+def unknown_reference(spec: Spec, g: nx.MultiDiGraph) -> Iterator[Issue]:
+    for _, _, _, _, ref, field in _all_refs(spec):
+        src = ref_node(ref)
+        if src not in g:
+            yield Issue(field, f"unknown node '{src}'", suggest(src, g.nodes))
+
+
+def unknown_port(spec: Spec, g: nx.MultiDiGraph) -> Iterator[Issue]:
+    for _, _, _, _, ref, field in _all_refs(spec):
+        src, port = ref_node(ref), ref_port(ref)
+        if src in g and port is not None and port not in g.nodes[src]["out"]:
+            ports = list(g.nodes[src]["out"])
+            yield Issue(field, f"'{src}' has no port '{port}' (it has: {', '.join(ports)})", suggest(port, ports))
+
+
+def cycle(spec: Spec, g: nx.MultiDiGraph) -> Iterator[Issue]:
+    for found in list(nx.simple_cycles(nx.DiGraph(g)))[:3]:
+        loop = " -> ".join(found + [found[0]])
+        first = g.nodes[found[0]]["path"]
+        yield Issue(first, f"the graph has a cycle: {loop}", "a node cannot depend on its own output: remove one reference")
+
+
+def form_and_modality(spec: Spec, g: nx.MultiDiGraph) -> Iterator[Issue]:
+    for src, dst, e in g.edges(data=True):
+        port = resolve_port(g, src, e["src_port"])
+        want = input_wants(g.nodes[dst]["kind"]).get(e["dst_port"])
+        if port is None or want is None:
+            continue
+        given = f"'{e['ref']}' gives {port.describe()}"
+        if port.form not in want.forms:
+            yield Issue(e["field"], f"{g.nodes[dst]['kind']} needs {want.describe()}, but {given}", _FORM_FIX[want.forms[0]])
+        elif want.modality and port.modality != want.modality:
+            yield Issue(e["field"], f"{g.nodes[dst]['kind']} needs {want.describe()}, but {given}",
+                        f"feed it a {want.modality} input or stream")
+
+
+def mlm_vocabulary(spec: Spec, g: nx.MultiDiGraph) -> Iterator[Issue]:
+    for name, head in spec.heads.items():
+        if head.kind != "mlm":
+            continue
+        if head.vocab_from is None and head.vocab_size is None:
+            texts = [n for n, node in spec.nodes.items() if node.kind == "hf_text"]
+            yield Issue(("heads", name), "an mlm head needs a vocabulary: `vocab_from` or `vocab_size`",
+                        f"set `vocab_from: {texts[0]}`" if texts else "set `vocab_size`")
+        elif head.vocab_from is not None:
+            src = ref_node(head.vocab_from)
+            if src in spec.nodes and spec.nodes[src].kind != "hf_text":
+                yield Issue(("heads", name, "vocab_from"), f"'{src}' is a {spec.nodes[src].kind}, not a text encoder",
+                            "name an hf_text node")
+
+
+def objectives_reference_heads(spec: Spec, g: nx.MultiDiGraph) -> Iterator[Issue]:
+    for name, obj in spec.objectives.items():
+        head = spec.objective_head(name)
+        field = ("objectives", name, "head") if obj.head else ("objectives", name)
+        if head not in spec.heads:
+            yield Issue(field, f"objective '{name}' trains head '{head}', which does not exist",
+                        suggest(head, spec.heads) or "add the head, or set `head:`")
+        elif spec.heads[head].kind != obj.kind:
+            yield Issue(field, f"a {obj.kind} objective cannot train head '{head}', a {spec.heads[head].kind} head",
+                        f"point it at a {obj.kind} head")
+
+
+def lr_multipliers_reference_nodes(spec: Spec, g: nx.MultiDiGraph) -> Iterator[Issue]:
+    known = set(spec.nodes) | {"heads"} | {f"heads.{h}" for h in spec.heads}
+    for key in spec.train.lr_multipliers:
+        if key not in known:
+            yield Issue(("train", "lr_multipliers", key), f"unknown node '{key}'", suggest(key, known))
+
+
+def feeds_nothing(spec: Spec, g: nx.MultiDiGraph) -> Iterator[Issue]:
+    heads = [n for n, a in g.nodes(data=True) if a["section"] == "heads"]
+    if not heads:
+        yield Issue(("heads",), "no heads: the model computes nothing to train", "add a head, e.g. itm", "warning")
+        return
+    useful = set(heads).union(*(nx.ancestors(g, h) for h in heads))
+    for name, attrs in g.nodes(data=True):
+        if name not in useful:
+            yield Issue(attrs["path"], f"'{name}' feeds no head: it would be computed for nothing",
+                        "reference it from a head's path, or remove it", "warning")
+
+
+STRUCTURE_RULES: list[Rule] = [
+    unknown_reference, unknown_port, cycle, form_and_modality, mlm_vocabulary,
+    objectives_reference_heads, lr_multipliers_reference_nodes, feeds_nothing,
+]
+
+
+def fusion_widths_agree(spec: Spec, g: nx.MultiDiGraph) -> Iterator[Issue]:
+    for name, node in spec.nodes.items():
+        if node.kind != "co_attention" or node.width is not None:
+            continue
+        text = resolve_port(g, ref_node(node.inputs.text), ref_port(node.inputs.text))
+        image = resolve_port(g, ref_node(node.inputs.image), ref_port(node.inputs.image))
+        if text and image and text.width and image.width and text.width != image.width:
+            yield Issue(("nodes", name, "inputs"),
+                        f"the streams differ in width: '{node.inputs.text}' gives {text.width}, '{node.inputs.image}' gives {image.width}",
+                        f"set `nodes.{name}.width` (e.g. {max(text.width, image.width)}) to project both, or add a projection node")
+        if text and text.width and node.width is None and text.width % node.heads:
+            yield Issue(("nodes", name, "heads"), f"{node.heads} heads do not divide the width {text.width}",
+                        "pick heads that divide it, or set `width`")
+
+
+def text_fits_encoder(spec: Spec, g: nx.MultiDiGraph) -> Iterator[Issue]:
+    for name, attrs in g.nodes(data=True):
+        limit = attrs.get("max_positions")
+        if not limit:
+            continue
+        for src, _, e in g.in_edges(name, data=True):
+            inp = spec.inputs.get(src)
+            if inp is not None and inp.modality == "text" and inp.max_length > limit:
+                yield Issue(("inputs", src, "max_length"), f"{inp.max_length} tokens exceed the {limit} positions of '{name}'",
+                            f"use max_length <= {limit}, or a larger `size.max_positions` with init: random")
+
+
+WIDTH_RULES: list[Rule] = [fusion_widths_agree, text_fits_encoder]
+
+
+def run_rules(rules: list[Rule], spec: Spec, g: nx.MultiDiGraph) -> list[Issue]:
+    return [issue for rule in rules for issue in rule(spec, g)]

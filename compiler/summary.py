@@ -1,0 +1,73 @@
+"""The compile report: parameters per node, and bytes of weights, gradients and optimizer state per ZeRO stage."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from graphspec.schema import Spec
+
+from .freeze import FreezePlan
+
+
+def param_counts(spec: Spec, model: nn.Module, plan: FreezePlan) -> dict[str, dict[str, int]]:
+    rows: dict[str, dict[str, int]] = {}
+    prefixes = list(spec.nodes) + [f"heads.{h}" for h in spec.heads]
+    for prefix in prefixes:
+        total = frozen = 0
+        for name, p in model.get_submodule(prefix).named_parameters():
+            total += p.numel()
+            frozen += p.numel() if f"{prefix}.{name}" in plan.frozen else 0
+        rows[prefix] = {"total": total, "trainable": total - frozen, "frozen": frozen}
+    rows["total"] = {k: sum(r[k] for r in rows.values()) for k in ("total", "trainable", "frozen")}
+    return rows
+
+
+def memory_per_rank(trainable: int, frozen: int, stage: int, world: int, precision: str) -> dict[str, int]:
+    """Bytes per process, the usual mixed-precision accounting.
+
+    fp32: weights 4 B, grads 4 B, Adam 8 B per trainable parameter. bf16/fp16: weights
+    and grads 2 B, plus fp32 master weights and Adam (12 B) in the optimizer. Frozen
+    parameters have no grads or optimizer state. ZeRO-1 shards the optimizer, 2 also
+    grads, 3 also the weights (frozen ones included: DeepSpeed shards them too).
+    """
+    half = precision in ("bf16", "fp16")
+    w_bytes = 2 if half else 4
+    weights = (trainable + frozen) * w_bytes
+    grads = trainable * w_bytes
+    optim = trainable * (12 if half else 8)
+    if stage >= 1:
+        optim //= world
+    if stage >= 2:
+        grads //= world
+    if stage >= 3:
+        weights //= world
+    return {"weights": weights, "grads": grads, "optimizer": optim, "total": weights + grads + optim}
+
+
+def build_summary(spec: Spec, model: nn.Module, plan: FreezePlan, shapes: dict[str, object]) -> dict:
+    counts = param_counts(spec, model, plan)
+    t = counts["total"]
+    d = spec.distributed
+    memory = {f"zero_{s}": memory_per_rank(t["trainable"], t["frozen"], s, d.world_size, spec.train.precision)
+              for s in (0, 1, 2, 3)}
+    return {"name": spec.name, "params": counts, "memory_per_rank": memory, "zero_stage": d.zero_stage,
+            "world_size": d.world_size, "precision": spec.train.precision, "shapes": shapes,
+            "frozen_nodes": list(plan.frozen_nodes)}
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:,.1f} MiB"
+
+
+def format_summary(summary: dict) -> str:
+    lines = [f"model {summary['name']}", "", f"{'node':<24}{'total':>14}{'trainable':>14}{'frozen':>14}  output"]
+    for node, row in summary["params"].items():
+        shape = summary["shapes"].get(node, "")
+        lines.append(f"{node:<24}{row['total']:>14,}{row['trainable']:>14,}{row['frozen']:>14,}  {shape}")
+    lines += ["", f"memory per process ({summary['precision']}, world size {summary['world_size']}; "
+              f"this spec uses ZeRO-{summary['zero_stage']}):",
+              f"{'stage':<10}{'weights':>14}{'grads':>14}{'optimizer':>14}{'total':>14}"]
+    for stage, m in summary["memory_per_rank"].items():
+        mark = " <" if stage == f"zero_{summary['zero_stage']}" else ""
+        lines.append(f"{stage:<10}{_mb(m['weights']):>14}{_mb(m['grads']):>14}{_mb(m['optimizer']):>14}{_mb(m['total']):>14}{mark}")
+    return "\n".join(lines)

@@ -1,0 +1,44 @@
+"""graphspec: declarative model graphs for vision-language encoders.
+
+The Python API in four calls::
+
+    import graphspec
+    spec = graphspec.load("specs/quickstart.yaml", overrides=["train.steps=100"])
+    spec = graphspec.override(spec, {"nodes.fusion.layers": 2})
+    compiled = graphspec.compile(spec, out="build/quickstart")
+
+Importing graphspec imports no torch; `compile` does.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .errors import EnvironmentProblem, GraphspecError, Issue, SpecError
+from .loader import load, loads, override
+from .schema import Spec
+
+if TYPE_CHECKING:
+    from compiler import Compiled
+
+__version__ = "0.1.0"
+
+
+def compile(spec: Spec, out: str | Path | None = None) -> "Compiled":  # noqa: A001 - the verb of the CLI
+    """Check `spec` and emit its model; write the build directory when `out` is given."""
+    from compiler import compile_spec, write_artifacts
+
+    compiled = compile_spec(spec)
+    if out is not None:
+        write_artifacts(compiled, Path(out))
+    return compiled
+
+
+def validate(spec: Spec) -> list[Issue]:
+    """Run every check without building weights; return the warnings (errors raise SpecError)."""
+    return compile(spec).warnings
+
+
+__all__ = ["EnvironmentProblem", "GraphspecError", "Issue", "Spec", "SpecError", "compile", "load", "loads",
+           "override", "validate", "__version__"]

@@ -1,0 +1,252 @@
+"""Spec files -> validated `Spec`: extends, overrides, schema, spec rules.
+
+Every problem of every stage is collected and raised together as one
+`SpecError`, each issue located by the source map.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path as FsPath
+from typing import Any, Iterable, Mapping
+
+import yaml
+from pydantic import ValidationError
+
+from .errors import Issue, Loc, SpecError, suggest
+from .rules import check_spec
+from .schema import Spec
+from .schema_nav import TAG_FIELDS, description_of, fields_at
+from .source import SourceMap, parse_file, parse_text
+
+Overrides = Iterable[str] | Mapping[str, Any] | None
+
+
+def _merge(base: Any, child: Any) -> Any:
+    """Deep-merge `child` over `base`: mappings merge, anything else replaces, null deletes."""
+    if not (isinstance(base, dict) and isinstance(child, dict)):
+        return copy.deepcopy(child)
+    out = copy.deepcopy(base)
+    for key, value in child.items():
+        if value is None and key != "extends":
+            out.pop(key, None)
+        elif key in out:
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _read_with_extends(path: FsPath, chain: tuple[FsPath, ...], issues: list[Issue]) -> tuple[Any, SourceMap]:
+    data, smap, problems = parse_file(path)
+    issues.extend(problems)
+    if not isinstance(data, dict):
+        if data is not None or not problems:
+            issues.append(Issue((), "a spec must be a mapping of keys (name, inputs, nodes, ...)", loc=Loc(str(path))))
+        return {}, smap
+    bases = data.pop("extends", None)
+    if bases is None:
+        return data, smap
+    merged: Any = {}
+    merged_map = SourceMap(default=smap.default)
+    for i, base in enumerate([bases] if isinstance(bases, str) else bases or []):
+        where = ("extends", i) if isinstance(bases, list) else ("extends",)
+        loc = smap.locate(where)
+        if not isinstance(base, str):
+            issues.append(Issue(("extends",), "extends takes a file name or a list of them", loc=loc))
+            continue
+        base_path = (path.parent / base).resolve()
+        if base_path in chain:
+            cycle = " -> ".join(str(p) for p in (*chain, base_path))
+            issues.append(Issue(("extends",), f"extends forms a cycle: {cycle}", hint="remove one link", loc=loc))
+            continue
+        if not base_path.is_file():
+            issues.append(Issue(("extends",), f"base spec '{base}' not found (looked for {base_path})",
+                                hint="give a path relative to this file", loc=loc))
+            continue
+        bdata, bmap = _read_with_extends(base_path, chain + (base_path,), issues)
+        merged = _merge(merged, bdata)
+        merged_map = bmap.merged_over(merged_map)
+    return _merge(merged, data), smap.merged_over(merged_map)
+
+
+def _set_path(data: dict, path: tuple, value: Any) -> None:
+    cur = data
+    for part in path[:-1]:
+        if isinstance(cur, list) and isinstance(part, int) and part < len(cur):
+            cur = cur[part]
+            continue
+        if not isinstance(cur, dict):
+            raise KeyError(part)
+        if not isinstance(cur.get(part), (dict, list)):
+            cur[part] = {}
+        cur = cur[part]
+    last = path[-1]
+    if isinstance(cur, list) and isinstance(last, int) and last < len(cur):
+        cur[last] = value
+    elif isinstance(cur, dict):
+        if value is None:
+            cur.pop(last, None)
+        else:
+            cur[last] = value
+    else:
+        raise KeyError(last)
+
+
+def _parse_override(item: str) -> tuple[tuple, Any, str]:
+    if "=" not in item:
+        raise ValueError("expected PATH=VALUE")
+    key, raw = item.split("=", 1)
+    if not key.strip():
+        raise ValueError("empty PATH")
+    path = tuple(int(p) if p.isdigit() else p for p in key.strip().split("."))
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    return path, value, raw
+
+
+def apply_overrides(data: dict, smap: SourceMap, overrides: Overrides, issues: list[Issue]) -> None:
+    """Apply `--set path=value` strings, or a {dotted.path: value} mapping, in order."""
+    if not overrides:
+        return
+    items = (
+        [(tuple(int(p) if p.isdigit() else p for p in str(k).split(".")), v, f"{k}={v!r}") for k, v in overrides.items()]
+        if isinstance(overrides, Mapping)
+        else []
+    )
+    if not isinstance(overrides, Mapping):
+        for text in overrides:
+            try:
+                path, value, _ = _parse_override(text)
+            except (ValueError, yaml.YAMLError) as e:
+                issues.append(Issue((), f"bad override '{text}': {e}", hint="write --set path.to.field=value",
+                                    loc=Loc("--set")))
+                continue
+            items.append((path, value, text))
+    for path, value, text in items:
+        try:
+            _set_path(data, path, value)
+        except KeyError:
+            issues.append(Issue(path, "this path does not lead to a mapping in the spec",
+                                hint="check the dotted path", loc=Loc(f"--set {text}")))
+            continue
+        smap.set(path, Loc(f"--set {text}"))
+
+
+def _schema_path(loc: tuple, data: Any) -> tuple:
+    """Pydantic's error location, less the union-member tags it inserts (e.g. 'co_attention')."""
+    out: list = []
+    cur = data
+    for part in loc:
+        if isinstance(cur, dict) and part in cur:
+            out.append(part)
+            cur = cur[part]
+        elif isinstance(cur, list) and isinstance(part, int) and part < len(cur):
+            out.append(part)
+            cur = cur[part]
+        elif isinstance(cur, dict) and (any(cur.get(t) == part for t in TAG_FIELDS) or (out and part == out[-1])):
+            continue  # a discriminator tag, given or defaulted from the name
+        elif isinstance(part, str) and ("[" in part or part in ("bool", "str", "int", "float", "Freeze")):
+            continue  # a union member's name, e.g. 'function-after[...]' or 'bool'
+        else:
+            out.append(part)
+            cur = None
+    return tuple(out)
+
+
+def _union_noise(err: dict, data: Any) -> bool:
+    """For `freeze: bool | Freeze`, drop the branch the user clearly did not mean."""
+    loc = err["loc"]
+    if "bool" in loc:
+        return not isinstance(err.get("input"), (bool, str, int)) or "Freeze" in str(loc)
+    if "Freeze" in loc and err["type"] == "model_type":
+        return True
+    return False
+
+
+def _issue(err: dict, data: Any) -> Issue:
+    path = _schema_path(err["loc"], data)
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        key = path[-1]
+        return Issue(path, f"unknown field '{key}'", suggest(key, fields_at(path[:-1], data)))
+    if kind == "missing":
+        desc = description_of(path, data)
+        return Issue(path, f"missing required field '{path[-1]}'", f"add `{path[-1]}:`" + (f" ({desc})" if desc else ""))
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        tag_field = err["ctx"].get("discriminator", "'kind'").strip("'")
+        tags = [t.strip().strip("'") for t in str(err["ctx"].get("expected_tags", "")).split(",")]
+        if kind == "union_tag_not_found":
+            return Issue(path + (tag_field,), f"missing '{tag_field}'", "expected one of: " + ", ".join(tags))
+        got = err["ctx"].get("tag")
+        return Issue(path + (tag_field,), f"unknown {tag_field} '{got}'", suggest(got, tags))
+    if kind == "literal_error":
+        got = err.get("input")
+        expected = err["ctx"].get("expected", "")
+        choices = [c.strip().strip("'") for c in expected.replace(" or ", ",").split(",") if c.strip()]
+        return Issue(path, f"'{got}' is not allowed", suggest(got, choices) or f"expected {expected}")
+    desc = description_of(path, data)
+    return Issue(path, f"{err['msg']} (got {err.get('input')!r})", desc)
+
+
+def validate_data(data: Any, smap: SourceMap, issues: list[Issue] | None = None, title: str = "") -> Spec:
+    """Validate plain data against the schema and the spec rules; raise every problem at once."""
+    issues = list(issues or [])
+    spec = None
+    if isinstance(data, dict) and not any(i.severity == "error" for i in issues):
+        try:
+            spec = Spec.model_validate(data)
+        except ValidationError as e:
+            errs = [err for err in e.errors() if not _union_noise(err, data)] or e.errors()
+            issues.extend(_issue(err, data) for err in errs)
+    if spec is not None:
+        issues.extend(check_spec(spec))
+    issues = [i.located(smap.locate(i.path)) for i in issues]
+    if any(i.severity == "error" for i in issues) or spec is None:
+        raise SpecError(issues, title)
+    spec._source = smap  # kept for later stages' located errors
+    return spec
+
+
+def load(path: str | FsPath, overrides: Overrides = None) -> Spec:
+    """Load a YAML or JSON spec file (with `extends:`), apply overrides, validate."""
+    path = FsPath(path)
+    issues: list[Issue] = []
+    data, smap = _read_with_extends(path.resolve(), (path.resolve(),), issues)
+    smap = _relative(smap, path)  # report paths as the user wrote them, not resolved
+    apply_overrides(data, smap, overrides, issues)
+    return validate_data(data, smap, issues, title=f"in {path}")
+
+
+def _relative(smap: SourceMap, path: FsPath) -> SourceMap:
+    cwd = FsPath.cwd()
+
+    def rel(loc: Loc) -> Loc:
+        try:
+            return Loc(str(FsPath(loc.file).relative_to(cwd)), loc.line, loc.col)
+        except ValueError:
+            return loc
+
+    return SourceMap({p: rel(l) for p, l in smap.locs.items()}, Loc(str(path)))
+
+
+def loads(text: str, fmt: str = "yaml", overrides: Overrides = None, file: str = "<spec>") -> Spec:
+    """Load a spec from text (no `extends:`: there is no folder to resolve it against)."""
+    data, smap, issues = parse_text(text, file, fmt)
+    if isinstance(data, dict) and "extends" in data:
+        issues.append(Issue(("extends",), "extends needs a spec file", hint="use graphspec.load(path)",
+                            loc=smap.locate(("extends",))))
+    apply_overrides(data if isinstance(data, dict) else {}, smap, overrides, issues)
+    return validate_data(data, smap, issues, title=f"in {file}")
+
+
+def source_map(spec: Spec) -> SourceMap:
+    return spec._source or SourceMap()
+
+
+def override(spec: Spec, overrides: Overrides) -> Spec:
+    """A copy of `spec` with overrides applied and everything re-validated."""
+    data = spec.model_dump(mode="json", exclude={"extends"})
+    smap = copy.deepcopy(source_map(spec))
+    issues: list[Issue] = []
+    apply_overrides(data, smap, overrides, issues)
+    return validate_data(data, smap, issues, title="after overrides")

@@ -1,0 +1,25 @@
+"""Model inputs: what a batch holds before any node sees it."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import Field
+
+from .base import Strict
+
+
+class TextInput(Strict):
+    modality: Literal["text"] = Field(description="Token ids and an attention mask.")
+    max_length: int = Field(
+        40, ge=2, le=8192, description="Tokens per text, special tokens included; longer texts are truncated."
+    )
+
+
+class ImageInput(Strict):
+    modality: Literal["image"] = Field(description="Pixels, (B, C, size, size).")
+    size: int = Field(224, ge=8, le=4096, description="Side of the square image the vision tower sees, in pixels.")
+    channels: int = Field(3, ge=1, le=4, description="Colour channels.")
+
+
+Input = Annotated[Union[TextInput, ImageInput], Field(discriminator="modality")]

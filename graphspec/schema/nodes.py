@@ -1,0 +1,131 @@
+"""Node kinds: encoders, projections, fusion, poolers. One class per kind."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import Field
+
+from .base import Ref, Strict
+
+
+class Freeze(Strict):
+    """Part of a node to freeze. `freeze: true` freezes the whole node."""
+
+    layers: str | None = Field(
+        None,
+        pattern=r"^\d*:\d*$",
+        description="A range of the node's layers, Python slice style: '0:6' is the first six, '6:' the rest.",
+    )
+    embeddings: bool = Field(False, description="Also freeze the node's embeddings (token, position, patch).")
+    params: list[str] = Field(
+        default_factory=list,
+        description="Glob patterns over the node's parameter names, e.g. 'patch_embed.*'. Each must match.",
+    )
+    train_mode: bool = Field(
+        False,
+        description="Keep frozen modules in train mode (dropout on). Off by default: a frozen module "
+        "should compute the same function every step.",
+    )
+
+
+FreezeField = Field(
+    False, description="true freezes the whole node; an object freezes part of it (layers, embeddings, params)."
+)
+
+
+class SizeOverrides(Strict):
+    """Sizes for a randomly initialised encoder; unset ones keep the config's value."""
+
+    hidden: int | None = Field(None, ge=8, description="Hidden width.")
+    layers: int | None = Field(None, ge=1, description="Number of transformer layers (blocks).")
+    heads: int | None = Field(None, ge=1, description="Attention heads; must divide `hidden`.")
+    mlp_ratio: float | None = Field(None, gt=0, description="Feed-forward width as a multiple of `hidden`.")
+    embedding_size: int | None = Field(None, ge=8, description="Token embedding width (ELECTRA/ALBERT-style).")
+    vocab_size: int | None = Field(None, ge=2, description="Vocabulary size of a text encoder.")
+    max_positions: int | None = Field(None, ge=2, description="Maximum text length a text encoder accepts.")
+    patch_size: int | None = Field(None, ge=1, description="Patch side of a ViT-style vision encoder.")
+
+
+class _Encoder(Strict):
+    input: Ref = Field(description="The input this encoder reads (a text input for text, an image input for vision).")
+    init: Literal["pretrained", "random"] = Field(
+        "pretrained", description="Load trained weights from `source`, or initialise at random."
+    )
+    size: SizeOverrides | None = Field(None, description="Size overrides; only with `init: random`.")
+    dropout: float | None = Field(None, ge=0, le=1, description="Override the encoder's dropout probability.")
+    freeze: bool | Freeze = FreezeField
+
+
+class HFText(_Encoder):
+    kind: Literal["hf_text"]
+    source: str | None = Field(
+        None, description="Hugging Face hub id or local directory of a transformers text encoder."
+    )
+    model_type: str | None = Field(
+        None,
+        description="A transformers model type (e.g. 'electra', 'bert') to build with `init: random` "
+        "without any download; its default config plus `size`.",
+    )
+
+
+class HFVision(_Encoder):
+    kind: Literal["hf_vision"]
+    source: str | None = Field(None, description="Hugging Face hub id or local directory of a vision encoder.")
+    model_type: str | None = Field(
+        None, description="A transformers model type (e.g. 'vit', 'deit') to build with `init: random`."
+    )
+
+
+class TimmVision(_Encoder):
+    kind: Literal["timm_vision"]
+    source: str = Field(description="A timm model name, e.g. 'deit_tiny_patch16_224'.")
+    weights: str | None = Field(
+        None, description="A local weights file (.safetensors, .pth) for `init: pretrained`, instead of the hub."
+    )
+
+
+class Projection(Strict):
+    kind: Literal["projection"]
+    input: Ref = Field(description="The sequence or vector to project.")
+    width: int = Field(ge=1, description="Output width.")
+    freeze: bool | Freeze = FreezeField
+
+
+class CoInputs(Strict):
+    text: Ref = Field(description="The text stream (a sequence of text modality).")
+    image: Ref = Field(description="The image stream (a sequence of image modality).")
+
+
+class CoAttention(Strict):
+    """LXMERT-style co-attention: each layer lets each stream attend to the other, then to itself."""
+
+    kind: Literal["co_attention"]
+    inputs: CoInputs
+    width: int | None = Field(
+        None,
+        ge=8,
+        description="Fusion width. Set it to project both streams to it; leave it out when both streams "
+        "already have the same width.",
+    )
+    layers: int = Field(6, ge=1, le=64, description="Co-attention layers.")
+    heads: int = Field(4, ge=1, description="Attention heads; must divide the width.")
+    mlp_ratio: float = Field(4.0, gt=0, description="Feed-forward width as a multiple of the fusion width.")
+    dropout: float = Field(0.1, ge=0, le=1, description="Dropout on attention weights and residual branches.")
+    freeze: bool | Freeze = FreezeField
+
+
+class ClsPool(Strict):
+    """First-token pooling; with two inputs ('double'), the two first tokens are concatenated."""
+
+    kind: Literal["cls_pool"]
+    inputs: list[Ref] = Field(min_length=1, max_length=2, description="One or two sequences.")
+    dense: bool = Field(True, description="A linear layer + tanh on each first token, as BERT's pooler.")
+    freeze: bool | Freeze = FreezeField
+
+
+ENCODER_KINDS = ("hf_text", "hf_vision", "timm_vision")
+
+Node = Annotated[
+    Union[HFText, HFVision, TimmVision, Projection, CoAttention, ClsPool], Field(discriminator="kind")
+]

@@ -1,0 +1,81 @@
+"""Data, training and distribution settings."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from .base import Strict
+
+
+class DataSource(Strict):
+    source: str = Field(
+        "builtin:shapes",
+        pattern=r"^(builtin:[a-z_]+|[^:]+)$",
+        description="'builtin:shapes' (generated offline) or a path to a dataset.",
+    )
+    task: Literal["captions"] = Field("captions", description="What each sample holds.")
+    split: Literal["train", "val", "test"] = Field("train", description="Which split to read.")
+    samples: int | None = Field(None, ge=1, description="Number of samples to use; all when unset.")
+
+
+class Data(Strict):
+    train: DataSource = Field(default_factory=DataSource, description="Training data.")
+    val: DataSource | None = Field(None, description="Validation data, evaluated every `train.val_every` steps.")
+
+
+class Optimizer(Strict):
+    name: Literal["adamw", "adam", "sgd"] = Field("adamw", description="Optimizer.")
+    lr: float = Field(1e-4, gt=0, le=10, description="Peak learning rate (before per-node multipliers).")
+    weight_decay: float = Field(0.01, ge=0, description="Decoupled weight decay; never applied to biases and norms.")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="Adam betas.")
+    eps: float = Field(1e-8, gt=0, description="Adam epsilon.")
+    momentum: float = Field(0.0, ge=0, lt=1, description="SGD momentum.")
+
+
+class Schedule(Strict):
+    warmup: float = Field(
+        0.1, ge=0, description="Warm-up length: a fraction of `train.steps` when below 1, else a number of steps."
+    )
+    decay: Literal["linear", "cosine", "constant"] = Field("linear", description="Shape after warm-up.")
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="Final learning rate as a fraction of the peak.")
+
+
+class Train(Strict):
+    steps: int = Field(1000, ge=1, description="Optimizer steps.")
+    batch_size: int = Field(32, ge=1, description="Global batch size: micro_batch_size x accumulation x world_size.")
+    micro_batch_size: int | None = Field(
+        None, ge=1, description="Per-process batch of one forward pass; defaults to batch_size / world_size."
+    )
+    optimizer: Optimizer = Field(default_factory=Optimizer)
+    schedule: Schedule = Field(default_factory=Schedule)
+    lr_multipliers: dict[str, float] = Field(
+        default_factory=dict,
+        description="Learning-rate multipliers by node name, `heads`, or `heads.NAME`; the longest match wins.",
+    )
+    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="Training precision.")
+    grad_clip: float | None = Field(1.0, gt=0, description="Clip the global gradient norm; null for no clipping.")
+    seed: int = Field(0, ge=0, description="Seed for initialisation, data order and masking.")
+    val_every: int | None = Field(None, ge=1, description="Validate every this many steps (and at the end).")
+    log_every: int = Field(10, ge=1, description="Log metrics every this many steps.")
+
+
+class FrozenPlacement(Strict):
+    offload: Literal["none", "cpu"] = Field("none", description="Where wholly frozen towers keep their weights.")
+    cache_outputs: bool = Field(False, description="Cache the outputs of frozen towers whose inputs are deterministic.")
+    dtype: Literal["fp32", "bf16"] = Field("fp32", description="Precision of wholly frozen towers.")
+
+
+class Distributed(Strict):
+    world_size: int = Field(1, ge=1, description="Data-parallel processes.")
+    zero_stage: Literal[0, 1, 2, 3] = Field(0, description="ZeRO stage: 1 shards optimizer state, 2 also grads, 3 also weights.")
+    offload_optimizer: Literal["none", "cpu"] = Field("none", description="ZeRO-Offload of optimizer state (stage >= 1).")
+    offload_param: Literal["none", "cpu"] = Field("none", description="Offload of weights (ZeRO stage 3 only).")
+    accelerator: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train; auto picks cuda when present.")
+    reduce_bucket_size: int | None = Field(None, ge=1, description="ZeRO reduce bucket size in elements.")
+    frozen: FrozenPlacement = Field(default_factory=FrozenPlacement)
+    deepspeed: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Extra DeepSpeed config keys merged over the emitted config; checked like the rest.",
+    )

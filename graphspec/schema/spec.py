@@ -1,0 +1,48 @@
+"""The top-level spec."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field, PrivateAttr, model_validator
+
+from .base import Strict
+from .heads import Head, Objective, OBJECTIVE_KINDS
+from .inputs import Input
+from .nodes import Node
+from .run import Data, Distributed, Train
+
+
+class Spec(Strict):
+    """A vision-language encoder: inputs, nodes, heads, objectives, data, training and distribution."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Name of the model and its runs.")
+    description: str = Field("", description="Free text.")
+    extends: str | list[str] | None = Field(
+        None, description="Base spec file(s), relative to this one; this file's keys override theirs, null deletes."
+    )
+    inputs: dict[str, Input] = Field(min_length=1, description="Named inputs.")
+    nodes: dict[str, Node] = Field(min_length=1, description="Named nodes: encoders, projections, fusion, poolers.")
+    heads: dict[str, Head] = Field(default_factory=dict, description="Named task heads.")
+    objectives: dict[str, Objective] = Field(default_factory=dict, description="Losses, each training one head.")
+    data: Data = Field(default_factory=Data)
+    train: Train = Field(default_factory=Train)
+    distributed: Distributed = Field(default_factory=Distributed)
+
+    _source: Any = PrivateAttr(default=None)  # where each field was written (graphspec.source.SourceMap)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _objective_kind_from_name(cls, data: Any) -> Any:
+        # `objectives: {mlm: {weight: 1}}` reads naturally; the kind is the name unless given.
+        if isinstance(data, dict) and isinstance(data.get("objectives"), dict):
+            objectives = {}
+            for name, obj in data["objectives"].items():
+                if isinstance(obj, dict) and "kind" not in obj and name in OBJECTIVE_KINDS:
+                    obj = {"kind": name, **obj}
+                objectives[name] = obj
+            data = {**data, "objectives": objectives}
+        return data
+
+    def objective_head(self, name: str) -> str:
+        return self.objectives[name].head or name
