@@ -52,11 +52,14 @@ def _freeze_part(name: str, path: tuple, freeze, module: nn.Module) -> tuple[set
         prefixes = module.embedding_prefixes() if hasattr(module, "embedding_prefixes") else []
         chosen.update(p for p in params if any(p == e or p.startswith(e) for e in prefixes))
     for i, pattern in enumerate(freeze.params):
-        hits = fnmatch.filter(params, pattern)
+        # Patterns name parameters as the backbone library does ('patch_embed.*'), or as graphspec does ('model.patch_embed.*').
+        hits = [p for p in params if fnmatch.fnmatchcase(p, pattern) or fnmatch.fnmatchcase(p.removeprefix("model."), pattern)]
         if not hits:
-            tops = sorted({p.split(".")[0] for p in params})
+            short = [p.removeprefix("model.") for p in params]
+            tops = sorted({p.split(".")[0] for p in short})
+            example = f" (e.g. '{short[0]}')" if short else ""
             issues.append(Issue(path + ("params", i), f"'{pattern}' matches no parameter of '{name}'",
-                                f"names start with: {', '.join(tops[:8])} (e.g. '{params[0] if params else ''}')"))
+                                f"names start with: {', '.join(tops[:8])}{example}"))
         chosen.update(hits)
     return chosen, issues
 

@@ -133,3 +133,24 @@ def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def build_model(spec: Spec) -> tuple[fx.GraphModule, FreezePlan]:
+    """The model with real weights (random init seeded by `train.seed`, or loaded), freezing applied.
+
+    Runs the same checks as `compile_spec` first, so a spec that would not
+    compile never allocates weights.
+    """
+    g, _ = build_checked_graph(spec)
+    modules, issues = build_modules(spec, g, meta=False)
+    _raise_if_errors(spec, issues, "building the nodes")
+    gm = emit_module(spec, g, modules)
+    plan, issues = resolve_freeze(spec, gm)
+    _raise_if_errors(spec, issues, "freeze checks")
+    apply_freeze(gm, plan)
+    return gm, plan
+
+
+def apply_freeze(model: fx.GraphModule, plan: FreezePlan) -> None:
+    for name, p in model.named_parameters():
+        p.requires_grad_(name not in plan.frozen)

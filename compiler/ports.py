@@ -21,8 +21,8 @@ class Port:
         return replace(self, width=width)
 
     def describe(self) -> str:
-        w = f", width {self.width}" if self.width else ""
-        return f"a {self.modality} {self.form}{w}"
+        w = f" of width {self.width}" if self.width else ""
+        return article(f"{self.modality} {self.form}{w}")
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,13 @@ class Want:
 
     def describe(self) -> str:
         mod = f"{self.modality} " if self.modality else ""
-        return f"a {mod}{' or '.join(self.forms)}"
+        return article(f"{mod}{' or '.join(self.forms)}")
+
+
+def article(phrase: str) -> str:
+    if phrase.endswith(("pixels", "tokens")):
+        return phrase
+    return ("an " if phrase[0] in "aeiou" else "a ") + phrase
 
 
 def output_ports(kind: str, ins: dict[str, "Port | None"]) -> dict[str, Port]:

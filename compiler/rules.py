@@ -66,7 +66,7 @@ def form_and_modality(spec: Spec, g: nx.MultiDiGraph) -> Iterator[Issue]:
             yield Issue(e["field"], f"{g.nodes[dst]['kind']} needs {want.describe()}, but {given}", _FORM_FIX[want.forms[0]])
         elif want.modality and port.modality != want.modality:
             yield Issue(e["field"], f"{g.nodes[dst]['kind']} needs {want.describe()}, but {given}",
-                        f"feed it a {want.modality} input or stream")
+                        f"feed it a {want.modality} stream")
 
 
 def mlm_vocabulary(spec: Spec, g: nx.MultiDiGraph) -> Iterator[Issue]:

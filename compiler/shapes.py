@@ -1,4 +1,10 @@
-"""Shape propagation on fake tensors: every node's output shapes, with no weights and no real forward."""
+"""Shape propagation on the meta device: every node's output shapes, with no weights and no real forward.
+
+Meta tensors are the fast path (no data, no dispatch bookkeeping). A module
+whose forward inspects values (transformers' text models look at the attention
+mask to pick an attention path) sets `needs_fake_shapes` and runs under
+FakeTensorMode, which keeps small constants; its outputs go back to meta.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +18,8 @@ from graphspec.schema import Spec
 BATCH = 2  # any batch works; 2 keeps batch-dependent bugs visible
 
 
-def fake_inputs(spec: Spec) -> dict[str, torch.Tensor]:
-    """Meta tensors for the model's inputs (created inside the fake mode by the caller)."""
+def meta_inputs(spec: Spec) -> dict[str, torch.Tensor]:
+    """Meta tensors for the model's inputs."""
     out = {}
     for name, inp in spec.inputs.items():
         if inp.modality == "text":
@@ -22,6 +28,10 @@ def fake_inputs(spec: Spec) -> dict[str, torch.Tensor]:
         else:
             out[name] = torch.zeros(BATCH, inp.channels, inp.size, inp.size, device="meta")
     return out
+
+
+def _to_meta(value):
+    return tree_map(lambda v: torch.empty(v.shape, dtype=v.dtype, device="meta") if isinstance(v, torch.Tensor) else v, value)
 
 
 def _shape_of(value):
@@ -35,7 +45,14 @@ class _ShapeRecorder(fx.Interpreter):
 
     def run_node(self, n: fx.Node):
         try:
-            result = super().run_node(n)
+            if n.op == "call_module" and getattr(self.module.get_submodule(n.target), "needs_fake_shapes", False):
+                from torch._subclasses.fake_tensor import FakeTensorMode
+
+                with FakeTensorMode(allow_non_fake_inputs=True):
+                    result = super().run_node(n)
+                result = _to_meta(result)
+            else:
+                result = super().run_node(n)
         except Exception as e:
             target = str(n.target).removeprefix("heads.")
             path = self.paths.get(target, ())
@@ -48,8 +65,5 @@ class _ShapeRecorder(fx.Interpreter):
 
 def propagate_shapes(spec: Spec, gm: fx.GraphModule, paths: dict[str, tuple]) -> None:
     """Store `node.meta['shape']` on every call of the meta-built GraphModule; raise SpecError on a mismatch."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
-    with FakeTensorMode(allow_non_fake_inputs=True):
-        inputs = fake_inputs(spec)
-        _ShapeRecorder(gm, paths).run(*inputs.values())
+    with torch.no_grad():
+        _ShapeRecorder(gm, paths).run(*meta_inputs(spec).values())

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from .errors import GraphspecError, Issue
-from .loader import load
+from .loader import load, spec_warnings
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -42,7 +42,7 @@ def _validate(args) -> int:
 
     spec = load(args.spec, args.overrides)
     compiled = graphspec.compile(spec)
-    _print_warnings(compiled.warnings)
+    _print_warnings(spec_warnings(spec) + compiled.warnings)
     total = compiled.summary["params"]["total"]
     print(f"{args.spec}: ok ({total['total']:,} parameters, {total['trainable']:,} trainable, "
           f"{total['frozen']:,} frozen)")
@@ -56,7 +56,7 @@ def _compile(args) -> int:
     spec = load(args.spec, args.overrides)
     out = Path(args.out or Path("build") / spec.name)
     compiled = graphspec.compile(spec, out=out)
-    _print_warnings(compiled.warnings)
+    _print_warnings(spec_warnings(spec) + compiled.warnings)
     from compiler.summary import format_summary
 
     print(format_summary(compiled.summary))

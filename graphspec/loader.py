@@ -7,6 +7,7 @@ Every problem of every stage is collected and raised together as one
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from pathlib import Path as FsPath
 from typing import Any, Iterable, Mapping
 
@@ -20,6 +21,7 @@ from .schema_nav import TAG_FIELDS, description_of, fields_at
 from .source import SourceMap, parse_file, parse_text
 
 Overrides = Iterable[str] | Mapping[str, Any] | None
+NOT_A_MAPPING = "a spec must be a mapping of keys (name, inputs, nodes, ...)"
 
 
 def _merge(base: Any, child: Any) -> Any:
@@ -42,7 +44,7 @@ def _read_with_extends(path: FsPath, chain: tuple[FsPath, ...], issues: list[Iss
     issues.extend(problems)
     if not isinstance(data, dict):
         if data is not None or not problems:
-            issues.append(Issue((), "a spec must be a mapping of keys (name, inputs, nodes, ...)", loc=Loc(str(path))))
+            issues.append(Issue((), NOT_A_MAPPING, loc=Loc(str(path))))
         return {}, smap
     bases = data.pop("extends", None)
     if bases is None:
@@ -78,8 +80,10 @@ def _set_path(data: dict, path: tuple, value: Any) -> None:
             continue
         if not isinstance(cur, dict):
             raise KeyError(part)
-        if not isinstance(cur.get(part), (dict, list)):
-            cur[part] = {}
+        if cur.get(part) is None:
+            cur[part] = {}  # a missing or null section: create it
+        elif not isinstance(cur[part], (dict, list)):
+            raise KeyError(part)  # never silently turn a value (`name: x`) into a mapping
         cur = cur[part]
     last = path[-1]
     if isinstance(cur, list) and isinstance(last, int) and last < len(cur):
@@ -129,7 +133,11 @@ def apply_overrides(data: dict, smap: SourceMap, overrides: Overrides, issues: l
             issues.append(Issue(path, "this path does not lead to a mapping in the spec",
                                 hint="check the dotted path", loc=Loc(f"--set {text}")))
             continue
-        smap.set(path, Loc(f"--set {text}"))
+        here = Loc(f"--set {text}")
+        for n in range(1, len(path)):  # sections the override created (e.g. a misspelt `train.optimzer`) are its own
+            if path[:n] not in smap.locs:
+                smap.locs[path[:n]] = here
+        smap.set(path, here)
 
 
 def _schema_path(loc: tuple, data: Any) -> tuple:
@@ -192,6 +200,8 @@ def validate_data(data: Any, smap: SourceMap, issues: list[Issue] | None = None,
     """Validate plain data against the schema and the spec rules; raise every problem at once."""
     issues = list(issues or [])
     spec = None
+    if not isinstance(data, dict) and not any(i.severity == "error" for i in issues):
+        issues.append(Issue((), NOT_A_MAPPING))  # e.g. an empty text: never raise an error without an issue
     if isinstance(data, dict) and not any(i.severity == "error" for i in issues):
         try:
             spec = Spec.model_validate(data)
@@ -213,20 +223,20 @@ def load(path: str | FsPath, overrides: Overrides = None) -> Spec:
     issues: list[Issue] = []
     data, smap = _read_with_extends(path.resolve(), (path.resolve(),), issues)
     smap = _relative(smap, path)  # report paths as the user wrote them, not resolved
+    issues = [replace(i, loc=_relative_loc(i.loc)) if i.loc else i for i in issues]
     apply_overrides(data, smap, overrides, issues)
     return validate_data(data, smap, issues, title=f"in {path}")
 
 
+def _relative_loc(loc: Loc) -> Loc:
+    try:
+        return Loc(str(FsPath(loc.file).relative_to(FsPath.cwd())), loc.line, loc.col)
+    except ValueError:
+        return loc
+
+
 def _relative(smap: SourceMap, path: FsPath) -> SourceMap:
-    cwd = FsPath.cwd()
-
-    def rel(loc: Loc) -> Loc:
-        try:
-            return Loc(str(FsPath(loc.file).relative_to(cwd)), loc.line, loc.col)
-        except ValueError:
-            return loc
-
-    return SourceMap({p: rel(l) for p, l in smap.locs.items()}, Loc(str(path)))
+    return SourceMap({p: _relative_loc(l) for p, l in smap.locs.items()}, Loc(str(path)))
 
 
 def loads(text: str, fmt: str = "yaml", overrides: Overrides = None, file: str = "<spec>") -> Spec:
@@ -241,6 +251,12 @@ def loads(text: str, fmt: str = "yaml", overrides: Overrides = None, file: str =
 
 def source_map(spec: Spec) -> SourceMap:
     return spec._source or SourceMap()
+
+
+def spec_warnings(spec: Spec) -> list[Issue]:
+    """The spec rules' warnings, located (loading raises the errors and keeps no warnings)."""
+    smap = source_map(spec)
+    return [i.located(smap.locate(i.path)) for i in check_spec(spec) if i.severity == "warning"]
 
 
 def override(spec: Spec, overrides: Overrides) -> Spec:

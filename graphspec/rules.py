@@ -8,10 +8,12 @@ References between nodes and everything about shapes are the compiler's
 from __future__ import annotations
 
 import keyword
+import re
 from typing import Callable, Iterator
 
 from .errors import Issue
 from .schema import ENCODER_KINDS, Spec
+from .schema.base import NAME_PATTERN
 
 # Names a node cannot take: they are attributes of torch.nn.Module or of the emitted model.
 RESERVED = {"heads", "forward", "training", "parameters", "modules", "state_dict", "graph", "code", "to", "type"}
@@ -21,7 +23,10 @@ def names_are_distinct_identifiers(spec: Spec) -> Iterator[Issue]:
     seen: dict[str, str] = {}
     for section in ("inputs", "nodes", "heads"):
         for name in getattr(spec, section):
-            if keyword.iskeyword(name) or name in RESERVED:
+            if not re.fullmatch(NAME_PATTERN, name):
+                yield Issue((section, name), f"'{name}' is not a valid name: references could not name it",
+                            "use letters, digits and '_', starting with a letter")
+            elif keyword.iskeyword(name) or name in RESERVED:
                 yield Issue((section, name), f"'{name}' is a reserved name", f"rename it, e.g. '{name}_'")
             if name in seen:
                 yield Issue((section, name), f"the name '{name}' is already used in {seen[name]}",

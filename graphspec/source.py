@@ -64,6 +64,7 @@ class _Reader:
         self.loader = yaml.SafeLoader(text)
         self.smap = SourceMap(default=Loc(file))
         self.issues: list[Issue] = []
+        self.written: dict[int, set[int]] = {}
 
     def read(self) -> Any:
         try:
@@ -83,6 +84,10 @@ class _Reader:
         if isinstance(node, yaml.MappingNode):
             return self._mapping(node, path)
         if isinstance(node, yaml.SequenceNode):
+            if node.tag not in SAFE_TAGS:
+                self.issues.append(Issue(path, f"the tag '{node.tag}' is not allowed: a spec is data",
+                                         hint="remove the tag", loc=_loc(self.file, node.start_mark)))
+                return None
             out = []
             for i, item in enumerate(node.value):
                 self.smap.locs[path + (i,)] = _loc(self.file, item.start_mark)
@@ -94,14 +99,26 @@ class _Reader:
                       hint="remove the tag and write the value as plain YAML", loc=_loc(self.file, node.start_mark))
             )
             return None
-        return self.loader.construct_object(node)
+        try:
+            return self.loader.construct_object(node)
+        except (yaml.YAMLError, ValueError, KeyError, AttributeError) as e:  # e.g. `2020-13-45`, `!!int abc`
+            self.issues.append(Issue(path, f"cannot read the value {node.value!r} as {node.tag.rsplit(':', 1)[-1]}: {e}",
+                                     hint="quote it to make it text", loc=_loc(self.file, node.start_mark)))
+            return None
 
     def _mapping(self, node: yaml.MappingNode, path: Path) -> dict:
         if node.tag not in SAFE_TAGS:
             self.issues.append(Issue(path, f"the tag '{node.tag}' is not allowed: a spec is data",
                                      hint="remove the tag", loc=_loc(self.file, node.start_mark)))
             return {}
-        self.loader.flatten_mapping(node)  # resolves `<<: *anchor` merge keys
+        # Keys written here, not brought in by `<<:`; remembered, as an alias visits the flattened node again.
+        written = self.written.setdefault(id(node), {id(k) for k, _ in node.value})
+        try:
+            self.loader.flatten_mapping(node)  # resolves `<<: *anchor` merge keys (merged pairs come first)
+        except yaml.MarkedYAMLError as e:
+            self.issues.append(Issue(path, f"bad merge key: {e.problem}", hint="merge a mapping: `<<: *anchor`",
+                                     loc=_loc(self.file, e.problem_mark)))
+            return {}
         out: dict = {}
         first: dict[str, Loc] = {}
         for knode, vnode in node.value:
@@ -110,12 +127,16 @@ class _Reader:
             if not isinstance(key, str):
                 self.issues.append(Issue(path, f"keys must be text, not {key!r}", hint=f'quote it: "{key}"', loc=here))
                 continue
-            if key in first:
+            if key in first and id(knode) in written:
                 self.issues.append(Issue(path + (key,), f"duplicate key '{key}' (first at line {first[key].line})",
                                          hint="keep one of them", loc=here))
                 continue
-            first[key] = here
-            self.smap.locs[path + (key,)] = here
+            if id(knode) in written:
+                first[key] = here
+            if key in out:
+                self.smap.set(path + (key,), here)  # a later pair overrides a merged one, as in YAML
+            else:
+                self.smap.locs[path + (key,)] = here
             out[key] = self._value(vnode, path + (key,))
         return out
 

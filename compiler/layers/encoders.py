@@ -48,6 +48,8 @@ class _Adapter(nn.Module):
 class HFTextEncoder(_Adapter):
     """A transformers text encoder (BERT, ELECTRA, RoBERTa, ...)."""
 
+    needs_fake_shapes = True  # transformers checks `mask.all()` to choose its attention path
+
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
