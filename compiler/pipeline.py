@@ -17,7 +17,7 @@ import networkx as nx
 import torch.fx as fx
 
 from graphspec.errors import Issue, SpecError
-from graphspec.loader import source_map
+from graphspec.loader import source_map, spec_warnings
 from graphspec.schema import Spec
 
 from . import FORMAT_VERSION
@@ -64,6 +64,7 @@ def compile_spec(spec: Spec) -> Compiled:
     """Every check, on the meta device: no weights are read or allocated."""
     start = time.perf_counter()
     g, warnings = build_checked_graph(spec)
+    warnings = spec_warnings(spec) + warnings
     modules, issues = build_modules(spec, g, meta=True)
     _raise_if_errors(spec, issues + run_rules(WIDTH_RULES, spec, g), "building the nodes")
     gm = emit_module(spec, g, modules)

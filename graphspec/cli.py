@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from .errors import GraphspecError, Issue
-from .loader import load, spec_warnings
+from .loader import load
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -27,6 +27,12 @@ def _parser() -> argparse.ArgumentParser:
                        help="override a field, e.g. --set train.optimizer.lr=3e-4 (repeatable)")
         if name == "compile":
             c.add_argument("-o", "--out", help="build directory (default: build/SPEC_NAME)")
+    r = sub.add_parser("run", help="train: compile a spec if needed, then run it")
+    r.add_argument("target", help="a spec file, or a build directory written by `graphspec compile`")
+    r.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
+                   help="override a field of the spec (only with a spec file)")
+    r.add_argument("--run-dir", help="where metrics and checkpoints go (default: runs/NAME/TIMESTAMP)")
+    r.add_argument("--build-dir", help="where to compile a spec file to (default: build/NAME)")
     s = sub.add_parser("schema", help="print the JSON Schema of the spec language (for editors)")
     s.add_argument("-o", "--out", help="write it to this file instead of standard output")
     return p
@@ -42,7 +48,7 @@ def _validate(args) -> int:
 
     spec = load(args.spec, args.overrides)
     compiled = graphspec.compile(spec)
-    _print_warnings(spec_warnings(spec) + compiled.warnings)
+    _print_warnings(compiled.warnings)
     total = compiled.summary["params"]["total"]
     print(f"{args.spec}: ok ({total['total']:,} parameters, {total['trainable']:,} trainable, "
           f"{total['frozen']:,} frozen)")
@@ -56,7 +62,7 @@ def _compile(args) -> int:
     spec = load(args.spec, args.overrides)
     out = Path(args.out or Path("build") / spec.name)
     compiled = graphspec.compile(spec, out=out)
-    _print_warnings(spec_warnings(spec) + compiled.warnings)
+    _print_warnings(compiled.warnings)
     from compiler.summary import format_summary
 
     print(format_summary(compiled.summary))
@@ -66,9 +72,9 @@ def _compile(args) -> int:
 
 
 def _schema(args) -> int:
-    from .schema import Spec
+    from .schema import spec_json_schema
 
-    text = json.dumps(Spec.model_json_schema(), indent=2) + "\n"
+    text = json.dumps(spec_json_schema(), indent=2) + "\n"
     if args.out:
         Path(args.out).write_text(text)
     else:
@@ -76,7 +82,36 @@ def _schema(args) -> int:
     return 0
 
 
-COMMANDS = {"validate": _validate, "compile": _compile, "schema": _schema}
+def _run(args) -> int:
+    import graphspec
+    from runtime.build import read_build
+    from runtime.run import run
+
+    target = Path(args.target)
+    smap = None
+    if target.is_dir():
+        if args.overrides:
+            raise GraphspecError([Issue((), "--set needs a spec file: a build directory is already compiled",
+                                        "run the spec file, or recompile with the override")])
+        build = read_build(target)
+    else:
+        spec = load(target, args.overrides)
+        smap = spec._source
+        build_dir = Path(args.build_dir or Path("build") / spec.name)
+        compiled = graphspec.compile(spec, out=build_dir)
+        _print_warnings(compiled.warnings)
+        build = read_build(build_dir)
+    run_dir = Path(args.run_dir or Path("runs") / build.spec.name / time.strftime("%Y%m%d-%H%M%S"))
+    try:
+        run(build, run_dir)
+    except GraphspecError as e:
+        if smap is not None:  # locate runtime errors in the spec file the user gave
+            e.issues = [i.located(smap.locate(i.path)) for i in e.issues]
+        raise
+    return 0
+
+
+COMMANDS = {"validate": _validate, "compile": _compile, "run": _run, "schema": _schema}
 
 
 def main(argv: list[str] | None = None) -> int:

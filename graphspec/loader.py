@@ -18,7 +18,7 @@ from .errors import Issue, Loc, SpecError, suggest
 from .rules import check_spec
 from .schema import Spec
 from .schema_nav import TAG_FIELDS, description_of, fields_at
-from .source import SourceMap, parse_file, parse_text
+from .source import SourceMap, load_scalar, parse_file, parse_text
 
 Overrides = Iterable[str] | Mapping[str, Any] | None
 NOT_A_MAPPING = "a spec must be a mapping of keys (name, inputs, nodes, ...)"
@@ -104,7 +104,7 @@ def _parse_override(item: str) -> tuple[tuple, Any, str]:
     if not key.strip():
         raise ValueError("empty PATH")
     path = tuple(int(p) if p.isdigit() else p for p in key.strip().split("."))
-    value = yaml.safe_load(raw) if raw.strip() else ""
+    value = load_scalar(raw) if raw.strip() else ""
     return path, value, raw
 
 

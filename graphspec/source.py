@@ -10,6 +10,7 @@ read the same way for positions.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path as FsPath
 from typing import Any
@@ -52,6 +53,32 @@ class SourceMap:
         return out
 
 
+class SpecLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's plain scalars: `1e-4` is a number, `yes`/`no`/`on`/`off` are text.
+
+    PyYAML follows YAML 1.1, where a float needs a dot and `no` means false; spec
+    authors write `lr: 1e-4` and `country: no` and mean what YAML 1.2 (and JSON) mean.
+    """
+
+
+SpecLoader.yaml_implicit_resolvers = {
+    ch: [(tag, rx) for tag, rx in rs if tag not in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:float")]
+    for ch, rs in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+SpecLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                 list("tTfF"))
+SpecLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."),
+)
+
+
+def load_scalar(text: str):
+    """A single value as a spec file would read it (for `--set path=value`)."""
+    return yaml.load(text, Loader=SpecLoader)
+
+
 def _loc(file: str, mark: yaml.Mark | None) -> Loc:
     if mark is None:
         return Loc(file)
@@ -61,7 +88,7 @@ def _loc(file: str, mark: yaml.Mark | None) -> Loc:
 class _Reader:
     def __init__(self, file: str, text: str):
         self.file = file
-        self.loader = yaml.SafeLoader(text)
+        self.loader = SpecLoader(text)
         self.smap = SourceMap(default=Loc(file))
         self.issues: list[Issue] = []
         self.written: dict[int, set[int]] = {}
@@ -102,7 +129,8 @@ class _Reader:
         try:
             return self.loader.construct_object(node)
         except (yaml.YAMLError, ValueError, KeyError, AttributeError) as e:  # e.g. `2020-13-45`, `!!int abc`
-            self.issues.append(Issue(path, f"cannot read the value {node.value!r} as {node.tag.rsplit(':', 1)[-1]}: {e}",
+            kind = node.tag.rsplit(":", 1)[-1]
+            self.issues.append(Issue(path, f"cannot read the value {node.value!r} as {kind}: {e}",
                                      hint="quote it to make it text", loc=_loc(self.file, node.start_mark)))
             return None
 

@@ -16,11 +16,11 @@ from .nodes import (
     TimmVision,
 )
 from .run import Data, DataSource, Distributed, FrozenPlacement, Optimizer, Schedule, Train
-from .spec import Spec
+from .spec import Spec, spec_json_schema
 
 __all__ = [
     "ENCODER_KINDS", "ClsPool", "CoAttention", "Data", "DataSource", "Distributed", "Freeze",
     "FrozenPlacement", "HFText", "HFVision", "Head", "ITMHead", "ITMObjective", "ImageInput", "Input",
     "MLMHead", "MLMObjective", "Node", "Objective", "Optimizer", "Projection", "Ref", "Schedule",
-    "SizeOverrides", "Spec", "Strict", "TextInput", "TimmVision", "Train", "ref_node", "ref_port",
+    "SizeOverrides", "Spec", "spec_json_schema", "Strict", "TextInput", "TimmVision", "Train", "ref_node", "ref_port",
 ]

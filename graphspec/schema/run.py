@@ -9,20 +9,32 @@ from pydantic import Field
 from .base import Strict
 
 
+class ShapesOptions(Strict):
+    """The built-in scene generator: 2x2 grids of coloured shapes, captions that describe them."""
+
+    min_shapes: int = Field(1, ge=1, description="Fewest shapes in a scene.")
+    max_shapes: int = Field(2, ge=1, description="Most shapes in a scene (a scene has 4 cells).")
+    colors: list[str] | None = Field(None, description="Colours to use (default: all: red, green, blue, "
+                                     "yellow, purple, orange, white).")
+    shapes: list[str] | None = Field(None, description="Shapes to use (default: circle, square, triangle).")
+    seed: int = Field(0, ge=0, description="Seed of the scene order; splits stay disjoint for any seed.")
+
+
 class DataSource(Strict):
-    source: str = Field(
-        "builtin:shapes",
-        pattern=r"^(builtin:[a-z_]+|[^:]+)$",
-        description="'builtin:shapes' (generated offline) or a path to a dataset.",
+    source: Literal["builtin:shapes"] = Field(
+        "builtin:shapes", description="'builtin:shapes': scenes generated offline, deterministically."
     )
     task: Literal["captions"] = Field("captions", description="What each sample holds.")
     split: Literal["train", "val", "test"] = Field("train", description="Which split to read.")
-    samples: int | None = Field(None, ge=1, description="Number of samples to use; all when unset.")
+    samples: int | None = Field(None, ge=1, description="Number of distinct scenes to use; all of the split when unset.")
+    shapes: ShapesOptions = Field(default_factory=ShapesOptions, description="Options of builtin:shapes.")
 
 
 class Data(Strict):
     train: DataSource = Field(default_factory=DataSource, description="Training data.")
     val: DataSource | None = Field(None, description="Validation data, evaluated every `train.val_every` steps.")
+    val_pairs: int = Field(2, ge=1, le=16, description="Image-text pairs per validation scene (half of them "
+                           "negatives), fixed across evaluations.")
 
 
 class Optimizer(Strict):

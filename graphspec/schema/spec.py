@@ -46,3 +46,17 @@ class Spec(Strict):
 
     def objective_head(self, name: str) -> str:
         return self.objectives[name].head or name
+
+
+def spec_json_schema() -> dict:
+    """The JSON Schema of spec files, for editors (the YAML language server).
+
+    An objective's `kind` defaults to its name, which JSON Schema cannot express:
+    `{weight: 1.0}` fits every objective kind, so a `oneOf` would reject it. The
+    objectives' union is an `anyOf` here; Spec itself still picks by kind.
+    """
+    schema = Spec.model_json_schema()
+    objectives = schema["properties"]["objectives"]["additionalProperties"]
+    objectives["anyOf"] = objectives.pop("oneOf")
+    objectives.pop("discriminator", None)
+    return schema

@@ -328,3 +328,10 @@ def vocabulary(config: ShapesConfig) -> list[str]:
     if config.max_shapes > 2:
         words.add(",")
     return sorted(words)
+
+
+@functools.lru_cache(maxsize=32)
+def split_size(config: ShapesConfig, split: str) -> int:
+    """How many distinct scenes a split holds under this config (counted once, then cached)."""
+    return sum(1 for rank in range(config.capacity())
+               if _BUCKETS[int(_content_key(_unrank(config, rank)), 16) % len(_BUCKETS)] == split)

@@ -1,0 +1,59 @@
+"""Reading a build directory, refusing one from an incompatible version."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from compiler import FORMAT_VERSION
+from graphspec.errors import GraphspecError, Issue, Loc
+from graphspec.schema import Spec
+
+FILES = ("manifest.json", "spec.resolved.json", "ds_config.json", "param_groups.json", "freeze.json")
+
+
+class BuildError(GraphspecError):
+    """A build directory that is missing, incomplete or from another version."""
+
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class Build:
+    dir: Path
+    spec: Spec
+    ds_config: dict
+    groups: list[dict]
+    freeze: dict
+    manifest: dict
+
+
+def _fail(path: Path, message: str, hint: str) -> BuildError:
+    return BuildError([Issue((), message, hint, loc=Loc(str(path)))], title="cannot use this build directory")
+
+
+def read_build(directory: str | Path) -> Build:
+    d = Path(directory)
+    recompile = f"recompile it: graphspec compile SPEC -o {d}"
+    missing = [f for f in FILES if not (d / f).is_file()]
+    if missing:
+        raise _fail(d, f"not a complete build directory (missing {', '.join(missing)})", recompile)
+    data = {}
+    for name in FILES:
+        try:
+            data[name] = json.loads((d / name).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise _fail(d / name, f"cannot read it: {e}", recompile) from None
+    version = data["manifest.json"].get("format_version")
+    if version != FORMAT_VERSION:
+        raise _fail(d / "manifest.json", f"build format version {version!r}; this graphspec reads version {FORMAT_VERSION}",
+                    recompile)
+    try:
+        spec = Spec.model_validate(data["spec.resolved.json"])
+    except ValidationError as e:
+        raise _fail(d / "spec.resolved.json", f"the resolved spec does not fit this graphspec: {e.errors()[0]['msg']}",
+                    recompile) from None
+    return Build(d, spec, data["ds_config.json"], data["param_groups.json"], data["freeze.json"], data["manifest.json"])

@@ -1,0 +1,31 @@
+"""Checkpoints: trainable weights as safetensors, plus the resolved spec and the freeze record.
+
+Written to a temporary directory and renamed into place, so a crash mid-write
+never leaves a checkpoint that looks complete.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+
+def save_checkpoint(path: Path, module: torch.nn.Module, frozen: set[str], spec_json: dict, freeze: dict,
+                    extra: dict) -> Path:
+    tmp = path.with_name(path.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    weights = {n: p.detach().float().contiguous().clone() for n, p in module.named_parameters() if n not in frozen}
+    save_file(weights, str(tmp / "model.safetensors"))
+    (tmp / "spec.resolved.json").write_text(json.dumps(spec_json, indent=2) + "\n")
+    (tmp / "freeze.json").write_text(json.dumps(freeze, indent=2) + "\n")
+    (tmp / "state.json").write_text(json.dumps(extra, indent=2) + "\n")
+    if path.exists():
+        shutil.rmtree(path)
+    tmp.rename(path)
+    return path

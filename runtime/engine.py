@@ -1,0 +1,94 @@
+"""The DeepSpeed engine around the trainable part of a compiled model.
+
+One process needs no launcher: the distributed environment DeepSpeed expects
+is filled in here (gloo on CPU). Only trainable parameters reach DeepSpeed, in
+the compiled groups; frozen modules are pinned to eval mode after every
+`train()`; wholly frozen input towers run outside the engine.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+import torch
+import torch.fx as fx
+
+from compiler.ds_config import resolve_accelerator
+from graphspec.schema import Spec
+
+from .split import Split, outside_towers
+
+
+def _free_port() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
+def single_process_env(spec: Spec) -> None:
+    """What `deepspeed.initialize` needs when no launcher set it (else it tries MPI)."""
+    os.environ.setdefault("DS_ACCELERATOR", resolve_accelerator(spec))
+    for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1")):
+        os.environ.setdefault(key, value)
+    os.environ.setdefault("MASTER_PORT", _free_port())
+
+
+@dataclass
+class Trainer:
+    engine: object  # deepspeed.DeepSpeedEngine
+    optimizer: object
+    scheduler: object
+    split: Split
+    eval_modules: list[str]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.engine.module.parameters()).dtype
+
+    def train(self) -> None:
+        self.engine.train()
+        self.pin_eval()
+
+    def eval(self) -> None:
+        self.engine.eval()
+
+    def pin_eval(self) -> None:
+        """engine.train() turns dropout back on everywhere; frozen modules compute a fixed function."""
+        self.split.towers.eval()
+        for name in self.eval_modules:
+            self.engine.module.get_submodule(name).eval()
+
+    def forward(self, batch: dict) -> dict:
+        towers = self.split.run_towers(batch)
+        inputs = self.split.inner_inputs(batch, towers)
+        inputs = {k: _cast(v, self.dtype) for k, v in inputs.items()}
+        return self.engine(**inputs)
+
+
+def _cast(value, dtype: torch.dtype):
+    if isinstance(value, torch.Tensor):
+        return value.to(dtype) if value.is_floating_point() else value
+    if isinstance(value, dict):
+        return {k: _cast(v, dtype) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return tuple(_cast(v, dtype) for v in value)
+    return value
+
+
+def make_trainer(spec: Spec, model: fx.GraphModule, freeze: dict, groups: list[dict], ds_config: dict) -> Trainer:
+    single_process_env(spec)
+    import deepspeed
+
+    split = Split(model, outside_towers(model, freeze["frozen_nodes"]))
+    params = dict(split.inner.named_parameters())
+    param_groups = [{"params": [params[n] for n in g["params"]], "weight_decay": g["weight_decay"],
+                     "lr": spec.train.optimizer.lr * g["lr_scale"], "name": g["name"]} for g in groups]
+    engine, optimizer, _, scheduler = deepspeed.initialize(model=split.inner, model_parameters=param_groups,
+                                                          config=ds_config)
+    inside = set(params)
+    trainer = Trainer(engine, optimizer, scheduler, split, [m for m in freeze["eval_modules"] if
+                                                            any(p.startswith(m + ".") for p in inside)])
+    trainer.train()
+    return trainer

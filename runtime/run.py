@@ -1,0 +1,144 @@
+"""`graphspec run`: train a compiled model on its data, validate, report, checkpoint."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from compiler import build_model
+from compiler.ds_config import batch_plan
+from graphspec.errors import GraphspecError, Issue, Loc
+
+from .batches import Roles, encode
+from .build import Build
+from .checkpoint import save_checkpoint
+from .data.pairs import SceneSet, all_texts, batched
+from .engine import Trainer, make_trainer
+from .images import image_transform
+from .objectives import IGNORE, itm_loss, mlm_loss
+from .report import Reporter, format_summary
+from .text import load_tokenizer, text_node
+
+
+def prepare_run_dir(run_dir: Path) -> Path:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise GraphspecError([Issue((), f"cannot write the run directory: {e.strerror or e}",
+                                    "choose another with --run-dir, or fix its permissions", loc=Loc(str(run_dir)))],
+                             title="the run cannot start") from None
+    return run_dir
+
+
+def losses(trainer: Trainer, batch: dict, roles: Roles, spec) -> dict[str, torch.Tensor]:
+    out = trainer.forward(batch)
+    parts: dict[str, torch.Tensor] = {}
+    if roles.itm:
+        parts[roles.itm] = itm_loss(out[spec.objective_head(roles.itm)], batch["match"])
+    if roles.mlm:
+        head = spec.objective_head(roles.mlm)
+        parts[roles.mlm] = mlm_loss(out[head], batch[f"{head}_labels"])
+    parts["loss"] = sum(spec.objectives[k].weight * v for k, v in parts.items())
+    return parts
+
+
+@torch.no_grad()
+def evaluate(trainer: Trainer, val_batches: list, roles: Roles, spec, tokenizer) -> dict:
+    """ITM accuracy on unmasked text over fixed balanced pairs; MLM accuracy on a fixed masking."""
+    trainer.eval()
+    correct = total = mlm_hit = mlm_total = 0
+    gen = torch.Generator().manual_seed(1234)
+    for pairs in val_batches:
+        if roles.itm:
+            batch = encode(pairs, spec, roles, tokenizer, gen=None)
+            logits = trainer.forward(batch)[spec.objective_head(roles.itm)]
+            correct += int((logits.argmax(-1) == pairs.match).sum())
+            total += len(pairs.texts)
+        if roles.mlm:
+            batch = encode(pairs, spec, roles, tokenizer, gen=gen)
+            head = spec.objective_head(roles.mlm)
+            labels = batch[f"{head}_labels"]
+            logits = trainer.forward(batch)[head]
+            mlm_hit += int((logits.argmax(-1) == labels[labels != IGNORE]).sum())
+            mlm_total += int((labels != IGNORE).sum())
+    trainer.train()
+    out = {}
+    if total:
+        out["itm_acc"] = correct / total
+    if mlm_total:
+        out["mlm_acc"] = mlm_hit / mlm_total
+    return out
+
+
+def run(build: Build, run_dir: Path, show_bar: bool | None = None) -> dict:
+    spec = build.spec
+    run_dir = prepare_run_dir(run_dir)
+    roles = Roles.of(spec)
+    model, plan = build_model(spec)
+    transform = image_transform(spec, roles.image, model)
+    size = spec.inputs[roles.image].size
+    train_set = SceneSet(spec.data.train, ("data", "train"), size, transform)
+    val_set = SceneSet(spec.data.val, ("data", "val"), size, transform) if spec.data.val else None
+    text_name, _ = text_node(spec, roles.text)
+    vocab = model.get_submodule(text_name).model.config.vocab_size
+    tokenizer = load_tokenizer(spec, roles.text, vocab, build.dir, all_texts(train_set))
+    trainer = make_trainer(spec, model, build.freeze, build.groups, build.ds_config)
+    micro, accum = batch_plan(spec)
+    val_batches = batched(val_set.eval_pairs(spec.data.val_pairs), micro) if val_set else []
+    neg = spec.objectives[roles.itm].negative_prob if roles.itm else 0.0
+    reporter = Reporter(run_dir, spec.train.steps, show_bar=show_bar)
+    reporter.line(f"training {spec.name}: {len(train_set)} train scenes, {spec.train.steps} steps of "
+                  f"{spec.train.batch_size} ({micro} x {accum}), run dir {run_dir}")
+    gen = torch.Generator().manual_seed(spec.train.seed)
+    val: dict = {}
+    window, window_start = 0, time.perf_counter()
+    for step in range(1, spec.train.steps + 1):
+        shown: dict[str, float] = {}
+        for m in range(accum):
+            pairs = train_set.train_batch(micro, neg, spec.train.seed, (step - 1) * accum + m)
+            parts = losses(trainer, encode(pairs, spec, roles, tokenizer, gen), roles, spec)
+            trainer.engine.backward(parts["loss"])
+            trainer.engine.step()
+            for k, v in parts.items():
+                shown[k] = shown.get(k, 0.0) + float(v.detach()) / accum
+        window += spec.train.batch_size
+        reporter.step(step, shown)
+        if step % spec.train.log_every == 0 or step == spec.train.steps:
+            rate = window / max(time.perf_counter() - window_start, 1e-9)
+            reporter.log({"step": step, **{k: round(v, 5) for k, v in shown.items()},
+                          "lr": trainer.scheduler.get_last_lr()[0], "samples_per_s": round(rate, 2)})
+            if not reporter.show_bar:
+                reporter.line(f"step {step}/{spec.train.steps} " + " ".join(f"{k} {v:.4f}" for k, v in shown.items())
+                              + f" {rate:.1f} samples/s")
+            window, window_start = 0, time.perf_counter()
+        every = spec.train.val_every
+        if val_batches and ((every and step % every == 0) or step == spec.train.steps):
+            val = evaluate(trainer, val_batches, roles, spec, tokenizer)
+            reporter.log({"step": step, "split": "val", **val})
+            reporter.line(f"step {step} validation: " + " ".join(f"{k} {v:.4f}" for k, v in val.items()))
+    wall = reporter.elapsed
+    reporter.close()
+    return _finish(build, run_dir, trainer, plan, val, wall)
+
+
+def _finish(build: Build, run_dir: Path, trainer: Trainer, plan, val: dict, wall: float) -> dict:
+    spec = build.spec
+    ckpt = save_checkpoint(run_dir / "checkpoint", trainer.engine.module, set(plan.frozen),
+                           spec.model_dump(mode="json", exclude={"extends"}), build.freeze,
+                           {"step": spec.train.steps, "val": val})
+    total = sum(p.numel() for p in trainer.engine.module.parameters()) + sum(
+        p.numel() for p in trainer.split.towers.parameters())
+    frozen = sum(p.numel() for n, p in trainer.engine.module.named_parameters() if n in plan.frozen) + sum(
+        p.numel() for p in trainer.split.towers.parameters())
+    summary = {"run_dir": str(run_dir), "spec": spec.name, "steps": spec.train.steps, "wall_time_s": round(wall, 1),
+               "samples_per_s": round(spec.train.steps * spec.train.batch_size / max(wall, 1e-9), 2),
+               "params": {"trainable": total - frozen, "frozen": frozen}, "val": val, "checkpoint": str(ckpt)}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(format_summary(summary), flush=True)
+    return summary

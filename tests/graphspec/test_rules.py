@@ -1,0 +1,141 @@
+"""graphspec.rules: each spec rule, triggered once, with its message; the shipped quickstart passes them all."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+import graphspec
+from graphspec import Spec, SpecError
+from graphspec.loader import spec_warnings
+from graphspec.rules import SPEC_RULES, check_spec
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _set(data: dict, dotted: str, value) -> None:
+    *parents, last = dotted.split(".")
+    for part in parents:
+        data = data.setdefault(part, {})
+    if value is None:
+        data.pop(last, None)
+    else:
+        data[last] = value
+
+
+# (rule, changes to the small spec, path of the issue, message, hint)
+CASES = [
+    ("batch_sizes_divide", {"train.batch_size": 8, "train.micro_batch_size": 3},
+     ("train", "batch_size"), "batch_size 8 is not micro_batch_size 3 x accumulation x world_size 1",
+     "make batch_size a multiple of 3, e.g. 9"),
+    ("batch_sizes_divide", {"train.batch_size": 9, "distributed.world_size": 2},
+     ("train", "batch_size"), "batch_size 9 is not micro_batch_size 4 x accumulation x world_size 2",
+     "make batch_size a multiple of 8, e.g. 8"),
+    ("size_overrides_need_random_init", {"nodes.vision_tower.init": "pretrained"},
+     ("nodes", "vision_tower", "size"),
+     "size overrides change the weights' shapes, so they cannot load pretrained weights",
+     "set `init: random`, or remove `size`"),
+    ("encoders_name_a_source", {"nodes.text_tower.init": "pretrained", "nodes.text_tower.size": None,
+                                "nodes.text_tower.model_type": None},
+     ("nodes", "text_tower", "source"), "a pretrained encoder needs a source",
+     "set `source:` to a hub id or a local directory"),
+    ("encoders_name_a_source", {"nodes.text_tower.model_type": None},
+     ("nodes", "text_tower"), "a random encoder needs a config: a `source` or a `model_type`",
+     "set `model_type:` (e.g. 'bert') to build it offline"),
+    ("encoders_name_a_source", {"nodes.text_tower.source": "bert-base-uncased"},
+     ("nodes", "text_tower", "model_type"), "give either `source` or `model_type`, not both",
+     "`model_type` is for building a random encoder with no source"),
+    ("offload_matches_zero_stage", {"distributed.offload_param": "cpu", "distributed.zero_stage": 2},
+     ("distributed", "offload_param"),
+     "offload_param needs ZeRO stage 3 (stage is 2); DeepSpeed would silently ignore it",
+     "set `distributed.zero_stage: 3`, or `offload_param: none`"),
+    ("offload_matches_zero_stage", {"distributed.offload_optimizer": "cpu", "distributed.zero_stage": 0},
+     ("distributed", "offload_optimizer"), "offload_optimizer needs ZeRO stage 1, 2 or 3",
+     "set `distributed.zero_stage: 2`"),
+    ("offload_matches_zero_stage", {"distributed.offload_optimizer": "cpu", "distributed.zero_stage": 2,
+                                    "train.optimizer.name": "sgd"},
+     ("train", "optimizer", "name"), "an offloaded optimizer must be Adam or AdamW (DeepSpeedCPUAdam), not sgd",
+     "use `adamw`, or `offload_optimizer: none`"),
+    ("warmup_fits_in_steps", {"train.schedule.warmup": 20},
+     ("train", "schedule", "warmup"), "warm-up of 20 steps is not shorter than train.steps 20",
+     "use a fraction (e.g. 0.1) or fewer steps"),
+    ("heads_divide_widths", {"nodes.fusion.width": 100, "nodes.fusion.heads": 3},
+     ("nodes", "fusion", "heads"), "3 heads do not divide width 100", "use a divisor of 100, e.g. 4"),
+    ("heads_divide_widths", {"nodes.text_tower.size.heads": 3},
+     ("nodes", "text_tower", "size", "heads"), "3 heads do not divide hidden 32", "pick heads that divide hidden"),
+    ("names_are_distinct_identifiers", {"nodes.forward": {"kind": "projection", "input": "pooled", "width": 8}},
+     ("nodes", "forward"), "'forward' is a reserved name", "rename it, e.g. 'forward_'"),
+    ("names_are_distinct_identifiers", {"heads.class": {"kind": "itm", "input": "pooled"}},
+     ("heads", "class"), "'class' is a reserved name", "rename it, e.g. 'class_'"),
+    ("names_are_distinct_identifiers", {"nodes.text": {"kind": "projection", "input": "pooled", "width": 8}},
+     ("nodes", "text"), "the name 'text' is already used in inputs",
+     "inputs, nodes and heads share one namespace: rename one"),
+    ("names_are_distinct_identifiers", {"heads.pooled": {"kind": "itm", "input": "pooled"}},
+     ("heads", "pooled"), "the name 'pooled' is already used in nodes",
+     "inputs, nodes and heads share one namespace: rename one"),
+    ("names_are_distinct_identifiers", {"nodes.my-proj": {"kind": "projection", "input": "pooled", "width": 8}},
+     ("nodes", "my-proj"), "'my-proj' is not a valid name: references could not name it",
+     "use letters, digits and '_', starting with a letter"),
+]
+
+
+def _spec(spec_data: dict, changes: dict) -> Spec:
+    for dotted, value in changes.items():
+        _set(spec_data, dotted, value)
+    return Spec.model_validate(spec_data)
+
+
+def test_every_rule_has_a_case():
+    assert {rule.__name__ for rule in SPEC_RULES} - {"objectives_exist"} == {c[0] for c in CASES}
+
+
+@pytest.mark.parametrize("rule, changes, path, message, hint", CASES,
+                         ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
+def test_rule_reports_the_field_and_the_fix(spec_data, rule, changes, path, message, hint):
+    spec = _spec(spec_data, changes)
+    [issue] = check_spec(spec)  # exactly this rule fires
+    assert (issue.path, issue.message, issue.hint, issue.severity) == (path, message, hint, "error")
+    [fn] = [r for r in SPEC_RULES if r.__name__ == rule]
+    assert list(fn(spec)) == [issue]
+
+
+def test_rule_errors_reach_the_user_located(load_error, spec_text, line_of):
+    text = spec_text.replace("  schedule: {warmup: 2}", "  schedule: {warmup: 20}")
+    error = load_error(text)
+    [issue] = error.issues
+    assert issue.message == "warm-up of 20 steps is not shorter than train.steps 20"
+    assert str(issue.loc) == f"spec.yaml:{line_of(text, 'warmup: 20')}:14"
+    assert "fix: use a fraction (e.g. 0.1) or fewer steps" in str(error)
+
+
+def test_all_rule_errors_are_reported_together(spec_data):
+    changes = {"train.schedule.warmup": 20, "nodes.fusion.width": 100, "nodes.fusion.heads": 3,
+               "distributed.offload_param": "cpu"}
+    for dotted, value in changes.items():
+        _set(spec_data, dotted, value)
+    with pytest.raises(SpecError) as info:
+        graphspec.loads(yaml.safe_dump(spec_data))
+    assert {i.dotted for i in info.value.issues} == {"train.schedule.warmup", "nodes.fusion.heads",
+                                                     "distributed.offload_param"}
+
+
+def test_a_warmup_fraction_is_not_a_number_of_steps(spec_data):
+    assert check_spec(_spec(spec_data, {"train.schedule.warmup": 0.99, "train.steps": 1})) == []
+
+
+def test_heads_without_objectives_is_a_warning_not_an_error(spec_text, line_of):
+    text = spec_text[: spec_text.index("objectives:")] + spec_text[spec_text.index("train:"):]
+    spec = graphspec.loads(text)  # loads: a warning does not fail loading
+    [issue] = check_spec(spec)
+    assert (issue.path, issue.severity) == (("objectives",), "warning")
+    assert issue.message == "no objectives: nothing would train the heads"
+    assert issue.hint == "add e.g. `objectives: {itm: {weight: 1.0}}`"
+    [warning] = spec_warnings(spec)  # what the CLI prints: the same warning, located
+    assert warning.format().startswith("warning: <spec>: objectives: no objectives")
+
+
+def test_the_quickstart_spec_passes_every_rule():
+    spec = graphspec.load(REPO / "specs" / "quickstart.yaml")
+    assert check_spec(spec) == []
