@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from graphspec.errors import GraphspecError, Issue
+from graphspec.errors import Issue, SpecError
 from graphspec.schema import Spec
 
 from .data.pairs import Pairs
@@ -27,11 +27,11 @@ class Roles:
         texts = [n for n, i in spec.inputs.items() if i.modality == "text"]
         images = [n for n, i in spec.inputs.items() if i.modality == "image"]
         if len(texts) != 1 or len(images) != 1:
-            raise GraphspecError([Issue(("inputs",), "the captions task needs exactly one text and one image input",
+            raise SpecError([Issue(("inputs",), "the captions task needs exactly one text and one image input",
                                         f"this spec has text inputs {texts} and image inputs {images}")])
         by_kind = {o.kind: n for n, o in spec.objectives.items()}
         if not by_kind:
-            raise GraphspecError([Issue(("objectives",), "there is no objective to train",
+            raise SpecError([Issue(("objectives",), "there is no objective to train",
                                         "add `objectives: {itm: {weight: 1.0}}` (and/or mlm)")])
         return cls(texts[0], images[0], by_kind.get("mlm"), by_kind.get("itm"))
 

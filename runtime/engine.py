@@ -8,6 +8,7 @@ the compiled groups; frozen modules are pinned to eval mode after every
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from dataclasses import dataclass
@@ -77,9 +78,19 @@ def _cast(value, dtype: torch.dtype):
     return value
 
 
+class _NotBeforeStart(logging.Filter):
+    """DeepSpeed's scheduler warns when initialize reads its first learning rate; that read is expected."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "before it has started" not in record.getMessage()
+
+
 def make_trainer(spec: Spec, model: fx.GraphModule, freeze: dict, groups: list[dict], ds_config: dict) -> Trainer:
     single_process_env(spec)
     import deepspeed
+    from deepspeed.utils import logger
+
+    logger.addFilter(_NotBeforeStart())
 
     split = Split(model, outside_towers(model, freeze["frozen_nodes"]))
     params = dict(split.inner.named_parameters())

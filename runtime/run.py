@@ -10,7 +10,7 @@ import torch
 
 from compiler import build_model
 from compiler.ds_config import batch_plan
-from graphspec.errors import GraphspecError, Issue, Loc
+from graphspec.errors import EnvironmentProblem, Issue, Loc
 
 from .batches import Roles, encode
 from .build import Build
@@ -30,7 +30,7 @@ def prepare_run_dir(run_dir: Path) -> Path:
         probe.write_text("")
         probe.unlink()
     except OSError as e:
-        raise GraphspecError([Issue((), f"cannot write the run directory: {e.strerror or e}",
+        raise EnvironmentProblem([Issue((), f"cannot write the run directory: {e.strerror or e}",
                                     "choose another with --run-dir, or fix its permissions", loc=Loc(str(run_dir)))],
                              title="the run cannot start") from None
     return run_dir
@@ -95,9 +95,10 @@ def run(build: Build, run_dir: Path, show_bar: bool | None = None) -> dict:
     reporter = Reporter(run_dir, spec.train.steps, show_bar=show_bar)
     reporter.line(f"training {spec.name}: {len(train_set)} train scenes, {spec.train.steps} steps of "
                   f"{spec.train.batch_size} ({micro} x {accum}), run dir {run_dir}")
-    gen = torch.Generator().manual_seed(spec.train.seed)
+    gen = torch.Generator().manual_seed(spec.train.seed)  # masking
+    torch.manual_seed(spec.train.seed)  # dropout: the same run twice gives the same losses
     val: dict = {}
-    window, window_start = 0, time.perf_counter()
+    window, window_start, sums = 0, time.perf_counter(), {}
     for step in range(1, spec.train.steps + 1):
         shown: dict[str, float] = {}
         for m in range(accum):
@@ -108,15 +109,18 @@ def run(build: Build, run_dir: Path, show_bar: bool | None = None) -> dict:
             for k, v in parts.items():
                 shown[k] = shown.get(k, 0.0) + float(v.detach()) / accum
         window += spec.train.batch_size
+        sums = {k: sums.get(k, 0.0) + v for k, v in shown.items()}
         reporter.step(step, shown)
         if step % spec.train.log_every == 0 or step == spec.train.steps:
+            n_steps = window // spec.train.batch_size
+            mean = {k: v / n_steps for k, v in sums.items()}  # losses averaged over the steps since the last log
             rate = window / max(time.perf_counter() - window_start, 1e-9)
-            reporter.log({"step": step, **{k: round(v, 5) for k, v in shown.items()},
+            reporter.log({"step": step, **{k: round(v, 5) for k, v in mean.items()},
                           "lr": trainer.scheduler.get_last_lr()[0], "samples_per_s": round(rate, 2)})
             if not reporter.show_bar:
-                reporter.line(f"step {step}/{spec.train.steps} " + " ".join(f"{k} {v:.4f}" for k, v in shown.items())
+                reporter.line(f"step {step}/{spec.train.steps} " + " ".join(f"{k} {v:.4f}" for k, v in mean.items())
                               + f" {rate:.1f} samples/s")
-            window, window_start = 0, time.perf_counter()
+            window, window_start, sums = 0, time.perf_counter(), {}
         every = spec.train.val_every
         if val_batches and ((every and step % every == 0) or step == spec.train.steps):
             val = evaluate(trainer, val_batches, roles, spec, tokenizer)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Iterable
 
-from graphspec.errors import EnvironmentProblem, GraphspecError, Issue
+from graphspec.errors import EnvironmentProblem, Issue, SpecError
 from graphspec.schema import Spec
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # BERT's, so pad id 0 matches BERT-style configs
@@ -15,7 +16,7 @@ def text_node(spec: Spec, input_name: str) -> tuple[str, object]:
     for name, node in spec.nodes.items():
         if node.kind == "hf_text" and node.input == input_name:
             return name, node
-    raise GraphspecError([Issue(("inputs", input_name), f"no hf_text node reads the text input '{input_name}'",
+    raise SpecError([Issue(("inputs", input_name), f"no hf_text node reads the text input '{input_name}'",
                                 "add one: the tokenizer comes from it")])
 
 
@@ -36,20 +37,31 @@ def load_tokenizer(spec: Spec, input_name: str, vocab_size: int, cache_dir: Path
     tok = PreTrainedTokenizerFast(tokenizer_file=str(path), unk_token="[UNK]", pad_token="[PAD]",
                                   cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
     if len(tok) > vocab_size:
-        raise GraphspecError([Issue(("nodes", name, "size", "vocab_size"),
+        raise SpecError([Issue(("nodes", name, "size", "vocab_size"),
                                     f"the trained vocabulary has {len(tok)} entries, more than the model's {vocab_size}",
                                     f"set `size.vocab_size: {len(tok)}` or more")])
     return tok
 
 
 def _train_wordpiece(texts: list[str], vocab_size: int):
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    """A WordPiece tokenizer whose vocabulary is fitted to `texts`, deterministically.
 
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIALS,
-                                                              show_progress=False))
+    tokenizers' own WordPieceTrainer breaks frequency ties in hash-map order, which
+    changes from process to process (three runs here, three vocabularies), so the
+    same data would give different token ids. The vocabulary is counted here
+    instead: special tokens, every character (alone and as a '##' continuation, so
+    any word can be spelt), then whole words by frequency, ties alphabetical.
+    Normalisation, pre-tokenisation and the WordPiece model are the library's.
+    """
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+
+    normalizer, pre = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
+    counts = Counter(w for t in texts for w, _ in pre.pre_tokenize_str(normalizer.normalize_str(t)))
+    chars = sorted({c for w in counts for c in w})
+    vocab = SPECIALS + chars + [f"##{c}" for c in chars]
+    vocab += [w for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if w not in vocab]
+    tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab[:vocab_size])}, unk_token="[UNK]"))
+    tok.normalizer, tok.pre_tokenizer = normalizer, pre
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
     return tok

@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from graphspec.errors import GraphspecError, Issue
+from graphspec.errors import Issue, SpecError
 from graphspec.schema import DataSource
 
 from . import shapes as gen
@@ -41,12 +41,12 @@ class SceneSet:
             shapes=tuple(opts.shapes) if opts.shapes else gen.SHAPES, image_size=image_size, seed=opts.seed)
         problems = config.validate()
         if problems:
-            raise GraphspecError([Issue(where + ("shapes",), p, "see the builtin:shapes options") for p in problems],
+            raise SpecError([Issue(where + ("shapes",), p, "see the builtin:shapes options") for p in problems],
                                  title="the data block asks for scenes the generator cannot make")
         available = gen.split_size(config, source.split)
         n = source.samples or available
         if n > available:
-            raise GraphspecError([Issue(where + ("samples",), f"asked for {n} {source.split} scenes, but these options "
+            raise SpecError([Issue(where + ("samples",), f"asked for {n} {source.split} scenes, but these options "
                                         f"give only {available} distinct {source.split} scenes",
                                         f"use samples <= {available}, or allow more variety (e.g. shapes.max_shapes: 4)")],
                                  title="the data block asks for scenes the generator cannot make")

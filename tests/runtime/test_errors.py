@@ -1,0 +1,62 @@
+"""User mistakes at run time end in a located message and an exit code, never a traceback."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from graphspec.cli import main
+from graphspec.errors import GraphspecError
+from runtime.build import BuildError, read_build
+from runtime.run import run
+
+
+def test_build_directory_from_another_version(train_spec, compile_build, capsys):
+    build = compile_build(train_spec)
+    manifest = build.dir / "manifest.json"
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "format_version": 999}))
+    with pytest.raises(BuildError) as info:
+        read_build(build.dir)
+    assert "build format version 999; this graphspec reads version 1" in info.value.format()
+    assert main(["run", str(build.dir)]) == 2
+    err = capsys.readouterr().err
+    assert "manifest.json: build format version 999" in err and "fix: recompile it: graphspec compile SPEC -o" in err
+    assert "Traceback" not in err
+
+
+def test_incomplete_build_directory(tmp_path, capsys):
+    (tmp_path / "b").mkdir()
+    assert main(["run", str(tmp_path / "b")]) == 2
+    assert "not a complete build directory (missing manifest.json" in capsys.readouterr().err
+
+
+def test_unwritable_run_directory(train_spec, compile_build, tmp_path):
+    build = compile_build(train_spec)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(GraphspecError) as info:
+        run(build, blocker / "run", show_bar=False)
+    text = info.value.format()
+    assert f"{blocker / 'run'}: cannot write the run directory" in text and "choose another with --run-dir" in text
+
+
+def test_data_the_generator_cannot_make_is_located_in_the_spec(train_spec, write_spec, tmp_path, capsys,
+                                                               monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    train_spec["data"]["train"] = {"samples": 5000}
+    path = write_spec(train_spec)
+    line = next(i for i, t in enumerate(path.read_text().splitlines(), 1) if "samples: 5000" in t)
+    assert main(["run", str(path), "--run-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert f"spec.yaml:{line}:" in err
+    assert "data.train.samples: asked for 5000 train scenes, but these options give only 2183 distinct train scenes" in err
+    assert "Traceback" not in err
+
+
+def test_unknown_colour_is_reported_by_the_generator(train_spec, compile_build, tmp_path):
+    train_spec["data"]["train"] = {"shapes": {"colors": ["red", "pink"]}}
+    with pytest.raises(GraphspecError) as info:
+        run(compile_build(train_spec), tmp_path / "run", show_bar=False)
+    assert "data.train.shapes: colors: unknown colour 'pink'" in info.value.format()
