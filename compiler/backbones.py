@@ -152,7 +152,15 @@ def _create_timm(timm, name: str, pretrained: bool, kwargs: dict, optional: dict
                 raise SpecError([Issue(path + ("size",), f"timm model '{name}' does not take '{key}'",
                                        "remove that size override")]) from e
             optional.pop(bad)
-        except (OSError, RuntimeError) as e:
+        except RuntimeError as e:
+            if not pretrained or "state_dict" not in str(e):
+                raise
+            detail = next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln or "Missing" in ln
+                           or "Unexpected" in ln), str(e).splitlines()[0])
+            where = kwargs.get("pretrained_cfg_overlay", {}).get("file", "the pretrained weights")
+            raise SpecError([Issue(path + ("weights",), f"{where} does not fit timm '{name}' as specified: {detail[:300]}",
+                                   "make `source` and `size` describe the architecture the file was saved from")]) from e
+        except OSError as e:
             if not pretrained:
                 raise
             raise EnvironmentProblem([Issue(path + ("source",), f"pretrained weights for timm '{name}' are not available: {str(e)[:200]}",

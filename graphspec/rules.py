@@ -45,9 +45,10 @@ def batch_sizes_divide(spec: Spec) -> Iterator[Issue]:
 
 def size_overrides_need_random_init(spec: Spec) -> Iterator[Issue]:
     for name, node in spec.nodes.items():
-        if node.kind in ENCODER_KINDS and node.size is not None and node.init == "pretrained":
+        if node.kind in ENCODER_KINDS and node.size is not None and node.init == "pretrained" \
+                and not getattr(node, "weights", None):
             yield Issue(("nodes", name, "size"), "size overrides change the weights' shapes, so they cannot load pretrained weights",
-                        "set `init: random`, or remove `size`")
+                        "set `init: random`, remove `size`, or (timm) name a `weights` file of that size")
 
 
 def encoders_name_a_source(spec: Spec) -> Iterator[Issue]:

@@ -48,3 +48,20 @@ def write_spec(tmp_path):
         return path
 
     return write
+
+
+@pytest.fixture
+def tiny_bert(tmp_path):
+    """A tiny BERT with its tokenizer, saved to tmp_path/bert as a pretrained model would be."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    directory = tmp_path / "bert"
+    torch.manual_seed(3)
+    model = BertModel(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                                 vocab_size=64, max_position_embeddings=16), add_pooling_layer=False)
+    model.save_pretrained(directory)
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "red", "blue", "circle", "square", "left", "of"]
+    (directory / "vocab.txt").write_text("\n".join(words + [f"w{i}" for i in range(64 - len(words))]) + "\n")
+    BertTokenizerFast(vocab_file=str(directory / "vocab.txt")).save_pretrained(directory)
+    return model

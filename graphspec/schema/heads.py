@@ -13,7 +13,7 @@ from .nodes import FreezeField, Freeze
 class ITMHead(Strict):
     """Image-text matching: one logit pair (no match, match) from a pooled vector."""
 
-    kind: Literal["itm"]
+    kind: Literal["itm"] = Field(description="Image-text matching head.")
     input: Ref = Field(description="A pooled vector, e.g. a cls_pool node.")
     hidden: int | None = Field(None, ge=1, description="Width of a hidden layer (GELU) before the output; none by default.")
     freeze: bool | Freeze = FreezeField
@@ -22,7 +22,7 @@ class ITMHead(Strict):
 class MLMHead(Strict):
     """Masked language modelling: a transform (dense, GELU, LayerNorm) and a decoder to the vocabulary."""
 
-    kind: Literal["mlm"]
+    kind: Literal["mlm"] = Field(description="Masked language modelling head.")
     input: Ref = Field(description="A text sequence, e.g. the text stream of a fusion node.")
     vocab_from: Ref | None = Field(None, description="A text encoder node whose vocabulary the head predicts.")
     vocab_size: int | None = Field(None, ge=2, description="The vocabulary size, when there is no `vocab_from`.")

@@ -58,7 +58,7 @@ class _Encoder(Strict):
 
 
 class HFText(_Encoder):
-    kind: Literal["hf_text"]
+    kind: Literal["hf_text"] = Field(description="A transformers text encoder.")
     source: str | None = Field(
         None, description="Hugging Face hub id or local directory of a transformers text encoder."
     )
@@ -70,7 +70,7 @@ class HFText(_Encoder):
 
 
 class HFVision(_Encoder):
-    kind: Literal["hf_vision"]
+    kind: Literal["hf_vision"] = Field(description="A transformers vision encoder (ViT-style).")
     source: str | None = Field(None, description="Hugging Face hub id or local directory of a vision encoder.")
     model_type: str | None = Field(
         None, description="A transformers model type (e.g. 'vit', 'deit') to build with `init: random`."
@@ -78,7 +78,7 @@ class HFVision(_Encoder):
 
 
 class TimmVision(_Encoder):
-    kind: Literal["timm_vision"]
+    kind: Literal["timm_vision"] = Field(description="A timm vision model: ViT tokens or a CNN feature map as tokens.")
     source: str = Field(description="A timm model name, e.g. 'deit_tiny_patch16_224'.")
     weights: str | None = Field(
         None, description="A local weights file (.safetensors, .pth) for `init: pretrained`, instead of the hub."
@@ -86,7 +86,7 @@ class TimmVision(_Encoder):
 
 
 class Projection(Strict):
-    kind: Literal["projection"]
+    kind: Literal["projection"] = Field(description="A linear map to a new width.")
     input: Ref = Field(description="The sequence or vector to project.")
     width: int = Field(ge=1, description="Output width.")
     freeze: bool | Freeze = FreezeField
@@ -100,8 +100,8 @@ class CoInputs(Strict):
 class CoAttention(Strict):
     """LXMERT-style co-attention: each layer lets each stream attend to the other, then to itself."""
 
-    kind: Literal["co_attention"]
-    inputs: CoInputs
+    kind: Literal["co_attention"] = Field(description="LXMERT-style co-attention fusion.")
+    inputs: CoInputs = Field(description="The two streams to fuse.")
     width: int | None = Field(
         None,
         ge=8,
@@ -118,7 +118,7 @@ class CoAttention(Strict):
 class ClsPool(Strict):
     """First-token pooling; with two inputs ('double'), the two first tokens are concatenated."""
 
-    kind: Literal["cls_pool"]
+    kind: Literal["cls_pool"] = Field(description="First-token pooling of one or two streams.")
     inputs: list[Ref] = Field(min_length=1, max_length=2, description="One or two sequences.")
     dense: bool = Field(True, description="A linear layer + tanh on each first token, as BERT's pooler.")
     freeze: bool | Freeze = FreezeField

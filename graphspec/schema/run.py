@@ -60,8 +60,8 @@ class Train(Strict):
     micro_batch_size: int | None = Field(
         None, ge=1, description="Per-process batch of one forward pass; defaults to batch_size / world_size."
     )
-    optimizer: Optimizer = Field(default_factory=Optimizer)
-    schedule: Schedule = Field(default_factory=Schedule)
+    optimizer: Optimizer = Field(default_factory=Optimizer, description="The optimizer.")
+    schedule: Schedule = Field(default_factory=Schedule, description="The learning-rate schedule.")
     lr_multipliers: dict[str, float] = Field(
         default_factory=dict,
         description="Learning-rate multipliers by node name, `heads`, or `heads.NAME`; the longest match wins.",
@@ -86,7 +86,7 @@ class Distributed(Strict):
     offload_param: Literal["none", "cpu"] = Field("none", description="Offload of weights (ZeRO stage 3 only).")
     accelerator: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train; auto picks cuda when present.")
     reduce_bucket_size: int | None = Field(None, ge=1, description="ZeRO reduce bucket size in elements.")
-    frozen: FrozenPlacement = Field(default_factory=FrozenPlacement)
+    frozen: FrozenPlacement = Field(default_factory=FrozenPlacement, description="Placement of frozen towers.")
     deepspeed: dict[str, Any] = Field(
         default_factory=dict,
         description="Extra DeepSpeed config keys merged over the emitted config; checked like the rest.",

@@ -25,9 +25,9 @@ class Spec(Strict):
     nodes: dict[str, Node] = Field(min_length=1, description="Named nodes: encoders, projections, fusion, poolers.")
     heads: dict[str, Head] = Field(default_factory=dict, description="Named task heads.")
     objectives: dict[str, Objective] = Field(default_factory=dict, description="Losses, each training one head.")
-    data: Data = Field(default_factory=Data)
-    train: Train = Field(default_factory=Train)
-    distributed: Distributed = Field(default_factory=Distributed)
+    data: Data = Field(default_factory=Data, description="Training and validation data.")
+    train: Train = Field(default_factory=Train, description="Steps, batch sizes, optimizer, schedule, precision.")
+    distributed: Distributed = Field(default_factory=Distributed, description="Processes, ZeRO stage, offload.")
 
     _source: Any = PrivateAttr(default=None)  # where each field was written (graphspec.source.SourceMap)
 

@@ -64,3 +64,34 @@ def test_trained_vocabulary_is_kept_in_the_build(train_spec, compile_build, tmp_
     tokenizer_file = build.dir / "tokenizer-text.json"
     vocab = json.loads(tokenizer_file.read_text())["model"]["vocab"]
     assert {"[PAD]", "[MASK]", "red", "circle"} <= set(vocab) and vocab["[PAD]"] == 0
+
+
+def test_pretrained_text_tower_brings_its_tokenizer(train_spec, compile_build, tmp_path, tiny_bert):
+    node = train_spec["nodes"]["text_tower"]
+    node.update(init="pretrained", source=str(tmp_path / "bert"))
+    del node["model_type"], node["size"]
+    build = compile_build(train_spec, ["train.steps=3", "train.schedule.warmup=1", "train.val_every=null"])
+    summary = run(build, tmp_path / "run", show_bar=False)
+    assert not (build.dir / "tokenizer-text.json").exists()  # the tower's own tokenizer was used
+    assert summary["steps"] == 3
+
+
+def test_accumulation_and_bf16(train_spec, compile_build, tmp_path, monkeypatch):
+    steps = []
+    real = run_mod.make_trainer
+
+    def spy(*args):
+        trainer = real(*args)
+        steps.append(trainer)
+        return trainer
+
+    monkeypatch.setattr(run_mod, "make_trainer", spy)
+    build = compile_build(train_spec, ["train.steps=4", "train.schedule.warmup=1", "train.micro_batch_size=4",
+                                       "train.precision=bf16", "train.log_every=1"])
+    assert build.ds_config["gradient_accumulation_steps"] == 2
+    run(build, tmp_path / "run", show_bar=False)
+    engine = steps[0].engine
+    assert engine.global_steps == 4 and engine.micro_steps == 8
+    assert next(engine.module.parameters()).dtype == torch.bfloat16
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in records if "loss" in r)

@@ -1,0 +1,28 @@
+"""The schema itself: every object forbids unknown keys, is immutable, and documents every field."""
+
+from __future__ import annotations
+
+import typing
+
+import pytest
+from pydantic import BaseModel
+
+from graphspec import schema
+
+
+def _models() -> list[type[BaseModel]]:
+    return sorted({obj for obj in vars(schema).values() if isinstance(obj, type) and issubclass(obj, BaseModel)
+                   and obj is not schema.Strict}, key=lambda m: m.__name__)
+
+
+@pytest.mark.parametrize("model", _models(), ids=lambda m: m.__name__)
+def test_every_field_is_documented_and_unknown_keys_are_errors(model):
+    assert model.model_config.get("extra") == "forbid" and model.model_config.get("frozen")
+    undocumented = [name for name, f in model.model_fields.items() if not f.description]
+    assert not undocumented, f"{model.__name__}: {undocumented} have no description"
+
+
+def test_every_kind_is_in_a_union():
+    node_kinds = {typing.get_args(m.model_fields["kind"].annotation)[0]
+                  for m in typing.get_args(typing.get_args(schema.Node)[0])}
+    assert node_kinds == {"hf_text", "hf_vision", "timm_vision", "projection", "co_attention", "cls_pool"}
