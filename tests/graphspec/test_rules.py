@@ -36,7 +36,7 @@ CASES = [
     ("size_overrides_need_random_init", {"nodes.vision_tower.init": "pretrained"},
      ("nodes", "vision_tower", "size"),
      "size overrides change the weights' shapes, so they cannot load pretrained weights",
-     "set `init: random`, or remove `size`"),
+     "set `init: random`, remove `size`, or (timm) name a `weights` file of that size"),
     ("encoders_name_a_source", {"nodes.text_tower.init": "pretrained", "nodes.text_tower.size": None,
                                 "nodes.text_tower.model_type": None},
      ("nodes", "text_tower", "source"), "a pretrained encoder needs a source",
