@@ -23,7 +23,7 @@ def build_modules(spec: Spec, g: nx.MultiDiGraph, meta: bool) -> tuple[dict[str,
     """(name -> module, issues). A node whose inputs failed to build is skipped, not reported twice."""
     if not meta:
         torch.manual_seed(spec.train.seed)  # random init is reproducible from the spec
-    ctx = BuildContext(spec=spec, meta=meta, modules={})
+    ctx = BuildContext(spec=spec, graph=g, meta=meta, modules={})
     issues: list[Issue] = []
     env: list[Issue] = []
     for name in nx.topological_sort(g):
@@ -50,9 +50,11 @@ def build_modules(spec: Spec, g: nx.MultiDiGraph, meta: bool) -> tuple[dict[str,
 
 
 def _store_widths(attrs: dict, module: nn.Module) -> None:
-    if attrs["kind"] == "itm":
+    """Port widths, and the facts later rules check (text positions, patch size) on the graph."""
+    if attrs["section"] == "heads":
         return
-    width = module.vocab_size if attrs["kind"] == "mlm" else module.width
-    attrs["out"] = {port: p.with_width(width) for port, p in attrs["out"].items()}
-    if getattr(module, "max_positions", None):
-        attrs["max_positions"] = module.max_positions
+    widths = module.port_widths() if hasattr(module, "port_widths") else {}
+    attrs["out"] = {port: p.with_width(widths.get(port, module.width)) for port, p in attrs["out"].items()}
+    for fact in ("max_positions", "patch_size"):
+        if getattr(module, fact, None):
+            attrs[fact] = getattr(module, fact)

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from graphspec.errors import EnvironmentProblem, Issue, SpecError, suggest
+from graphspec.errors import EnvironmentProblem, GraphspecError, Issue, SpecError, suggest
 
 _HF_SIZES = {  # size override -> transformers config attribute
     "hidden": "hidden_size", "layers": "num_hidden_layers", "heads": "num_attention_heads",
@@ -39,6 +40,19 @@ def _offline_hint(source: str, path: tuple) -> EnvironmentProblem:
     )], title="weights not available")
 
 
+def local_source(source: str, path: tuple, field: str = "source") -> str:
+    """A `package:NAME` source as the local path inside that installed distribution; others unchanged."""
+    from .packaged import is_package_source, resolve_package_source
+
+    if not is_package_source(source):
+        return source
+    try:
+        return str(resolve_package_source(source))
+    except GraphspecError as e:
+        e.issues = [replace(i, path=path + (field,)) for i in e.issues]
+        raise
+
+
 def hf_config(node, path: tuple, image_size: int | None = None):
     """The transformers config of an hf_text / hf_vision node, with overrides applied."""
     from transformers import AutoConfig
@@ -50,7 +64,7 @@ def hf_config(node, path: tuple, image_size: int | None = None):
                                    suggest(node.model_type, CONFIG_MAPPING.keys()))])
         cfg = AutoConfig.for_model(node.model_type)
     else:
-        cfg = _pretrained_config(node.source, path)
+        cfg = _pretrained_config(local_source(node.source, path), path)
     if hasattr(cfg, "image_size") and image_size and node.init == "random":
         cfg.image_size = image_size
     _apply_hf_sizes(cfg, node, path)
@@ -102,7 +116,7 @@ def hf_model(node, cfg, path: tuple, meta: bool) -> nn.Module:
             model = AutoModel.from_config(cfg)
     else:
         try:
-            model = AutoModel.from_pretrained(node.source, config=cfg)
+            model = AutoModel.from_pretrained(local_source(node.source, path), config=cfg)
         except OSError as e:
             raise _offline_hint(node.source, path) from e
     # graphspec pools with its own nodes; an unused pooler would only add parameters that get no gradient.
@@ -128,14 +142,30 @@ def timm_model(node, image_size: int, path: tuple, meta: bool) -> nn.Module:
     optional = {"img_size": image_size}
     if node.dropout is not None:
         optional.update(drop_rate=node.dropout, proj_drop_rate=node.dropout, attn_drop_rate=node.dropout)
-    pretrained = node.init == "pretrained" and not meta
-    if pretrained and node.weights:
-        if not Path(node.weights).is_file():
-            raise EnvironmentProblem([Issue(path + ("weights",), f"no weights file at '{node.weights}'",
-                                            "give the path of a .safetensors or .pth file")])
-        kwargs["pretrained_cfg_overlay"] = {"file": str(node.weights)}
+    weights = getattr(node, "weights", None)
+    from_hub = node.init == "pretrained" and not meta and not weights
     with _device(meta):
-        return _create_timm(timm, node.source, pretrained, kwargs, optional, path)
+        model = _create_timm(timm, node.source, from_hub, kwargs, optional, path)
+    if node.init == "pretrained" and weights and not meta:
+        _load_timm_file(model, node.source, local_source(weights, path, "weights"), path)
+    return model
+
+
+def _load_timm_file(model: nn.Module, name: str, file: str, path: tuple) -> None:
+    """Load a local weights file strictly; every missing, unexpected or mis-shaped key is reported."""
+    from .packaged import load_timm_state_dict
+
+    if not Path(file).is_file():
+        raise EnvironmentProblem([Issue(path + ("weights",), f"no weights file at '{file}'",
+                                        "give the path of a .safetensors or .pth file")])
+    head = getattr(model, "pretrained_cfg", {}).get("classifier") or "head"
+    state = load_timm_state_dict(file, drop=(f"{head}.",))  # graphspec's towers have no classifier
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        detail = "; ".join(ln.strip() for ln in str(e).splitlines()[1:4])
+        raise SpecError([Issue(path + ("weights",), f"{file} does not fit timm '{name}' as specified: {detail[:400]}",
+                               "make `source` and `size` describe the architecture the file was saved from")]) from e
 
 
 def _create_timm(timm, name: str, pretrained: bool, kwargs: dict, optional: dict, path: tuple) -> nn.Module:
@@ -152,14 +182,6 @@ def _create_timm(timm, name: str, pretrained: bool, kwargs: dict, optional: dict
                 raise SpecError([Issue(path + ("size",), f"timm model '{name}' does not take '{key}'",
                                        "remove that size override")]) from e
             optional.pop(bad)
-        except RuntimeError as e:
-            if not pretrained or "state_dict" not in str(e):
-                raise
-            detail = next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln or "Missing" in ln
-                           or "Unexpected" in ln), str(e).splitlines()[0])
-            where = kwargs.get("pretrained_cfg_overlay", {}).get("file", "the pretrained weights")
-            raise SpecError([Issue(path + ("weights",), f"{where} does not fit timm '{name}' as specified: {detail[:300]}",
-                                   "make `source` and `size` describe the architecture the file was saved from")]) from e
         except OSError as e:
             if not pretrained:
                 raise

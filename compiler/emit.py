@@ -16,8 +16,7 @@ from torch import nn
 
 from graphspec.schema import Spec, ref_node, ref_port
 
-from .graph import references
-from .ports import DEFAULT_PORT
+from .graph import port_name, references
 
 
 def input_names(spec: Spec) -> list[str]:
@@ -76,8 +75,7 @@ def emit_module(spec: Spec, g: nx.MultiDiGraph, modules: dict[str, nn.Module]) -
 def _value(graph: fx.Graph, g, values: dict, calls: dict, ref: str) -> tuple:
     """The fx value(s) a reference names; ports are read with getitem once and reused."""
     src = ref_node(ref)
-    port = ref_port(ref) or (next(iter(g.nodes[src]["out"])) if len(g.nodes[src]["out"]) == 1
-                             else DEFAULT_PORT.get(g.nodes[src]["kind"]))
+    port = port_name(g, src, ref_port(ref))
     if g.nodes[src]["section"] == "inputs":
         return values[(src, None)]
     key = (src, port)

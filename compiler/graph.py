@@ -2,7 +2,7 @@
 
 Vertex attributes: `section` ('inputs' | 'nodes' | 'heads'), `kind`, `spec` (the
 Pydantic object), `path` (its field path), `out` (name -> Port; widths filled in
-by compiler.infer). Edge attributes: `field` (the consumer's field path holding
+by compiler.assemble). Edge attributes: `field` (the consumer's field path holding
 the reference), `dst_port` (the consumer's input port), `src_port` (the
 producer's port, resolved when the reference names a known port).
 """
@@ -13,20 +13,24 @@ import networkx as nx
 
 from graphspec.schema import Spec, ref_node, ref_port
 
-from .ports import DEFAULT_PORT, input_port_for, output_ports
+from .ports import DEFAULT_PORT, ENCODERS, LAYER_PORT, input_port_for, output_ports
 
 
 def references(kind: str, spec_obj) -> list[tuple[str, str, tuple]]:
-    """(input port, reference, field path relative to the node) for every reference a node makes."""
+    """(input port, reference, field path relative to the node) for every reference a node makes.
+
+    References live in `input`, in `inputs` (a list, or an object of named streams)
+    and in `vocab_from`; the port a reference feeds is named after its field.
+    """
     refs: list[tuple[str, str, tuple]] = []
-    if kind == "co_attention":
-        refs += [("inputs.text", spec_obj.inputs.text, ("inputs", "text")),
-                 ("inputs.image", spec_obj.inputs.image, ("inputs", "image"))]
-    elif kind == "cls_pool":
-        refs += [(f"inputs.{i}", r, ("inputs", i)) for i, r in enumerate(spec_obj.inputs)]
-    else:
+    if getattr(spec_obj, "input", None) is not None:
         refs.append(("input", spec_obj.input, ("input",)))
-    if kind == "mlm" and spec_obj.vocab_from:
+    inputs = getattr(spec_obj, "inputs", None)
+    if isinstance(inputs, list):
+        refs += [(f"inputs.{i}", r, ("inputs", i)) for i, r in enumerate(inputs)]
+    elif inputs is not None:
+        refs += [(f"inputs.{k}", getattr(inputs, k), ("inputs", k)) for k in type(inputs).model_fields]
+    if getattr(spec_obj, "vocab_from", None):
         refs.append(("vocab_from", spec_obj.vocab_from, ("vocab_from",)))
     return refs
 
@@ -59,14 +63,20 @@ def _fill_outputs(g: nx.MultiDiGraph) -> None:
         if attrs["section"] != "inputs":
             ins = {e["dst_port"]: resolve_port(g, src, e["src_port"]) for src, _, e in g.in_edges(name, data=True)}
             attrs["out"] = output_ports(attrs["kind"], ins)
+            if attrs["kind"] in ENCODERS:  # intermediate layers that consumers ask for: `tower.layer_6`
+                for _, _, e in g.out_edges(name, data=True):
+                    if LAYER_PORT.match(e["src_port"] or ""):
+                        attrs["out"][e["src_port"]] = attrs["out"]["seq"]
+
+
+def port_name(g: nx.MultiDiGraph, node: str, port: str | None) -> str | None:
+    """The port a reference `node[.port]` reads: the named one, else the node's only or main port."""
+    out = g.nodes[node]["out"]
+    if port is not None:
+        return port
+    return next(iter(out)) if len(out) == 1 else DEFAULT_PORT.get(g.nodes[node]["kind"])
 
 
 def resolve_port(g: nx.MultiDiGraph, node: str, port: str | None):
     """The Port a reference `node[.port]` names, or None when the port does not exist."""
-    out = g.nodes[node]["out"]
-    if port is None:
-        if len(out) == 1:
-            return next(iter(out.values()))
-        default = DEFAULT_PORT.get(g.nodes[node]["kind"])
-        return out.get(default)
-    return out.get(port)
+    return g.nodes[node]["out"].get(port_name(g, node, port))

@@ -45,7 +45,8 @@ def dot(g: nx.MultiDiGraph, frozen_nodes: set[str]) -> str:
         fill = ', style=filled, fillcolor="#dbeafe"' if prefix in frozen_nodes else ""
         lines.append(f'  {name} [shape={_DOT_SHAPE[attrs["section"]]}, label="{_label(name, attrs, frozen_nodes)}"{fill}];')
     for src, dst, e in g.edges(data=True):
-        lines.append(f'  {src} -> {dst} [label="{_port(g, src, e)}"];')
+        style = ", style=dashed" if e["dst_port"] == "vocab_from" else ""
+        lines.append(f'  {src} -> {dst} [label="{_port(g, src, e)}"{style}];')
     return "\n".join(lines + ["}"]) + "\n"
 
 

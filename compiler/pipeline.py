@@ -51,7 +51,8 @@ def _raise_if_errors(spec: Spec, issues: list[Issue], stage: str) -> list[Issue]
     smap = source_map(spec)
     located = [i.located(smap.locate(i.path)) for i in issues]
     if any(i.severity == "error" for i in located):
-        raise SpecError(located, title=f"{stage} failed")
+        # Warnings wait until the errors are fixed: a broken reference also makes nodes look unused.
+        raise SpecError([i for i in located if i.severity == "error"], title=f"{stage} failed")
     return located
 
 

@@ -11,7 +11,7 @@ from typing import Callable, Iterator
 import networkx as nx
 
 from graphspec.errors import Issue, suggest
-from graphspec.schema import Spec, ref_node, ref_port
+from graphspec.schema import FUSION_KINDS, Spec, ref_node, ref_port
 
 from .graph import references, resolve_port
 from .ports import input_wants
@@ -79,9 +79,9 @@ def mlm_vocabulary(spec: Spec, g: nx.MultiDiGraph) -> Iterator[Issue]:
                         f"set `vocab_from: {texts[0]}`" if texts else "set `vocab_size`")
         elif head.vocab_from is not None:
             src = ref_node(head.vocab_from)
-            if src in spec.nodes and spec.nodes[src].kind != "hf_text":
+            if src in spec.nodes and not (spec.nodes[src].kind == "hf_text" or spec.nodes[src].kind == "one_tower"):
                 yield Issue(("heads", name, "vocab_from"), f"'{src}' is a {spec.nodes[src].kind}, not a text encoder",
-                            "name an hf_text node")
+                            "name an hf_text or one_tower node")
 
 
 def objectives_reference_heads(spec: Spec, g: nx.MultiDiGraph) -> Iterator[Issue]:
@@ -121,18 +121,32 @@ STRUCTURE_RULES: list[Rule] = [
 ]
 
 
+def _stream_widths(g: nx.MultiDiGraph, node) -> dict[str, int | None]:
+    ports = {k: resolve_port(g, ref_node(getattr(node.inputs, k)), ref_port(getattr(node.inputs, k)))
+             for k in ("text", "image")}
+    return {k: p.width if p is not None else None for k, p in ports.items()}
+
+
 def fusion_widths_agree(spec: Spec, g: nx.MultiDiGraph) -> Iterator[Issue]:
     for name, node in spec.nodes.items():
-        if node.kind != "co_attention" or node.width is not None:
+        if node.kind not in FUSION_KINDS:
             continue
-        text = resolve_port(g, ref_node(node.inputs.text), ref_port(node.inputs.text))
-        image = resolve_port(g, ref_node(node.inputs.image), ref_port(node.inputs.image))
-        if text and image and text.width and image.width and text.width != image.width:
+        widths = _stream_widths(g, node)
+        if None in widths.values():
+            continue
+        refs = {k: getattr(node.inputs, k) for k in widths}
+        if node.width is None and widths["text"] != widths["image"]:
             yield Issue(("nodes", name, "inputs"),
-                        f"the streams differ in width: '{node.inputs.text}' gives {text.width}, '{node.inputs.image}' gives {image.width}",
-                        f"set `nodes.{name}.width` (e.g. {max(text.width, image.width)}) to project both, or add a projection node")
-        if text and text.width and node.width is None and text.width % node.heads:
-            yield Issue(("nodes", name, "heads"), f"{node.heads} heads do not divide the width {text.width}",
+                        f"the streams differ in width: '{refs['text']}' gives {widths['text']}, '{refs['image']}' gives {widths['image']}",
+                        f"set `nodes.{name}.width` (e.g. {max(widths.values())}) to project both, or add a projection node")
+        elif node.width is not None and not node.project_inputs:
+            for k, w in widths.items():
+                if w != node.width:
+                    yield Issue(("nodes", name, "inputs", k),
+                                f"'{refs[k]}' is {w} wide but the fusion is {node.width} wide, and project_inputs is false",
+                                f"add a projection node to {node.width}, or set `project_inputs: true`")
+        if node.width is None and widths["text"] % node.heads:
+            yield Issue(("nodes", name, "heads"), f"{node.heads} heads do not divide the width {widths['text']}",
                         "pick heads that divide it, or set `width`")
 
 
@@ -148,7 +162,29 @@ def text_fits_encoder(spec: Spec, g: nx.MultiDiGraph) -> Iterator[Issue]:
                             f"use max_length <= {limit}, or a larger `size.max_positions` with init: random")
 
 
-WIDTH_RULES: list[Rule] = [fusion_widths_agree, text_fits_encoder]
+def patches_tile_the_image(spec: Spec, g: nx.MultiDiGraph) -> Iterator[Issue]:
+    for name, attrs in g.nodes(data=True):
+        patch = attrs.get("patch_size")
+        if not patch:
+            continue
+        for src, _, e in g.in_edges(name, data=True):
+            inp = spec.inputs.get(src)
+            if inp is not None and inp.modality == "image" and inp.size % patch:
+                lower, upper = inp.size // patch * patch, (inp.size // patch + 1) * patch
+                yield Issue(("inputs", src, "size"), f"{inp.size}-pixel images do not split into {patch}-pixel "
+                            f"patches of '{name}'", f"use a multiple of {patch}, e.g. {lower or upper} or {upper}")
+
+
+def attention_heads_divide(spec: Spec, g: nx.MultiDiGraph) -> Iterator[Issue]:
+    for name, head in spec.heads.items():
+        if head.kind == "ref":
+            port = resolve_port(g, ref_node(head.inputs.image), ref_port(head.inputs.image))
+            if port is not None and port.width and port.width % head.heads:
+                yield Issue(("heads", name, "heads"), f"{head.heads} heads do not divide the image stream's width {port.width}",
+                            "pick heads that divide it")
+
+
+WIDTH_RULES: list[Rule] = [fusion_widths_agree, text_fits_encoder, patches_tile_the_image, attention_heads_divide]
 
 
 def run_rules(rules: list[Rule], spec: Spec, g: nx.MultiDiGraph) -> list[Issue]:

@@ -7,6 +7,7 @@ Every problem of every stage is collected and raised together as one
 from __future__ import annotations
 
 import copy
+import typing
 from dataclasses import replace
 from pathlib import Path as FsPath
 from typing import Any, Iterable, Mapping
@@ -17,23 +18,36 @@ from pydantic import ValidationError
 from .errors import Issue, Loc, SpecError, suggest
 from .rules import check_spec
 from .schema import Spec
-from .schema_nav import TAG_FIELDS, description_of, fields_at
+from .schema_nav import TAG_FIELDS, description_of, fields_at, model_at
 from .source import SourceMap, load_scalar, parse_file, parse_text
 
 Overrides = Iterable[str] | Mapping[str, Any] | None
 NOT_A_MAPPING = "a spec must be a mapping of keys (name, inputs, nodes, ...)"
 
 
-def _merge(base: Any, child: Any) -> Any:
-    """Deep-merge `child` over `base`: mappings merge, anything else replaces, null deletes."""
+def null_deletes(path: tuple, data: Any) -> bool:
+    """Whether `null` at `path` removes the key rather than sets the value none.
+
+    Entries of free-keyed mappings are removed (`heads: {mlm: null}`); a field that
+    accepts none takes it (`train: {grad_clip: null}` means no clipping); any other
+    field is removed, so it takes its default again.
+    """
+    model = model_at(tuple(path[:-1]), data)
+    field = model.model_fields.get(path[-1]) if model is not None else None
+    return field is None or type(None) not in typing.get_args(field.annotation)
+
+
+def _merge(base: Any, child: Any, path: tuple = (), root: Any = None) -> Any:
+    """Deep-merge `child` over `base`: mappings merge, anything else replaces, null deletes an entry."""
     if not (isinstance(base, dict) and isinstance(child, dict)):
         return copy.deepcopy(child)
+    root = base if root is None else root
     out = copy.deepcopy(base)
     for key, value in child.items():
-        if value is None and key != "extends":
+        if value is None and null_deletes(path + (key,), root):
             out.pop(key, None)
         elif key in out:
-            out[key] = _merge(out[key], value)
+            out[key] = _merge(out[key], value, path + (key,), root)
         else:
             out[key] = copy.deepcopy(value)
     return out
@@ -89,7 +103,7 @@ def _set_path(data: dict, path: tuple, value: Any) -> None:
     if isinstance(cur, list) and isinstance(last, int) and last < len(cur):
         cur[last] = value
     elif isinstance(cur, dict):
-        if value is None:
+        if value is None and null_deletes(path, data):
             cur.pop(last, None)
         else:
             cur[last] = value

@@ -12,7 +12,7 @@ import re
 from typing import Callable, Iterator
 
 from .errors import Issue
-from .schema import ENCODER_KINDS, Spec
+from .schema import ENCODER_KINDS, FUSION_KINDS, Spec
 from .schema.base import NAME_PATTERN
 
 # Names a node cannot take: they are attributes of torch.nn.Module or of the emitted model.
@@ -45,7 +45,7 @@ def batch_sizes_divide(spec: Spec) -> Iterator[Issue]:
 
 def size_overrides_need_random_init(spec: Spec) -> Iterator[Issue]:
     for name, node in spec.nodes.items():
-        if node.kind in ENCODER_KINDS and node.size is not None and node.init == "pretrained" \
+        if node.kind in ENCODER_KINDS + ("one_tower",) and node.size is not None and node.init == "pretrained" \
                 and not getattr(node, "weights", None):
             yield Issue(("nodes", name, "size"), "size overrides change the weights' shapes, so they cannot load pretrained weights",
                         "set `init: random`, remove `size`, or (timm) name a `weights` file of that size")
@@ -53,7 +53,15 @@ def size_overrides_need_random_init(spec: Spec) -> Iterator[Issue]:
 
 def encoders_name_a_source(spec: Spec) -> Iterator[Issue]:
     for name, node in spec.nodes.items():
-        if node.kind not in ("hf_text", "hf_vision"):
+        if node.kind == "one_tower" and node.backbone == "vision":
+            if not node.source:
+                yield Issue(("nodes", name, "source"), "a vision one_tower needs a timm ViT name as its source",
+                            "set `source:` e.g. deit_tiny_patch16_224")
+            if node.model_type:
+                yield Issue(("nodes", name, "model_type"), "`model_type` is for a text backbone",
+                            "remove it; `source` names the timm model")
+            continue
+        if node.kind not in ("hf_text", "hf_vision", "one_tower"):
             continue
         if node.init == "pretrained" and not node.source:
             yield Issue(("nodes", name, "source"), "a pretrained encoder needs a source",
@@ -88,13 +96,20 @@ def warmup_fits_in_steps(spec: Spec) -> Iterator[Issue]:
 
 def heads_divide_widths(spec: Spec) -> Iterator[Issue]:
     for name, node in spec.nodes.items():
-        if node.kind == "co_attention" and node.width is not None and node.width % node.heads:
+        if node.kind in FUSION_KINDS and node.width is not None and node.width % node.heads:
             yield Issue(("nodes", name, "heads"), f"{node.heads} heads do not divide width {node.width}",
                         f"use a divisor of {node.width}, e.g. {next(h for h in (8, 4, 2, 1) if node.width % h == 0)}")
         size = getattr(node, "size", None)
         if size is not None and size.hidden and size.heads and size.hidden % size.heads:
             yield Issue(("nodes", name, "size", "heads"), f"{size.heads} heads do not divide hidden {size.hidden}",
                         "pick heads that divide hidden")
+
+
+def tie_needs_a_text_encoder(spec: Spec) -> Iterator[Issue]:
+    for name, head in spec.heads.items():
+        if head.kind == "mlm" and head.tie and head.vocab_from is None:
+            yield Issue(("heads", name, "tie"), "tie shares the decoder with a text encoder's token embeddings, "
+                        "but the head names none", "set `vocab_from:` to the text encoder")
 
 
 def objectives_exist(spec: Spec) -> Iterator[Issue]:
@@ -111,6 +126,7 @@ SPEC_RULES: list[Callable[[Spec], Iterator[Issue]]] = [
     offload_matches_zero_stage,
     warmup_fits_in_steps,
     heads_divide_widths,
+    tie_needs_a_text_encoder,
     objectives_exist,
 ]
 

@@ -1,56 +1,61 @@
-"""Fusion of a text and an image stream."""
+"""Fusion of a text and an image stream: co-attention (LXMERT), cross-attention (METER), merged attention."""
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from .attention import Attention, FeedForward, Residual
 
 
 class StreamLayer(nn.Module):
-    """One stream's half of a co-attention layer: attend to the other stream, then itself, then FFN."""
+    """One stream's half of a fusion layer: attention to the other stream and to itself, then an FFN.
 
-    def __init__(self, width: int, heads: int, mlp_hidden: int, dropout: float):
+    `cross_first` gives LXMERT's order (cross, self); otherwise METER's (self, cross).
+    `cross=False` leaves out the cross-attention (a stream that only attends to itself).
+    """
+
+    def __init__(self, width: int, heads: int, mlp_hidden: int, dropout: float, cross_first: bool, cross: bool = True):
         super().__init__()
-        self.cross = Attention(width, heads, dropout)
-        self.cross_res = Residual(width, dropout)
+        self.cross_first = cross_first
+        self.cross = Attention(width, heads, dropout) if cross else None
+        self.cross_res = Residual(width, dropout) if cross else None
         self.self_attn = Attention(width, heads, dropout)
         self.self_res = Residual(width, dropout)
         self.ffn = FeedForward(width, mlp_hidden, dropout)
         self.ffn_norm = nn.LayerNorm(width, eps=1e-12)
 
     def forward(self, x, x_mask, other, other_mask):
-        x = self.cross_res(x, self.cross(x, other, other_mask))  # (B, T, D)
+        if self.cross is not None and self.cross_first:
+            x = self.cross_res(x, self.cross(x, other, other_mask))  # (B, T, D)
         x = self.self_res(x, self.self_attn(x, x, x_mask))  # (B, T, D)
+        if self.cross is not None and not self.cross_first:
+            x = self.cross_res(x, self.cross(x, other, other_mask))  # (B, T, D)
         return self.ffn_norm(x + self.ffn(x))  # (B, T, D)
 
 
-class CoAttentionLayer(nn.Module):
-    def __init__(self, width: int, heads: int, mlp_hidden: int, dropout: float):
+class FusionLayer(nn.Module):
+    def __init__(self, width: int, heads: int, mlp_hidden: int, dropout: float, cross_first: bool,
+                 text: bool = True, image: bool = True):
         super().__init__()
-        self.text = StreamLayer(width, heads, mlp_hidden, dropout)
-        self.image = StreamLayer(width, heads, mlp_hidden, dropout)
+        self.text = StreamLayer(width, heads, mlp_hidden, dropout, cross_first) if text else None
+        self.image = StreamLayer(width, heads, mlp_hidden, dropout, cross_first) if image else None
 
     def forward(self, t, t_mask, i, i_mask):
-        # Both directions read the other stream as it was before this layer (LXMERT).
-        return self.text(t, t_mask, i, i_mask), self.image(i, i_mask, t, t_mask)
+        # Both directions read the other stream as it was before this layer.
+        t_new = self.text(t, t_mask, i, i_mask) if self.text is not None else t
+        i_new = self.image(i, i_mask, t, t_mask) if self.image is not None else i
+        return t_new, i_new
 
 
-class CoAttention(nn.Module):
-    """LXMERT-style co-attention over a text and an image stream.
+class _Streams(nn.Module):
+    """Shared front of every fusion kind: project each stream to the width, add a modality-type embedding."""
 
-    Each stream is projected to the fusion width when its width differs, and
-    gets a learned modality-type embedding so the layers can tell them apart.
-    """
-
-    def __init__(self, text_width: int, image_width: int, width: int, layers: int, heads: int,
-                 mlp_ratio: float, dropout: float):
+    def __init__(self, text_width: int, image_width: int, width: int):
         super().__init__()
         self.text_proj = nn.Linear(text_width, width) if text_width != width else nn.Identity()
         self.image_proj = nn.Linear(image_width, width) if image_width != width else nn.Identity()
         self.type_embed = nn.Embedding(2, width)
-        hidden = int(width * mlp_ratio)
-        self.layers = nn.ModuleList(CoAttentionLayer(width, heads, hidden, dropout) for _ in range(layers))
         self.width = width
 
     def layer_prefixes(self) -> list[str]:
@@ -59,11 +64,57 @@ class CoAttention(nn.Module):
     def embedding_prefixes(self) -> list[str]:
         return ["text_proj.", "image_proj.", "type_embed."]
 
-    def forward(self, text: tuple, image: tuple) -> dict:
+    def embed(self, text: tuple, image: tuple):
         (t, t_mask), (i, i_mask) = text, image
         t = self.text_proj(t) + self.type_embed.weight[0]  # (B, T_txt, D)
         i = self.image_proj(i) + self.type_embed.weight[1]  # (B, T_img, D)
+        return t, t_mask, i, i_mask
+
+
+class TwoStreamFusion(_Streams):
+    """Co-attention (LXMERT: cross then self) or cross-attention (METER: self then cross), per stream."""
+
+    def __init__(self, text_width: int, image_width: int, width: int, layers: int, heads: int, mlp_ratio: float,
+                 dropout: float, cross_first: bool, text: bool = True, image: bool = True):
+        super().__init__(text_width, image_width, width)
+        hidden = int(width * mlp_ratio)
+        self.layers = nn.ModuleList(FusionLayer(width, heads, hidden, dropout, cross_first, text, image)
+                                    for _ in range(layers))
+
+    def forward(self, text: tuple, image: tuple) -> dict:
+        t, t_mask, i, i_mask = self.embed(text, image)
         for layer in self.layers:
             t, i = layer(t, t_mask, i, i_mask)
         return {"text": (t, t_mask), "image": (i, i_mask)}
 
+
+class EncoderLayer(nn.Module):
+    """A post-norm transformer encoder layer (BERT's)."""
+
+    def __init__(self, width: int, heads: int, mlp_hidden: int, dropout: float):
+        super().__init__()
+        self.attn = Attention(width, heads, dropout)
+        self.attn_res = Residual(width, dropout)
+        self.ffn = FeedForward(width, mlp_hidden, dropout)
+        self.ffn_norm = nn.LayerNorm(width, eps=1e-12)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = self.attn_res(x, self.attn(x, x, mask))  # (B, T, D)
+        return self.ffn_norm(x + self.ffn(x))  # (B, T, D)
+
+
+class MergedAttention(_Streams):
+    """Merged attention: [text; image] through self-attention layers; outputs split back, and joint."""
+
+    def __init__(self, text_width: int, image_width: int, width: int, layers: int, heads: int, mlp_ratio: float,
+                 dropout: float):
+        super().__init__(text_width, image_width, width)
+        self.layers = nn.ModuleList(EncoderLayer(width, heads, int(width * mlp_ratio), dropout) for _ in range(layers))
+
+    def forward(self, text: tuple, image: tuple) -> dict:
+        t, t_mask, i, i_mask = self.embed(text, image)
+        n = t.shape[1]
+        x, mask = torch.cat([t, i], dim=1), torch.cat([t_mask, i_mask], dim=1)  # (B, T_txt + T_img, D)
+        for layer in self.layers:
+            x = layer(x, mask)
+        return {"text": (x[:, :n], t_mask), "image": (x[:, n:], i_mask), "seq": (x, mask)}

@@ -34,3 +34,16 @@ class ClsPool(nn.Module):
     def forward(self, *streams: tuple) -> dict:
         firsts = [d(hidden[:, 0]) for d, (hidden, _) in zip(self.dense, streams)]  # each (B, D_i)
         return {"pooled": torch.cat(firsts, dim=-1)}  # (B, sum D_i)
+
+
+class MeanPool(nn.Module):
+    """The mean over real tokens: padding does not dilute the average."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.width = width
+
+    def forward(self, stream: tuple) -> dict:
+        hidden, mask = stream  # (B, T, D), (B, T)
+        weights = mask.to(hidden.dtype).unsqueeze(-1)  # (B, T, 1)
+        return {"pooled": (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)}  # (B, D)

@@ -26,10 +26,71 @@ class MLMHead(Strict):
     input: Ref = Field(description="A text sequence, e.g. the text stream of a fusion node.")
     vocab_from: Ref | None = Field(None, description="A text encoder node whose vocabulary the head predicts.")
     vocab_size: int | None = Field(None, ge=2, description="The vocabulary size, when there is no `vocab_from`.")
+    tie: bool = Field(False, description="Share the decoder's weights with `vocab_from`'s input token embeddings.")
     freeze: bool | Freeze = FreezeField
 
 
-Head = Annotated[Union[ITMHead, MLMHead], Field(discriminator="kind")]
+class PairInputs(Strict):
+    text: Ref = Field(description="The text side: a vector or a sequence (its first token is used).")
+    image: Ref = Field(description="The image side: a vector or a sequence (its first token is used).")
+
+
+class ITCHead(Strict):
+    """Image-text contrastive: both sides projected and normalised; logits are cosine similarities / temperature."""
+
+    kind: Literal["itc"] = Field(description="Image-text contrastive head.")
+    inputs: PairInputs = Field(description="The unimodal text and image features to align.")
+    dim: int = Field(256, ge=1, description="Width of the shared embedding space.")
+    temperature: float = Field(0.07, gt=0, le=1, description="Initial temperature (learned).")
+    freeze: bool | Freeze = FreezeField
+
+
+class ClassifyHead(Strict):
+    """n-way classification of a pooled vector (SNLI-VE: 3 classes)."""
+
+    kind: Literal["classify"] = Field(description="Classification head.")
+    input: Ref = Field(description="A pooled vector.")
+    classes: int = Field(ge=2, description="Number of classes.")
+    hidden: int | None = Field(None, ge=1, description="Width of a hidden layer (LayerNorm, GELU) before the output.")
+    freeze: bool | Freeze = FreezeField
+
+
+class PairClassifyHead(ClassifyHead):
+    """Classification of two image-text passes (NLVR2): the batch holds each example's two passes in
+    consecutive rows, whose pooled vectors are concatenated before classifying."""
+
+    kind: Literal["pair_classify"] = Field(description="Classification over two consecutive image-text passes.")
+    classes: int = Field(2, ge=2, description="Number of classes (NLVR2: true or false).")
+
+
+class VQAHead(Strict):
+    """Multi-label scores over an answer vocabulary (trained with soft scores)."""
+
+    kind: Literal["vqa"] = Field(description="Visual question answering head.")
+    input: Ref = Field(description="A pooled vector.")
+    answers: int = Field(ge=1, description="Size of the answer vocabulary.")
+    hidden: int | None = Field(None, ge=1, description="Width of a hidden layer (LayerNorm, GELU) before the output.")
+    freeze: bool | Freeze = FreezeField
+
+
+class RefInputs(Strict):
+    image: Ref = Field(description="The image stream after fusion (a sequence).")
+    text: Ref = Field(description="The expression: a vector (e.g. pooled) or a sequence (its first token).")
+    boxes: Ref = Field(description="A boxes input: the candidate regions.")
+
+
+class RefHead(Strict):
+    """Reference resolution: one score per candidate region; padded candidates get no probability."""
+
+    kind: Literal["ref"] = Field(description="Reference resolution head.")
+    inputs: RefInputs = Field(description="Image stream, expression and candidate boxes.")
+    heads: int = Field(4, ge=1, description="Attention heads of each box's look at the image stream.")
+    freeze: bool | Freeze = FreezeField
+
+
+Head = Annotated[
+    Union[ITMHead, MLMHead, ITCHead, ClassifyHead, PairClassifyHead, VQAHead, RefHead], Field(discriminator="kind")
+]
 
 
 class _Objective(Strict):

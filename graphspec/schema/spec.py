@@ -19,7 +19,7 @@ class Spec(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Name of the model and its runs.")
     description: str = Field("", description="Free text.")
     extends: str | list[str] | None = Field(
-        None, description="Base spec file(s), relative to this one; this file's keys override theirs, null deletes."
+        None, description="Base spec file(s), relative to this one; this file's keys override theirs; null removes an entry or sets an optional field to none."
     )
     inputs: dict[str, Input] = Field(min_length=1, description="Named inputs.")
     nodes: dict[str, Node] = Field(min_length=1, description="Named nodes: encoders, projections, fusion, poolers.")

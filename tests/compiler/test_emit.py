@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import torch
 
 import graphspec
@@ -87,3 +89,7 @@ def test_build_directory_holds_every_artifact(tiny, write_spec, tmp_path):
     assert "fusion -->|text| pooled" in mermaid and "text_tower -.->|vocab| mlm" in mermaid
     summary = (tmp_path / "build" / "summary.txt").read_text()
     assert "fusion" in summary and "zero_0" in summary
+    pictures = {"graph.svg", "graph.png"} & names
+    assert pictures == ({"graph.svg", "graph.png"} if shutil.which("dot") else set())
+    if pictures:
+        assert (tmp_path / "build" / "graph.svg").read_text().lstrip().startswith("<?xml")

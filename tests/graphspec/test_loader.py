@@ -294,3 +294,10 @@ def test_loads_of_no_mapping_is_an_error_with_an_issue(text):
     issue = only(info.value)
     assert issue.message == "a spec must be a mapping of keys (name, inputs, nodes, ...)"
     assert str(info.value).endswith("1 error: in <spec>")
+
+
+def test_null_sets_an_optional_field_to_none(write, spec_text):
+    write(spec_text, "base.yaml")
+    spec = graphspec.load(write("extends: base.yaml\ntrain:\n  grad_clip: null\n", "child.yaml"))
+    assert spec.train.grad_clip is None  # no clipping, not the default 1.0
+    assert graphspec.load(write(spec_text), overrides=["train.grad_clip=null"]).train.grad_clip is None

@@ -78,6 +78,14 @@ CASES = [
     ("names_are_distinct_identifiers", {"nodes.my-proj": {"kind": "projection", "input": "pooled", "width": 8}},
      ("nodes", "my-proj"), "'my-proj' is not a valid name: references could not name it",
      "use letters, digits and '_', starting with a letter"),
+    ("tie_needs_a_text_encoder", {"heads.mlm.tie": True, "heads.mlm.vocab_from": None, "heads.mlm.vocab_size": 64},
+     ("heads", "mlm", "tie"),
+     "tie shares the decoder with a text encoder's token embeddings, but the head names none",
+     "set `vocab_from:` to the text encoder"),
+    ("encoders_name_a_source", {"nodes.joint": {"kind": "one_tower", "inputs": {"text": "text", "image": "image"},
+                                                "backbone": "vision", "init": "random"}},
+     ("nodes", "joint", "source"), "a vision one_tower needs a timm ViT name as its source",
+     "set `source:` e.g. deit_tiny_patch16_224"),
 ]
 
 

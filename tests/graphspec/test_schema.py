@@ -25,4 +25,8 @@ def test_every_field_is_documented_and_unknown_keys_are_errors(model):
 def test_every_kind_is_in_a_union():
     node_kinds = {typing.get_args(m.model_fields["kind"].annotation)[0]
                   for m in typing.get_args(typing.get_args(schema.Node)[0])}
-    assert node_kinds == {"hf_text", "hf_vision", "timm_vision", "projection", "co_attention", "cls_pool"}
+    assert node_kinds == {"hf_text", "hf_vision", "timm_vision", "one_tower", "projection", "co_attention",
+                          "cross_attention", "merged_attention", "mean_pool", "cls_pool"}
+    head_kinds = {typing.get_args(m.model_fields["kind"].annotation)[0]
+                  for m in typing.get_args(typing.get_args(schema.Head)[0])}
+    assert head_kinds == {"itm", "mlm", "itc", "classify", "pair_classify", "vqa", "ref"}
