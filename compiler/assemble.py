@@ -23,7 +23,7 @@ def build_modules(spec: Spec, g: nx.MultiDiGraph, meta: bool) -> tuple[dict[str,
     """(name -> module, issues). A node whose inputs failed to build is skipped, not reported twice."""
     if not meta:
         torch.manual_seed(spec.train.seed)  # random init is reproducible from the spec
-    ctx = BuildContext(spec=spec, graph=g, meta=meta, modules={})
+    ctx = BuildContext(spec=spec, graph=g, meta=meta, modules={}, warnings=[])
     issues: list[Issue] = []
     env: list[Issue] = []
     for name in nx.topological_sort(g):
@@ -46,7 +46,7 @@ def build_modules(spec: Spec, g: nx.MultiDiGraph, meta: bool) -> tuple[dict[str,
         _store_widths(attrs, module)
     if env and not issues:
         raise EnvironmentProblem(env, title="the spec needs what this machine lacks")
-    return ctx.modules, issues + env
+    return ctx.modules, issues + env + ctx.warnings
 
 
 def _store_widths(attrs: dict, module: nn.Module) -> None:

@@ -53,16 +53,30 @@ def local_source(source: str, path: tuple, field: str = "source") -> str:
         raise
 
 
-def hf_config(node, path: tuple, image_size: int | None = None):
-    """The transformers config of an hf_text / hf_vision node, with overrides applied."""
+def hf_config(node, path: tuple, image_size: int | None = None, meta: bool = False, warnings: list | None = None):
+    """The transformers config of an hf_text / hf_vision / one_tower node, with overrides applied.
+
+    At compile time (`meta`), a source whose config is not on this machine falls
+    back to `model_type`'s default config, so a spec naming hub weights still
+    compiles offline; the weights themselves are loaded (or refused) at run time.
+    """
     from transformers import AutoConfig
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-    if node.model_type:
-        if node.model_type not in CONFIG_MAPPING:
-            raise SpecError([Issue(path + ("model_type",), f"unknown transformers model type '{node.model_type}'",
-                                   suggest(node.model_type, CONFIG_MAPPING.keys()))])
+    if node.model_type and node.model_type not in CONFIG_MAPPING:
+        raise SpecError([Issue(path + ("model_type",), f"unknown transformers model type '{node.model_type}'",
+                               suggest(node.model_type, CONFIG_MAPPING.keys()))])
+    if not node.source:
         cfg = AutoConfig.for_model(node.model_type)
+    elif meta and node.model_type:
+        try:
+            cfg = _pretrained_config(local_source(node.source, path), path, network=False)
+        except EnvironmentProblem:
+            cfg = AutoConfig.for_model(node.model_type)
+            if warnings is not None:
+                warnings.append(Issue(path + ("source",), f"the config of '{node.source}' is not on this machine: "
+                                      f"checked against model_type '{node.model_type}' defaults",
+                                      "the weights are needed to run; see `source`", "warning"))
     else:
         cfg = _pretrained_config(local_source(node.source, path), path)
     if hasattr(cfg, "image_size") and image_size and node.init == "random":
@@ -75,13 +89,13 @@ def hf_config(node, path: tuple, image_size: int | None = None):
     return cfg
 
 
-def _pretrained_config(source: str, path: tuple):
+def _pretrained_config(source: str, path: tuple, network: bool = True):
     from transformers import AutoConfig
 
     try:
         return AutoConfig.from_pretrained(source, local_files_only=True)
     except (OSError, ValueError):
-        if os.environ.get("HF_HUB_OFFLINE") == "1" or Path(source).exists():
+        if not network or os.environ.get("HF_HUB_OFFLINE") == "1" or Path(source).exists():
             raise _offline_hint(source, path) from None
     try:
         return AutoConfig.from_pretrained(source)

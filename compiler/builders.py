@@ -30,6 +30,7 @@ class BuildContext:
     graph: nx.MultiDiGraph
     meta: bool  # build on the meta device: shapes and counts, no weights
     modules: dict  # name -> module built so far (e.g. for mlm's vocab_from)
+    warnings: list  # compile-time notes (Issue, severity "warning")
 
 
 Builder = Callable[[object, tuple, dict[str, Port], BuildContext], nn.Module]
@@ -64,7 +65,7 @@ def _check_layers(module, path: tuple, ctx: BuildContext) -> None:
 
 @register("hf_text")
 def build_hf_text(node, path, ins, ctx):
-    cfg = backbones.hf_config(node, path)
+    cfg = backbones.hf_config(node, path, meta=ctx.meta, warnings=ctx.warnings)
     module = HFTextEncoder(backbones.hf_model(node, cfg, path, ctx.meta), _layers(path, ctx))
     _check_layers(module, path, ctx)
     return module
@@ -73,7 +74,7 @@ def build_hf_text(node, path, ins, ctx):
 @register("hf_vision")
 def build_hf_vision(node, path, ins, ctx):
     size = _image_size(node.input, ctx)
-    cfg = backbones.hf_config(node, path, image_size=size)
+    cfg = backbones.hf_config(node, path, image_size=size, meta=ctx.meta, warnings=ctx.warnings)
     interpolate = getattr(cfg, "image_size", size) != size
     module = HFVisionEncoder(backbones.hf_model(node, cfg, path, ctx.meta), interpolate, _layers(path, ctx))
     _check_layers(module, path, ctx)
@@ -92,7 +93,7 @@ def build_timm_vision(node, path, ins, ctx):
 def build_one_tower(node, path, ins, ctx):
     image = ctx.spec.inputs[ref_node(node.inputs.image)]
     if node.backbone == "text":
-        cfg = backbones.hf_config(node, path)
+        cfg = backbones.hf_config(node, path, meta=ctx.meta, warnings=ctx.warnings)
         backbone = HFTextBackbone(backbones.hf_model(node, cfg, path, ctx.meta))
         other = PatchEmbed(image.channels, node.patch_size, image.size, backbone.width)
         return OneTower(backbone, other, True, cfg.vocab_size, getattr(cfg, "max_position_embeddings", None),

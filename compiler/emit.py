@@ -20,10 +20,11 @@ from .graph import port_name, references
 
 
 def input_names(spec: Spec) -> list[str]:
-    """The model's forward arguments, in order: ids and mask per text input, pixels per image input."""
+    """The model's forward arguments, in order: ids and mask per text input, pixels per image input,
+    boxes and their mask per boxes input."""
     names = []
     for name, inp in spec.inputs.items():
-        names += [f"{name}_ids", f"{name}_mask"] if inp.modality == "text" else [name]
+        names += {"text": [f"{name}_ids", f"{name}_mask"], "boxes": [name, f"{name}_mask"]}.get(inp.modality, [name])
     return names
 
 
@@ -47,11 +48,9 @@ class _Root(nn.Module):
 def emit_module(spec: Spec, g: nx.MultiDiGraph, modules: dict[str, nn.Module]) -> fx.GraphModule:
     graph = fx.Graph()
     values: dict[tuple[str, str | None], object] = {}
-    for name, inp in spec.inputs.items():
-        if inp.modality == "text":
-            values[(name, None)] = (graph.placeholder(f"{name}_ids"), graph.placeholder(f"{name}_mask"))
-        else:
-            values[(name, None)] = (graph.placeholder(name),)
+    names = input_names(spec)
+    for name in spec.inputs:
+        values[(name, None)] = tuple(graph.placeholder(n) for n in names if n == name or n.rsplit("_", 1)[0] == name)
     labels = {n: graph.placeholder(n, default_value=None) for n in label_names(spec)}
     calls: dict[str, fx.Node] = {}
     outputs = {}

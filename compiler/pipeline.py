@@ -67,13 +67,13 @@ def compile_spec(spec: Spec) -> Compiled:
     g, warnings = build_checked_graph(spec)
     warnings = spec_warnings(spec) + warnings
     modules, issues = build_modules(spec, g, meta=True)
-    _raise_if_errors(spec, issues + run_rules(WIDTH_RULES, spec, g), "building the nodes")
+    warnings += _raise_if_errors(spec, issues + run_rules(WIDTH_RULES, spec, g), "building the nodes")
     gm = emit_module(spec, g, modules)
     propagate_shapes(spec, gm, node_paths(spec))
     plan, issues = resolve_freeze(spec, gm)
     groups = param_groups(spec, gm, plan.frozen)
     ds = emit_ds_config(spec, groups)
-    _raise_if_errors(spec, issues + check_ds_config(ds, spec, groups), "freeze and DeepSpeed checks")
+    warnings += _raise_if_errors(spec, issues + check_ds_config(ds, spec, groups), "freeze and DeepSpeed checks")
     shapes = {n.name: n.meta.get("shape") for n in gm.graph.nodes if n.op == "call_module"}
     shapes = {(f"heads.{k}" if k in spec.heads else k): _brief(v) for k, v in shapes.items()}
     summary = build_summary(spec, gm, plan, shapes)

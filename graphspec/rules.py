@@ -69,9 +69,6 @@ def encoders_name_a_source(spec: Spec) -> Iterator[Issue]:
         if node.init == "random" and not (node.source or node.model_type):
             yield Issue(("nodes", name), "a random encoder needs a config: a `source` or a `model_type`",
                         "set `model_type:` (e.g. 'bert') to build it offline")
-        if node.source and node.model_type:
-            yield Issue(("nodes", name, "model_type"), "give either `source` or `model_type`, not both",
-                        "`model_type` is for building a random encoder with no source")
 
 
 def offload_matches_zero_stage(spec: Spec) -> Iterator[Issue]:

@@ -65,8 +65,9 @@ class HFText(_Encoder):
     )
     model_type: str | None = Field(
         None,
-        description="A transformers model type (e.g. 'electra', 'bert') to build with `init: random` "
-        "without any download; its default config plus `size`.",
+        description="A transformers model type (e.g. 'electra', 'bert'): without `source`, a random encoder "
+        "built offline from its default config plus `size`; with `source`, the architecture compile checks "
+        "use when the source's config is not on this machine.",
     )
 
 
@@ -74,7 +75,8 @@ class HFVision(_Encoder):
     kind: Literal["hf_vision"] = Field(description="A transformers vision encoder (ViT-style).")
     source: str | None = Field(None, description="Hugging Face hub id or local directory of a vision encoder.")
     model_type: str | None = Field(
-        None, description="A transformers model type (e.g. 'vit', 'deit') to build with `init: random`."
+        None, description="A transformers model type (e.g. 'vit', 'deit'): a random encoder without `source`; "
+        "with `source`, the architecture compile checks use when its config is not on this machine."
     )
 
 
@@ -158,7 +160,7 @@ class OneTower(Strict):
                                                 "text encoder, or a timm vision transformer.")
     source: str | None = Field(None, description="Text: a hub id, local directory or `package:NAME`. "
                                "Vision: a timm ViT name.")
-    model_type: str | None = Field(None, description="Text with `init: random`: a transformers model type.")
+    model_type: str | None = Field(None, description="Text backbone: a transformers model type, as for hf_text.")
     init: Literal["pretrained", "random"] = Field("pretrained", description="Load the backbone's weights, or not.")
     weights: str | None = Field(None, description="Vision: a local weights file for `init: pretrained`.")
     size: SizeOverrides | None = Field(None, description="Size overrides; only with `init: random`.")
