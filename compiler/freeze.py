@@ -80,6 +80,27 @@ def _maximal_frozen(model: nn.Module, frozen: set[str]) -> list[str]:
     return out
 
 
+def _owner(param: str) -> tuple[str, str]:
+    parts = param.split(".")
+    return ("heads", parts[1]) if parts[0] == "heads" else ("nodes", parts[0])
+
+
+def _shared_with_frozen(model: nn.Module, frozen: set[str]) -> list[Issue]:
+    """A parameter shared by two modules (a tied MLM decoder) is frozen under both names if under one."""
+    names: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), []).append(name)
+    issues = []
+    for group in names.values():
+        held = next((n for n in group if n in frozen), None)
+        for name in group:
+            if held is not None and name not in frozen:
+                frozen.add(name)
+                issues.append(Issue(_owner(name), f"{name} is tied to the frozen {held}, so it is frozen too",
+                                    "untie it, or unfreeze the embeddings", "warning"))
+    return issues
+
+
 def resolve_freeze(spec: Spec, model: nn.Module) -> tuple[FreezePlan, list[Issue]]:
     frozen: set[str] = set()
     prefixes: list[str] = []
@@ -98,6 +119,7 @@ def resolve_freeze(spec: Spec, model: nn.Module) -> tuple[FreezePlan, list[Issue
                 issues += problems
                 if obj.freeze.train_mode:
                     train_mode.append(prefix)
+    issues += _shared_with_frozen(model, frozen)
     whole = [p for p in prefixes if _node_params(model.get_submodule(p))
              and all(f"{p}.{n}" in frozen for n in _node_params(model.get_submodule(p)))]
     eval_modules = [m for m in _maximal_frozen(model, frozen) if not any(m == t or m.startswith(t + ".") for t in train_mode)]

@@ -12,9 +12,13 @@ from .freeze import FreezePlan
 def param_counts(spec: Spec, model: nn.Module, plan: FreezePlan) -> dict[str, dict[str, int]]:
     rows: dict[str, dict[str, int]] = {}
     prefixes = list(spec.nodes) + [f"heads.{h}" for h in spec.heads]
+    seen: set[int] = set()  # a tied weight counts once, under the node that owns it first
     for prefix in prefixes:
         total = frozen = 0
         for name, p in model.get_submodule(prefix).named_parameters():
+            if id(p) in seen:
+                continue
+            seen.add(id(p))
             total += p.numel()
             frozen += p.numel() if f"{prefix}.{name}" in plan.frozen else 0
         rows[prefix] = {"total": total, "trainable": total - frozen, "frozen": frozen}

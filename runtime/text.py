@@ -6,6 +6,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterable
 
+from compiler.backbones import local_source
 from graphspec.errors import EnvironmentProblem, Issue, SpecError
 from graphspec.schema import Spec
 
@@ -13,11 +14,13 @@ SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # BERT's, so pad id 0
 
 
 def text_node(spec: Spec, input_name: str) -> tuple[str, object]:
+    """The node that embeds the text input: an hf_text tower or a one_tower."""
     for name, node in spec.nodes.items():
-        if node.kind == "hf_text" and node.input == input_name:
+        if (node.kind == "hf_text" and node.input == input_name) or \
+                (node.kind == "one_tower" and node.inputs.text == input_name):
             return name, node
-    raise SpecError([Issue(("inputs", input_name), f"no hf_text node reads the text input '{input_name}'",
-                                "add one: the tokenizer comes from it")])
+    raise SpecError([Issue(("inputs", input_name), f"no hf_text or one_tower node reads the text input '{input_name}'",
+                           "add one: the tokenizer comes from it")])
 
 
 def load_tokenizer(spec: Spec, input_name: str, vocab_size: int, cache_dir: Path, texts: Iterable[str]):
@@ -25,9 +28,9 @@ def load_tokenizer(spec: Spec, input_name: str, vocab_size: int, cache_dir: Path
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     name, node = text_node(spec, input_name)
-    if node.source:
+    if node.source and (node.kind == "hf_text" or node.backbone == "text"):
         try:
-            return AutoTokenizer.from_pretrained(node.source, local_files_only=True)
+            return AutoTokenizer.from_pretrained(local_source(node.source, ("nodes", name)), local_files_only=True)
         except (OSError, ValueError) as e:
             raise EnvironmentProblem([Issue(("nodes", name, "source"), f"no tokenizer found for '{node.source}': {e}",
                                             "point `source` at a local directory that holds the tokenizer files")]) from None

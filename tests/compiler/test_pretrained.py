@@ -65,3 +65,17 @@ def test_hf_vision_random(tiny, write_spec):
     model, _ = build_model(spec)
     out = model(torch.randint(0, 64, (2, 12)), torch.ones(2, 12, dtype=torch.long), torch.randn(2, 3, 32, 32))
     assert out["itm"].shape == (2, 2) and torch.isfinite(out["mlm"]).all()
+
+
+def test_one_tower_initialised_from_a_text_model(tiny, write_spec, tmp_path, tiny_bert):
+    tiny["nodes"] = {
+        "joint": {"kind": "one_tower", "inputs": {"text": "text", "image": "image"}, "backbone": "text",
+                  "source": str(tmp_path / "bert"), "init": "pretrained", "patch_size": 8},
+        "pooled": {"kind": "cls_pool", "inputs": ["joint.seq"]}}
+    tiny["heads"]["mlm"].update(input="joint.text", vocab_from="joint")
+    model, _ = build_model(graphspec.load(write_spec(tiny)))
+    loaded = model.joint.backbone.model.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in tiny_bert.state_dict().items())
+    ids = torch.randint(0, 64, (2, 12))
+    model.eval(), tiny_bert.eval()
+    assert torch.equal(model.joint.backbone.embed(ids), tiny_bert.embeddings(input_ids=ids))

