@@ -59,6 +59,9 @@ def _check_layers(module, path: tuple, ctx: BuildContext) -> None:
     bad = [n for n in module.layers if not 1 <= n <= module.num_layers]
     if bad:
         where = next(e["field"] for _, _, e in ctx.graph.out_edges(path[1], data=True) if e["src_port"] == f"layer_{bad[0]}")
+        if module.num_layers == 0:
+            raise SpecError([Issue(where, f"'{path[1]}' has no stack of layers graphspec can read (blocks, stages "
+                                   "or layers)", "read its last output (`seq`) instead")])
         raise SpecError([Issue(where, f"'{path[1]}' has {module.num_layers} layers: there is no layer_{bad[0]}",
                                f"use layer_1 .. layer_{module.num_layers}")])
 

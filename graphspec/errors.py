@@ -8,7 +8,7 @@ its problems at once as a list of `Issue`s, each naming where it came from
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Iterable, Sequence
 
 Path = tuple  # a field path: ("nodes", "fusion", "width"); ints index lists
@@ -101,20 +101,3 @@ class EnvironmentProblem(GraphspecError):
     """The spec is fine but this machine lacks something (weights, packages): exit code 3."""
 
     exit_code = 3
-
-
-@dataclass
-class IssueList:
-    """Collects issues from many small rules; raises them together."""
-
-    items: list[Issue] = field(default_factory=list)
-
-    def add(self, path: Path, message: str, hint: str = "", severity: str = "error") -> None:
-        self.items.append(Issue(tuple(path), message, hint, severity))
-
-    def extend(self, issues: Iterable[Issue]) -> None:
-        self.items.extend(issues)
-
-    @property
-    def has_errors(self) -> bool:
-        return any(i.severity == "error" for i in self.items)

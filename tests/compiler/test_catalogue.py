@@ -174,3 +174,20 @@ def test_patches_that_do_not_tile_the_image(tiny, write_spec):
     assert f"spec.yaml:{line}:" in text
     assert "inputs.image.size: 36-pixel images do not split into 8-pixel patches of 'vision_tower'" in text
     assert "use a multiple of 8, e.g. 32 or 40" in text
+
+
+def test_a_cnn_stage_as_a_port(tiny, write_spec):
+    tiny["inputs"]["image"]["size"] = 128
+    tiny["nodes"]["vision_tower"] = {"kind": "timm_vision", "source": "tf_efficientnet_lite0", "init": "random",
+                                     "input": "image"}
+    tiny["nodes"]["fusion"].update(width=32, inputs={"text": "text_tower", "image": "vision_tower.layer_6"})
+    shapes = compile_spec(graphspec.load(write_spec(tiny))).summary["shapes"]
+    assert shapes["vision_tower"] == "seq (B, 16, 1280), layer_6 (B, 16, 192)"  # stride 32: a 4 x 4 map
+
+
+def test_a_tower_without_a_layer_stack(tiny, write_spec):
+    tiny["nodes"]["vision_tower"] = {"kind": "timm_vision", "source": "resnet18", "init": "random", "input": "image"}
+    tiny["nodes"]["fusion"].update(width=32, inputs={"text": "text_tower", "image": "vision_tower.layer_2"})
+    with pytest.raises(SpecError) as info:
+        compile_spec(graphspec.load(write_spec(tiny)))
+    assert "'vision_tower' has no stack of layers graphspec can read" in info.value.format()
