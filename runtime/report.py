@@ -9,11 +9,16 @@ from pathlib import Path
 
 
 class Reporter:
-    def __init__(self, run_dir: Path, total_steps: int, start_step: int = 0, show_bar: bool | None = None):
+    """Per step: the bar; every `log_every` steps: losses averaged since the last log, learning rate, speed."""
+
+    def __init__(self, run_dir: Path, total_steps: int, batch_size: int, log_every: int, start_step: int = 0,
+                 show_bar: bool | None = None):
         from tqdm import tqdm
 
         self.metrics = (run_dir / "metrics.jsonl").open("a", buffering=1)
         self.start = time.perf_counter()
+        self.total, self.batch_size, self.log_every = total_steps, batch_size, log_every
+        self.window_start, self.sums, self.steps = self.start, {}, 0
         show = sys.stderr.isatty() if show_bar is None else show_bar
         self.bar = tqdm(total=total_steps, initial=start_step, disable=not show, unit="step", dynamic_ncols=True)
         self.show_bar = show
@@ -32,10 +37,21 @@ class Reporter:
                 if isinstance(value, (int, float)) and key not in ("step", "time"):
                     self.tb.add_scalar(f"{prefix}/{key}", value, record["step"])
 
-    def step(self, step: int, shown: dict) -> None:
+    def train_step(self, step: int, losses: dict[str, float], lr: float) -> None:
         self.bar.update(1)
-        if shown:
-            self.bar.set_postfix({k: f"{v:.3g}" for k, v in shown.items()}, refresh=False)
+        self.bar.set_postfix({k: f"{v:.3g}" for k, v in losses.items()}, refresh=False)
+        self.sums = {k: self.sums.get(k, 0.0) + v for k, v in losses.items()}
+        self.steps += 1
+        if step % self.log_every and step != self.total:
+            return
+        mean = {k: v / self.steps for k, v in self.sums.items()}
+        rate = self.steps * self.batch_size / max(time.perf_counter() - self.window_start, 1e-9)
+        self.log({"step": step, **{k: round(v, 5) for k, v in mean.items()}, "lr": lr, "samples_per_s": round(rate, 2)})
+        if not self.show_bar:  # without a terminal, a line per log with what the bar would show
+            eta = (self.total - step) * self.batch_size / max(rate, 1e-9)
+            self.line(f"step {step}/{self.total} " + " ".join(f"{k} {v:.4f}" for k, v in mean.items())
+                      + f" {rate:.1f} samples/s, eta {eta // 60:.0f}:{eta % 60:02.0f}")
+        self.window_start, self.sums, self.steps = time.perf_counter(), {}, 0
 
     def line(self, text: str) -> None:
         """A line that shows whether or not there is a bar (e.g. in CI logs)."""

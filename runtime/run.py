@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -76,59 +76,70 @@ def evaluate(trainer: Trainer, val_batches: list, roles: Roles, spec, tokenizer)
     return out
 
 
-def run(build: Build, run_dir: Path, show_bar: bool | None = None) -> dict:
+@dataclass
+class Session:
+    """Everything a run needs, built once from the build directory."""
+
+    roles: Roles
+    plan: object
+    trainer: Trainer
+    tokenizer: object
+    train_set: SceneSet
+    val_batches: list
+
+
+def prepare(build: Build) -> Session:
     spec = build.spec
-    run_dir = prepare_run_dir(run_dir)
     roles = Roles.of(spec)
     model, plan = build_model(spec)
     transform = image_transform(spec, roles.image, model)
     size = spec.inputs[roles.image].size
     train_set = SceneSet(spec.data.train, ("data", "train"), size, transform)
     val_set = SceneSet(spec.data.val, ("data", "val"), size, transform) if spec.data.val else None
-    text_name, _ = text_node(spec, roles.text)
-    vocab = model.get_submodule(text_name).vocab_size
+    vocab = model.get_submodule(text_node(spec, roles.text)[0]).vocab_size
     tokenizer = load_tokenizer(spec, roles.text, vocab, build.dir, all_texts(train_set))
     trainer = make_trainer(spec, model, build.freeze, build.groups, build.ds_config)
-    micro, accum = batch_plan(spec)
+    micro, _ = batch_plan(spec)
     val_batches = batched(val_set.eval_pairs(spec.data.val_pairs), micro) if val_set else []
-    neg = spec.objectives[roles.itm].negative_prob if roles.itm else 0.0
-    reporter = Reporter(run_dir, spec.train.steps, show_bar=show_bar)
-    reporter.line(f"training {spec.name}: {len(train_set)} train scenes, {spec.train.steps} steps of "
+    return Session(roles, plan, trainer, tokenizer, train_set, val_batches)
+
+
+def train_step(s: Session, spec, step: int, gen: torch.Generator) -> dict[str, float]:
+    """One optimizer step over `accumulation` micro batches; the losses averaged over them."""
+    micro, accum = batch_plan(spec)
+    neg = spec.objectives[s.roles.itm].negative_prob if s.roles.itm else 0.0
+    shown: dict[str, float] = {}
+    for m in range(accum):
+        pairs = s.train_set.train_batch(micro, neg, spec.train.seed, (step - 1) * accum + m)
+        parts = losses(s.trainer, encode(pairs, spec, s.roles, s.tokenizer, gen), s.roles, spec)
+        s.trainer.engine.backward(parts["loss"])
+        s.trainer.engine.step()
+        for k, v in parts.items():
+            shown[k] = shown.get(k, 0.0) + float(v.detach()) / accum
+    return shown
+
+
+def run(build: Build, run_dir: Path, show_bar: bool | None = None) -> dict:
+    spec = build.spec
+    run_dir = prepare_run_dir(run_dir)
+    s = prepare(build)
+    micro, accum = batch_plan(spec)
+    reporter = Reporter(run_dir, spec.train.steps, spec.train.batch_size, spec.train.log_every, show_bar=show_bar)
+    reporter.line(f"training {spec.name}: {len(s.train_set)} train scenes, {spec.train.steps} steps of "
                   f"{spec.train.batch_size} ({micro} x {accum}), run dir {run_dir}")
     gen = torch.Generator().manual_seed(spec.train.seed)  # masking
     torch.manual_seed(spec.train.seed)  # dropout: the same run twice gives the same losses
     val: dict = {}
-    window, window_start, sums = 0, time.perf_counter(), {}
     for step in range(1, spec.train.steps + 1):
-        shown: dict[str, float] = {}
-        for m in range(accum):
-            pairs = train_set.train_batch(micro, neg, spec.train.seed, (step - 1) * accum + m)
-            parts = losses(trainer, encode(pairs, spec, roles, tokenizer, gen), roles, spec)
-            trainer.engine.backward(parts["loss"])
-            trainer.engine.step()
-            for k, v in parts.items():
-                shown[k] = shown.get(k, 0.0) + float(v.detach()) / accum
-        window += spec.train.batch_size
-        sums = {k: sums.get(k, 0.0) + v for k, v in shown.items()}
-        reporter.step(step, shown)
-        if step % spec.train.log_every == 0 or step == spec.train.steps:
-            n_steps = window // spec.train.batch_size
-            mean = {k: v / n_steps for k, v in sums.items()}  # losses averaged over the steps since the last log
-            rate = window / max(time.perf_counter() - window_start, 1e-9)
-            reporter.log({"step": step, **{k: round(v, 5) for k, v in mean.items()},
-                          "lr": trainer.scheduler.get_last_lr()[0], "samples_per_s": round(rate, 2)})
-            if not reporter.show_bar:
-                reporter.line(f"step {step}/{spec.train.steps} " + " ".join(f"{k} {v:.4f}" for k, v in mean.items())
-                              + f" {rate:.1f} samples/s")
-            window, window_start, sums = 0, time.perf_counter(), {}
+        reporter.train_step(step, train_step(s, spec, step, gen), s.trainer.scheduler.get_last_lr()[0])
         every = spec.train.val_every
-        if val_batches and ((every and step % every == 0) or step == spec.train.steps):
-            val = evaluate(trainer, val_batches, roles, spec, tokenizer)
+        if s.val_batches and ((every and step % every == 0) or step == spec.train.steps):
+            val = evaluate(s.trainer, s.val_batches, s.roles, spec, s.tokenizer)
             reporter.log({"step": step, "split": "val", **val})
             reporter.line(f"step {step} validation: " + " ".join(f"{k} {v:.4f}" for k, v in val.items()))
     wall = reporter.elapsed
     reporter.close()
-    return _finish(build, run_dir, trainer, plan, val, wall)
+    return _finish(build, run_dir, s.trainer, s.plan, val, wall)
 
 
 def _finish(build: Build, run_dir: Path, trainer: Trainer, plan, val: dict, wall: float) -> dict:
