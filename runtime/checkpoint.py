@@ -14,13 +14,25 @@ import torch
 from safetensors.torch import save_file
 
 
+def _trainable_weights(module: torch.nn.Module, frozen: set[str]) -> dict[str, torch.Tensor]:
+    """Full copies of the trainable weights; under ZeRO-3 each is gathered from its shards first."""
+    named = [(n, p) for n, p in module.named_parameters() if n not in frozen]
+    sharded = [p for _, p in named if hasattr(p, "ds_id")]
+    if sharded:
+        from deepspeed.runtime.zero import GatheredParameters
+
+        with GatheredParameters(sharded, modifier_rank=None):
+            return {n: p.detach().float().cpu().contiguous().clone() for n, p in named}
+    return {n: p.detach().float().cpu().contiguous().clone() for n, p in named}
+
+
 def save_checkpoint(path: Path, module: torch.nn.Module, frozen: set[str], spec_json: dict, freeze: dict,
                     extra: dict) -> Path:
     tmp = path.with_name(path.name + ".partial")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    weights = {n: p.detach().float().contiguous().clone() for n, p in module.named_parameters() if n not in frozen}
+    weights = _trainable_weights(module, frozen)
     save_file(weights, str(tmp / "model.safetensors"))
     (tmp / "spec.resolved.json").write_text(json.dumps(spec_json, indent=2) + "\n")
     (tmp / "freeze.json").write_text(json.dumps(freeze, indent=2) + "\n")

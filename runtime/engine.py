@@ -17,6 +17,7 @@ import torch
 import torch.fx as fx
 
 from compiler.ds_config import resolve_accelerator
+from graphspec.errors import Issue, SpecError
 from graphspec.schema import Spec
 
 from .split import Split, outside_towers
@@ -30,6 +31,12 @@ def _free_port() -> str:
 
 def single_process_env(spec: Spec) -> None:
     """What `deepspeed.initialize` needs when no launcher set it (else it tries MPI)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world != spec.distributed.world_size:
+        raise SpecError([Issue(("distributed", "world_size"),
+                               f"the spec asks for {spec.distributed.world_size} processes, but this run has {world}",
+                               "`graphspec run` starts one process: set `distributed.world_size: 1`, or start "
+                               f"{spec.distributed.world_size} processes with a launcher")])
     os.environ.setdefault("DS_ACCELERATOR", resolve_accelerator(spec))
     for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1")):
         os.environ.setdefault(key, value)
@@ -62,19 +69,23 @@ class Trainer:
             self.engine.module.get_submodule(name).eval()
 
     def forward(self, batch: dict) -> dict:
+        device = self.engine.device
+        batch = {k: _cast(v, device) for k, v in batch.items()}
         towers = self.split.run_towers(batch)
         inputs = self.split.inner_inputs(batch, towers)
-        inputs = {k: _cast(v, self.dtype) for k, v in inputs.items()}
+        inputs = {k: _cast(v, device, self.dtype) for k, v in inputs.items()}
         return self.engine(**inputs)
 
 
-def _cast(value, dtype: torch.dtype):
+def _cast(value, device: torch.device, dtype: torch.dtype | None = None):
+    """Tensors (also inside the dicts and tuples ports carry) to the engine's device; floats to its dtype."""
     if isinstance(value, torch.Tensor):
-        return value.to(dtype) if value.is_floating_point() else value
+        value = value.to(device)
+        return value.to(dtype) if dtype is not None and value.is_floating_point() else value
     if isinstance(value, dict):
-        return {k: _cast(v, dtype) for k, v in value.items()}
+        return {k: _cast(v, device, dtype) for k, v in value.items()}
     if isinstance(value, tuple):
-        return tuple(_cast(v, dtype) for v in value)
+        return tuple(_cast(v, device, dtype) for v in value)
     return value
 
 
@@ -98,6 +109,7 @@ def make_trainer(spec: Spec, model: fx.GraphModule, freeze: dict, groups: list[d
                      "lr": spec.train.optimizer.lr * g["lr_scale"], "name": g["name"]} for g in groups]
     engine, optimizer, _, scheduler = deepspeed.initialize(model=split.inner, model_parameters=param_groups,
                                                           config=ds_config)
+    split.towers.to(engine.device)
     inside = set(params)
     trainer = Trainer(engine, optimizer, scheduler, split, [m for m in freeze["eval_modules"] if
                                                             any(p.startswith(m + ".") for p in inside)])

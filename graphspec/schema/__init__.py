@@ -32,13 +32,13 @@ from .nodes import (
     SizeOverrides,
     TimmVision,
 )
-from .run import Data, DataSource, Distributed, FrozenPlacement, Optimizer, Schedule, Train
+from .run import Data, DataSource, Distributed, Optimizer, Schedule, Train
 from .spec import Spec, spec_json_schema
 
 __all__ = [
     "BoxesInput", "ClassifyHead", "CrossAttention", "FUSION_KINDS", "ITCHead", "MeanPool", "MergedAttention",
     "OneTower", "PairClassifyHead", "RefHead", "VQAHead", "ENCODER_KINDS", "ClsPool", "CoAttention", "Data", "DataSource", "Distributed", "Freeze",
-    "FrozenPlacement", "HFText", "HFVision", "Head", "ITMHead", "ITMObjective", "ImageInput", "Input",
+    "HFText", "HFVision", "Head", "ITMHead", "ITMObjective", "ImageInput", "Input",
     "MLMHead", "MLMObjective", "Node", "Objective", "Optimizer", "Projection", "Ref", "Schedule",
     "SizeOverrides", "Spec", "spec_json_schema", "Strict", "TextInput", "TimmVision", "Train", "ref_node", "ref_port",
 ]

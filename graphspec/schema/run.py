@@ -73,20 +73,14 @@ class Train(Strict):
     log_every: int = Field(10, ge=1, description="Log metrics every this many steps.")
 
 
-class FrozenPlacement(Strict):
-    offload: Literal["none", "cpu"] = Field("none", description="Where wholly frozen towers keep their weights.")
-    cache_outputs: bool = Field(False, description="Cache the outputs of frozen towers whose inputs are deterministic.")
-    dtype: Literal["fp32", "bf16"] = Field("fp32", description="Precision of wholly frozen towers.")
-
-
 class Distributed(Strict):
-    world_size: int = Field(1, ge=1, description="Data-parallel processes.")
+    world_size: int = Field(1, ge=1, description="Data-parallel processes (`graphspec run` starts one; more "
+                            "need a launcher that starts them).")
     zero_stage: Literal[0, 1, 2, 3] = Field(0, description="ZeRO stage: 1 shards optimizer state, 2 also grads, 3 also weights.")
     offload_optimizer: Literal["none", "cpu"] = Field("none", description="ZeRO-Offload of optimizer state (stage >= 1).")
     offload_param: Literal["none", "cpu"] = Field("none", description="Offload of weights (ZeRO stage 3 only).")
     accelerator: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train; auto picks cuda when present.")
     reduce_bucket_size: int | None = Field(None, ge=1, description="ZeRO reduce bucket size in elements.")
-    frozen: FrozenPlacement = Field(default_factory=FrozenPlacement, description="Placement of frozen towers.")
     deepspeed: dict[str, Any] = Field(
         default_factory=dict,
         description="Extra DeepSpeed config keys merged over the emitted config; checked like the rest.",

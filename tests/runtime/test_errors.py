@@ -60,3 +60,12 @@ def test_unknown_colour_is_reported_by_the_generator(train_spec, compile_build, 
     with pytest.raises(GraphspecError) as info:
         run(compile_build(train_spec), tmp_path / "run", show_bar=False)
     assert "data.train.shapes: colors: unknown colour 'pink'" in info.value.format()
+
+
+def test_more_processes_than_this_run_has(train_spec, write_spec, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    train_spec["distributed"] = {"world_size": 2}
+    assert main(["run", str(write_spec(train_spec)), "--run-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "distributed.world_size: the spec asks for 2 processes, but this run has 1" in err
+    assert "Traceback" not in err

@@ -113,3 +113,14 @@ def test_packaged_minilm_and_efficientnet_train_offline(compile_build, tmp_path)
     assert all(math.isfinite(r["loss"]) for r in records if "loss" in r)
     assert summary["params"]["trainable"] > 30_000_000 and "itm_acc" in summary["val"]
     assert not (build.dir / "tokenizer-text.json").exists()  # MiniLM's own tokenizer
+
+
+def test_zero3_checkpoint_holds_whole_weights(train_spec, compile_build, tmp_path):
+    from compiler import compile_spec
+
+    build = compile_build(train_spec, ["train.steps=2", "train.schedule.warmup=1", "distributed.zero_stage=3",
+                                       "train.val_every=null", "data.val=null"])
+    run(build, tmp_path / "run", show_bar=False)
+    saved = load_file(str(tmp_path / "run" / "checkpoint" / "model.safetensors"))
+    shapes = {n: tuple(p.shape) for n, p in compile_spec(build.spec).module.named_parameters()}
+    assert saved and {n: tuple(t.shape) for n, t in saved.items()} == shapes  # gathered, not empty shards
