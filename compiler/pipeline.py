@@ -26,6 +26,7 @@ from .ds_check import check_ds_config
 from .ds_config import emit_ds_config
 from .emit import emit_module, input_names, label_names
 from .freeze import FreezePlan, resolve_freeze
+from .init_from import load_into, match_checkpoint
 from .graph import build_graph
 from .groups import param_groups
 from .picture import write_pictures
@@ -71,12 +72,18 @@ def compile_spec(spec: Spec) -> Compiled:
     gm = emit_module(spec, g, modules)
     propagate_shapes(spec, gm, node_paths(spec))
     plan, issues = resolve_freeze(spec, gm)
+    match = None
+    if spec.init_from:
+        match, more = match_checkpoint(spec.init_from, gm, plan.frozen)
+        issues += more
     groups = param_groups(spec, gm, plan.frozen)
     ds = emit_ds_config(spec, groups)
     warnings += _raise_if_errors(spec, issues + check_ds_config(ds, spec, groups), "freeze and DeepSpeed checks")
     shapes = {n.name: n.meta.get("shape") for n in gm.graph.nodes if n.op == "call_module"}
     shapes = {(f"heads.{k}" if k in spec.heads else k): _brief(v) for k, v in shapes.items()}
     summary = build_summary(spec, gm, plan, shapes)
+    if match is not None:
+        summary["init_from"] = {"checkpoint": spec.init_from, **match.as_dict()}
     return Compiled(spec, g, gm, plan, groups, ds, summary, warnings, time.perf_counter() - start)
 
 
@@ -149,6 +156,8 @@ def build_model(spec: Spec) -> tuple[fx.GraphModule, FreezePlan]:
     gm = emit_module(spec, g, modules)
     plan, issues = resolve_freeze(spec, gm)
     _raise_if_errors(spec, issues, "freeze checks")
+    if spec.init_from:
+        load_into(gm, spec.init_from)
     apply_freeze(gm, plan)
     return gm, plan
 

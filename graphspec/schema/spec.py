@@ -21,6 +21,10 @@ class Spec(Strict):
     extends: str | list[str] | None = Field(
         None, description="Base spec file(s), relative to this one; this file's keys override theirs; null removes an entry or sets an optional field to none."
     )
+    init_from: str | None = Field(
+        None, description="A checkpoint directory (a run's `checkpoint/`) whose weights initialise this model by "
+        "parameter name, e.g. to fine-tune a pretrained encoder with new heads; every key that does not match is "
+        "reported. Relative to the current directory.")
     inputs: dict[str, Input] = Field(min_length=1, description="Named inputs.")
     nodes: dict[str, Node] = Field(min_length=1, description="Named nodes: encoders, projections, fusion, poolers.")
     heads: dict[str, Head] = Field(default_factory=dict, description="Named task heads.")

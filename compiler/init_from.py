@@ -1,0 +1,89 @@
+"""Starting from a checkpoint: match its weights to the model by name, report every key that does not fit.
+
+Read at compile time from the safetensors header alone (names and shapes, no
+tensors), so a fine-tuning spec that cannot load its checkpoint fails at
+`compile`; loaded at run time by `load_into`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from graphspec.errors import Issue
+
+WEIGHTS = "model.safetensors"
+WHERE = ("init_from",)
+
+
+@dataclass
+class Match:
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # in the model, not in the checkpoint: keep their init
+    unexpected: list[str] = field(default_factory=list)  # in the checkpoint, not in the model: ignored
+    mismatched: list[str] = field(default_factory=list)  # same name, other shape: an error
+
+    def as_dict(self) -> dict:
+        return {"loaded": len(self.loaded), "missing": self.missing, "unexpected": self.unexpected,
+                "mismatched": self.mismatched}
+
+
+def _listing(names: list[str], limit: int = 6) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def match_checkpoint(directory: str, model: nn.Module, frozen: frozenset[str]) -> tuple[Match, list[Issue]]:
+    from safetensors import safe_open
+
+    path = Path(directory) / WEIGHTS
+    if not path.is_file():
+        return Match(), [Issue(WHERE, f"no checkpoint weights at {path}", "point init_from at a run's checkpoint/ directory")]
+    with safe_open(str(path), framework="pt") as f:
+        shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    params = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    m = Match()
+    for name, shape in params.items():
+        if name not in shapes:
+            m.missing.append(name)
+        elif shapes[name] != shape:
+            m.mismatched.append(f"{name} {shapes[name]} -> {shape}")
+        else:
+            m.loaded.append(name)
+    m.unexpected = sorted(set(shapes) - set(params))
+    return m, _issues(m, frozen)
+
+
+def _issues(m: Match, frozen: frozenset[str]) -> list[Issue]:
+    issues = []
+    if m.mismatched:
+        issues.append(Issue(WHERE, f"{len(m.mismatched)} weights have another shape in the checkpoint: {_listing(m.mismatched)}",
+                            "make the spec's sizes match the checkpoint's, or rename the node to start it fresh"))
+    fresh = [n for n in m.missing if n not in frozen]
+    if fresh:
+        issues.append(Issue(WHERE, f"{len(fresh)} weights are not in the checkpoint and start fresh: {_listing(fresh)}",
+                            "expected for new heads", "warning"))
+    restored = [n for n in m.missing if n in frozen]
+    if restored:
+        issues.append(Issue(WHERE, f"{len(restored)} frozen weights are not in the checkpoint (checkpoints keep trainable "
+                            f"weights only) and come from their source: {_listing(restored)}", "", "warning"))
+    if m.unexpected:
+        issues.append(Issue(WHERE, f"{len(m.unexpected)} checkpoint weights have no place in this model: {_listing(m.unexpected)}",
+                            "expected for heads the fine-tuning spec dropped", "warning"))
+    return issues
+
+
+@torch.no_grad()
+def load_into(model: nn.Module, directory: str) -> Match:
+    """Copy the matching weights in; names and shapes were checked at compile time."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(Path(directory) / WEIGHTS))
+    m, _ = match_checkpoint(directory, model, frozenset())
+    params = dict(model.named_parameters())
+    for name in m.loaded:
+        params[name].copy_(state[name])
+    return m

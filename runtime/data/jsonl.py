@@ -1,0 +1,236 @@
+"""A JSONL manifest + image folder: the format for users' own data.
+
+One JSON object per line; image paths are relative to the image root (the
+manifest's folder unless given), or absolute. Blank lines are ignored. Fields
+per task (``id`` is optional everywhere; any other field is kept in ``extra``)::
+
+    captions  {"image": "imgs/1.jpg", "text": "a dog on a sofa"}
+              "text" may also be a list of captions: one example each
+    nlvr2     {"images": ["left.png", "right.png"], "text": "both images show dogs", "label": true}
+    snli_ve   {"image": "imgs/1.jpg", "text": "a dog sleeps", "label": 2, "premise": "..."}
+              label 0 contradiction, 1 neutral, 2 entailment (or those words); premise optional
+    vqa       {"image": "imgs/1.jpg", "text": "what animal is this?", "answers": {"dog": 1.0, "puppy": 0.3}}
+              scores in [0, 1]; {} for unlabeled (test) questions
+    refexp    {"image": "imgs/1.jpg", "text": "the dog on the left",
+               "boxes": [[x0, y0, x1, y1], ...], "target": 0}
+              boxes in pixels; target indexes boxes
+
+The records are those of `runtime.data.arrow` (same keys per task), with
+``table`` = the manifest's name, ``row`` = the line number and ``where`` =
+``"<manifest>:<line>"``; VQA records have ``answer_labels`` None (a manifest
+has no label vocabulary). Problems raise a `SpecError` naming file:line; with
+``skip_bad=True`` bad lines are skipped and counted in a `ReadStats` instead.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+from graphspec.errors import Issue, SpecError, suggest
+
+from .arrow import (MAX_MESSAGES, SKIP_HINT, SNLI_LABELS, TASKS, BadData, ReadStats, _need_stats, _open_image,
+                    _short, raise_if_skipped)
+
+FIELDS: dict[str, dict[str, str]] = {
+    "captions": {"image": "image path", "text": "caption, or list of captions"},
+    "nlvr2": {"images": "[left image path, right image path]", "text": "statement", "label": "true or false"},
+    "snli_ve": {"image": "image path", "text": "hypothesis", "label": "0/1/2 or contradiction/neutral/entailment"},
+    "vqa": {"image": "image path", "text": "question", "answers": "{answer: score in [0, 1]}"},
+    "refexp": {"image": "image path", "text": "referring expression", "boxes": "[[x0, y0, x1, y1], ...]",
+               "target": "index of the referred box"},
+}
+OPTIONAL: dict[str, tuple] = {"captions": ("id",), "nlvr2": ("id",), "snli_ve": ("id", "premise"), "vqa": ("id",),
+                              "refexp": ("id",)}
+
+
+def _field_error(where: str, name: str, what: str) -> BadData:
+    return BadData("malformed entry", f"{where}: field '{name}' {what}", SKIP_HINT)
+
+
+def _text(obj: dict, where: str, name: str = "text") -> str:
+    v = obj[name]
+    if not isinstance(v, str) or not v.strip():
+        raise _field_error(where, name, f"must be a non-empty string (got {_short(v)})")
+    return v
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _parse(task: str, obj: dict, where: str) -> tuple[list[dict], list[str]]:
+    """(the line's examples without images, the image paths) — or BadData."""
+    if task == "captions":
+        texts = obj["text"]
+        if isinstance(texts, str):
+            texts = [texts]
+        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) and t.strip() for t in texts):
+            raise _field_error(where, "text",
+                               f"must be a non-empty string or a list of them (got {_short(obj['text'])})")
+        return [{"text": t, "region": None} for t in texts], [obj["image"]]
+    if task == "nlvr2":
+        paths = obj["images"]
+        if not (isinstance(paths, list) and len(paths) == 2):
+            raise _field_error(where, "images", f"must be a list of two image paths (got {_short(paths)})")
+        if not isinstance(obj["label"], bool):
+            raise _field_error(where, "label", f"must be true or false (got {_short(obj['label'])})")
+        return [{"text": _text(obj, where), "label": obj["label"]}], paths
+    if task == "snli_ve":
+        label = obj["label"]
+        if isinstance(label, str) and label.strip().lower() in SNLI_LABELS:
+            label = SNLI_LABELS[label.strip().lower()]
+        if isinstance(label, bool) or label not in (0, 1, 2):
+            raise _field_error(where, "label", f"must be 0 (contradiction), 1 (neutral) or 2 (entailment) "
+                                               f"(got {_short(obj['label'])})")
+        premise = obj.get("premise")
+        if premise is not None and not isinstance(premise, str):
+            raise _field_error(where, "premise", f"must be a string (got {_short(premise)})")
+        return [{"text": _text(obj, where), "premise": premise, "label": label}], [obj["image"]]
+    if task == "vqa":
+        answers = obj["answers"]
+        if not isinstance(answers, dict) or not all(_is_num(s) and 0 <= s <= 1 for s in answers.values()):
+            raise _field_error(where, "answers", f"must map each answer to a score in [0, 1] (got {_short(answers)})")
+        scores = {str(a): float(s) for a, s in answers.items()}
+        return [{"text": _text(obj, where), "answers": scores, "answer_labels": None,
+                 "answer_scores": list(scores.values())}], [obj["image"]]
+    if task == "refexp":
+        boxes = obj["boxes"]
+        if not isinstance(boxes, list) or not boxes:
+            raise _field_error(where, "boxes", f"must be a non-empty list of [x0, y0, x1, y1] (got {_short(boxes)})")
+        for k, b in enumerate(boxes):
+            if not (isinstance(b, list) and len(b) == 4 and all(_is_num(v) for v in b) and b[2] >= b[0]
+                    and b[3] >= b[1]):
+                raise _field_error(where, "boxes", f"box {k} is {_short(b)}, expected [x0, y0, x1, y1] with "
+                                                   f"x1 >= x0 and y1 >= y0")
+        target = obj["target"]
+        if isinstance(target, bool) or not isinstance(target, int) or not 0 <= target < len(boxes):
+            raise _field_error(where, "target", f"must be the index of one of the {len(boxes)} boxes "
+                                                f"(got {_short(target)})")
+        return [{"text": _text(obj, where), "boxes": [[float(v) for v in b] for b in boxes], "target": target}], \
+            [obj["image"]]
+    raise AssertionError(task)
+
+
+def _resolve(root: Path, rel: Any, where: str, name: str) -> tuple[Path, str]:
+    if not isinstance(rel, str) or not rel.strip():
+        raise _field_error(where, name, f"must be an image path (got {_short(rel)})")
+    path = Path(rel) if Path(rel).is_absolute() else root / rel
+    if not path.is_file():
+        raise BadData("missing image file", f"{where}: image file '{rel}' not found (looked for {path})",
+                      f"image paths are relative to {root} (the image root); " + SKIP_HINT)
+    return path, rel
+
+
+def _manifest_lines(manifest: Path) -> Iterator[tuple[int, str | None, str]]:
+    """(line number, text or None when it is not UTF-8, error)."""
+    with open(manifest, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield n, None, f"not UTF-8 text ({exc.reason} at byte {exc.start})"
+                continue
+            if n == 1:
+                text = text.lstrip("\ufeff")
+            yield n, text, ""
+
+
+def read_jsonl(manifest, task: str, *, image_root=None, skip_bad: bool = False, stats: ReadStats | None = None,
+               decode_images: bool = False) -> Iterator[dict]:
+    """The examples of a JSONL manifest for `task` (see the module docstring), in file order.
+
+    A missing manifest/image root or unknown task raises at once; lines are read lazily.
+    """
+    if task not in TASKS:
+        raise SpecError([Issue((), f"unknown task '{task}' for a JSONL manifest", suggest(task, TASKS))],
+                        title="the data block names an unknown task")
+    manifest = Path(manifest)
+    if not manifest.is_file():
+        parent = manifest.parent
+        there = (", ".join(sorted(p.name for p in parent.iterdir())[:20]) or "none (the directory is empty)") \
+            if parent.is_dir() else f"none ({parent} does not exist)"
+        raise SpecError([Issue((), f"no manifest file {manifest}; files in {parent}: {there}",
+                               "a manifest is a .jsonl file with one JSON object per line")],
+                        title="the JSONL manifest is missing")
+    root = Path(image_root) if image_root is not None else manifest.parent
+    if not root.is_dir():
+        raise SpecError([Issue((), f"the image root {root} of {manifest} is not a directory")],
+                        title="the image folder is missing")
+    stats = _need_stats(skip_bad, stats)
+    return _read(manifest, task, root, skip_bad, stats, decode_images)
+
+
+def _read(manifest: Path, task: str, root: Path, skip_bad: bool, stats: ReadStats, decode_images: bool):
+    required, optional = FIELDS[task], OPTIONAL[task]
+    name = manifest.name
+    for line, text, error in _manifest_lines(manifest):
+        where = f"{manifest}:{line}"
+        if text is not None and not text.strip():
+            continue
+        stats.rows += 1
+        try:
+            if text is None:
+                raise BadData("bad JSON", f"{where}: {error}", SKIP_HINT)
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise BadData("bad JSON", f"{where}: not valid JSON ({exc.msg} at column {exc.colno})",
+                              "each line must be one complete JSON object; " + SKIP_HINT) from None
+            if not isinstance(obj, dict):
+                raise BadData("malformed entry", f"{where}: expected a JSON object, found {type(obj).__name__}",
+                              SKIP_HINT)
+            missing = [f for f in required if f not in obj]
+            if missing:
+                extra = [k for k in obj if k not in required and k not in optional]
+                hints = [h for h in (suggest(m, extra) for m in missing) if h.startswith("did you")]
+                raise BadData("malformed entry",
+                              f"{where}: missing field{'s' if len(missing) > 1 else ''} "
+                              + ", ".join(f"'{m}' ({required[m]})" for m in missing)
+                              + f" for task {task}; fields present: {', '.join(obj) or 'none'}",
+                              "; ".join(hints) or f"a {task} line has " + ", ".join(required))
+            examples, rels = _parse(task, obj, where)
+            field = "images" if task == "nlvr2" else "image"
+            images, refs = [], []
+            for k, rel in enumerate(rels):
+                path, rel = _resolve(root, rel, where, field)
+                ref = f"image '{rel}'"
+                images.append(_open_image(path.read_bytes(), f"{where} {ref}", full=decode_images) if decode_images
+                              else _checked(path.read_bytes(), f"{where} {ref}"))
+                refs.append(ref)
+            ident = obj.get("id")
+            extra = {k: v for k, v in obj.items() if k not in required and k not in optional}
+        except BadData as bad:
+            if not skip_bad:
+                raise SpecError([bad.issue()], title="a manifest line cannot be read") from None
+            stats.skip(bad.reason, bad.message)
+            continue
+        for j, ex in enumerate(examples):
+            rec = {"task": task, "table": name, "row": line, "entry": j, "where": where, "image_refs": tuple(refs),
+                   "id": ident, "extra": extra}
+            if task == "nlvr2":
+                rec["images"] = tuple(images)
+            else:
+                rec["image"] = images[0]
+            rec.update(ex)
+            stats.read += 1
+            yield rec
+
+
+def _checked(data: bytes, where: str) -> bytes:
+    _open_image(data, where, full=False)
+    return data
+
+
+def check_jsonl(manifest, task: str, *, image_root=None, decode_images: bool = False,
+                max_issues: int = MAX_MESSAGES) -> ReadStats:
+    """Read a whole manifest and report *every* bad line at once (a SpecError listing them), else the stats."""
+    stats = ReadStats()
+    for _ in read_jsonl(manifest, task, image_root=image_root, skip_bad=True, stats=stats,
+                        decode_images=decode_images):
+        pass
+    return raise_if_skipped(stats, max_issues)
+
+
+__all__ = ["FIELDS", "OPTIONAL", "read_jsonl", "check_jsonl"]
