@@ -33,6 +33,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="override a field of the spec (only with a spec file)")
     r.add_argument("--run-dir", help="where metrics and checkpoints go (default: runs/NAME/TIMESTAMP)")
     r.add_argument("--build-dir", help="where to compile a spec file to (default: build/NAME)")
+    e = sub.add_parser("eval", help="a checkpoint's metrics on a split, as JSON")
+    e.add_argument("target", help="a run directory or its checkpoint/")
+    e.add_argument("--split", default="val", choices=["train", "val", "test"], help="which split (default: val)")
+    e.add_argument("-o", "--out", help="write the metrics here (default: TARGET/eval-SPLIT.json)")
     s = sub.add_parser("schema", help="print the JSON Schema of the spec language (for editors)")
     s.add_argument("-o", "--out", help="write it to this file instead of standard output")
     return p
@@ -111,7 +115,18 @@ def _run(args) -> int:
     return 0
 
 
-COMMANDS = {"validate": _validate, "compile": _compile, "run": _run, "schema": _schema}
+def _eval(args) -> int:
+    from runtime.evaluate import evaluate_checkpoint
+
+    metrics = evaluate_checkpoint(args.target, args.split)
+    text = json.dumps(metrics, indent=2) + "\n"
+    out = Path(args.out or Path(args.target) / f"eval-{args.split}.json")
+    out.write_text(text)
+    sys.stdout.write(text)
+    return 0
+
+
+COMMANDS = {"validate": _validate, "compile": _compile, "run": _run, "eval": _eval, "schema": _schema}
 
 
 def main(argv: list[str] | None = None) -> int:

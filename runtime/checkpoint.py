@@ -1,4 +1,4 @@
-"""Checkpoints: trainable weights as safetensors, plus the resolved spec and the freeze record.
+"""Checkpoints: trainable weights as safetensors, the resolved spec, the freeze record and the tokenizer.
 
 Written to a temporary directory and renamed into place, so a crash mid-write
 never leaves a checkpoint that looks complete.
@@ -27,7 +27,7 @@ def _trainable_weights(module: torch.nn.Module, frozen: set[str]) -> dict[str, t
 
 
 def save_checkpoint(path: Path, module: torch.nn.Module, frozen: set[str], spec_json: dict, freeze: dict,
-                    extra: dict) -> Path:
+                    extra: dict, tokenizer) -> Path:
     tmp = path.with_name(path.name + ".partial")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -37,6 +37,7 @@ def save_checkpoint(path: Path, module: torch.nn.Module, frozen: set[str], spec_
     (tmp / "spec.resolved.json").write_text(json.dumps(spec_json, indent=2) + "\n")
     (tmp / "freeze.json").write_text(json.dumps(freeze, indent=2) + "\n")
     (tmp / "state.json").write_text(json.dumps(extra, indent=2) + "\n")
+    tokenizer.save_pretrained(str(tmp / "tokenizer"))  # the exact vocabulary the weights were trained with
     if path.exists():
         shutil.rmtree(path)
     tmp.rename(path)

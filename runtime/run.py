@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -49,30 +50,35 @@ def losses(trainer: Trainer, batch: dict, roles: Roles, spec) -> dict[str, torch
 
 
 @torch.no_grad()
-def evaluate(trainer: Trainer, val_batches: list, roles: Roles, spec, tokenizer) -> dict:
-    """ITM accuracy on unmasked text over fixed balanced pairs; MLM accuracy on a fixed masking."""
-    trainer.eval()
-    correct = total = mlm_hit = mlm_total = 0
+def evaluate(forward: Callable[[dict], dict], val_batches: list, roles: Roles, spec, tokenizer) -> dict:
+    """ITM accuracy and loss on unmasked text over fixed balanced pairs; MLM accuracy and loss on a fixed masking.
+
+    `forward` maps a batch to the head outputs: the training engine's, or a plain
+    model's in `graphspec eval`; both see exactly the same batches.
+    """
+    sums = {"itm_hit": 0.0, "itm_loss": 0.0, "itm_n": 0, "mlm_hit": 0.0, "mlm_loss": 0.0, "mlm_n": 0}
     gen = torch.Generator().manual_seed(1234)
     for pairs in val_batches:
         if roles.itm:
-            batch = encode(pairs, spec, roles, tokenizer, gen=None)
-            logits = trainer.forward(batch)[spec.objective_head(roles.itm)]
-            correct += int((logits.argmax(-1) == pairs.match).sum())
-            total += len(pairs.texts)
+            logits = forward(encode(pairs, spec, roles, tokenizer, gen=None))[spec.objective_head(roles.itm)].float()
+            sums["itm_hit"] += int((logits.argmax(-1) == pairs.match).sum())
+            sums["itm_loss"] += float(itm_loss(logits, pairs.match)) * len(pairs.texts)
+            sums["itm_n"] += len(pairs.texts)
         if roles.mlm:
             batch = encode(pairs, spec, roles, tokenizer, gen=gen)
             head = spec.objective_head(roles.mlm)
             labels = batch[f"{head}_labels"]
-            logits = trainer.forward(batch)[head]
-            mlm_hit += int((logits.argmax(-1) == labels[labels != IGNORE]).sum())
-            mlm_total += int((labels != IGNORE).sum())
-    trainer.train()
+            target = labels[labels != IGNORE]
+            if target.numel():
+                logits = forward(batch)[head].float()
+                sums["mlm_hit"] += int((logits.argmax(-1) == target).sum())
+                sums["mlm_loss"] += float(mlm_loss(logits, labels)) * target.numel()
+                sums["mlm_n"] += target.numel()
     out = {}
-    if total:
-        out["itm_acc"] = correct / total
-    if mlm_total:
-        out["mlm_acc"] = mlm_hit / mlm_total
+    for task in ("itm", "mlm"):
+        if sums[f"{task}_n"]:
+            out[f"{task}_acc"] = sums[f"{task}_hit"] / sums[f"{task}_n"]
+            out[f"{task}_loss"] = round(sums[f"{task}_loss"] / sums[f"{task}_n"], 6)
     return out
 
 
@@ -134,19 +140,21 @@ def run(build: Build, run_dir: Path, show_bar: bool | None = None) -> dict:
         reporter.train_step(step, train_step(s, spec, step, gen), s.trainer.scheduler.get_last_lr()[0])
         every = spec.train.val_every
         if s.val_batches and ((every and step % every == 0) or step == spec.train.steps):
-            val = evaluate(s.trainer, s.val_batches, s.roles, spec, s.tokenizer)
+            s.trainer.eval()
+            val = evaluate(s.trainer.forward, s.val_batches, s.roles, spec, s.tokenizer)
+            s.trainer.train()
             reporter.log({"step": step, "split": "val", **val})
             reporter.line(f"step {step} validation: " + " ".join(f"{k} {v:.4f}" for k, v in val.items()))
     wall = reporter.elapsed
     reporter.close()
-    return _finish(build, run_dir, s.trainer, s.plan, val, wall)
+    return _finish(build, run_dir, s, val, wall)
 
 
-def _finish(build: Build, run_dir: Path, trainer: Trainer, plan, val: dict, wall: float) -> dict:
-    spec = build.spec
+def _finish(build: Build, run_dir: Path, s: Session, val: dict, wall: float) -> dict:
+    spec, trainer, plan = build.spec, s.trainer, s.plan
     ckpt = save_checkpoint(run_dir / "checkpoint", trainer.engine.module, set(plan.frozen),
                            spec.model_dump(mode="json", exclude={"extends"}), build.freeze,
-                           {"step": spec.train.steps, "val": val})
+                           {"step": spec.train.steps, "val": val}, s.tokenizer)
     total = sum(p.numel() for p in trainer.engine.module.parameters()) + sum(
         p.numel() for p in trainer.split.towers.parameters())
     frozen = sum(p.numel() for n, p in trainer.engine.module.named_parameters() if n in plan.frozen) + sum(

@@ -124,3 +124,18 @@ def test_zero3_checkpoint_holds_whole_weights(train_spec, compile_build, tmp_pat
     saved = load_file(str(tmp_path / "run" / "checkpoint" / "model.safetensors"))
     shapes = {n: tuple(p.shape) for n, p in compile_spec(build.spec).module.named_parameters()}
     assert saved and {n: tuple(t.shape) for n, t in saved.items()} == shapes  # gathered, not empty shards
+
+
+def test_eval_reproduces_the_validation_that_training_logged(train_spec, compile_build, tmp_path, capsys):
+    from graphspec.cli import main
+
+    train_spec["nodes"]["vision_tower"]["freeze"] = True
+    build = compile_build(train_spec, ["train.steps=20", "train.val_every=20"])
+    summary = run(build, tmp_path / "run", show_bar=False)
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "run")]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    for key in ("itm_acc", "itm_loss", "mlm_acc", "mlm_loss"):  # losses are continuous: equal means the same model
+        assert metrics[key] == summary["val"][key], key
+    assert json.loads((tmp_path / "run" / "eval-val.json").read_text()) == metrics
+    assert (tmp_path / "run" / "checkpoint" / "tokenizer" / "tokenizer.json").is_file()

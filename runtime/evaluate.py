@@ -1,0 +1,75 @@
+"""`graphspec eval`: a checkpoint's metrics on a split, computed exactly as training validated.
+
+The checkpoint holds everything needed: the resolved spec, the trainable
+weights and the tokenizer; frozen weights come from their source, as at the
+start of training.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from pathlib import Path
+
+import torch
+from pydantic import ValidationError
+from safetensors.torch import load_file
+from transformers import AutoTokenizer
+
+from compiler import build_model
+from compiler.ds_config import batch_plan
+from graphspec.errors import GraphspecError, Issue, Loc, SpecError
+from graphspec.schema import Spec
+
+from .batches import Roles
+from .data.pairs import SceneSet, batched
+from .images import image_transform
+from .run import evaluate
+
+
+def find_checkpoint(target: str | Path) -> Path:
+    """A checkpoint directory, or a run directory holding one."""
+    path = Path(target)
+    for candidate in (path, path / "checkpoint"):
+        if (candidate / "model.safetensors").is_file() and (candidate / "spec.resolved.json").is_file():
+            return candidate
+    raise GraphspecError([Issue((), "not a checkpoint or a run directory with one", "give a run directory "
+                                "(runs/NAME/TIMESTAMP) or its checkpoint/", loc=Loc(str(path)))],
+                         title="nothing to evaluate")
+
+
+def _load(ckpt: Path) -> tuple[Spec, torch.nn.Module]:
+    try:
+        spec = Spec.model_validate(json.loads((ckpt / "spec.resolved.json").read_text()))
+    except (ValidationError, json.JSONDecodeError) as e:
+        raise GraphspecError([Issue((), f"the checkpoint's spec does not fit this graphspec: {str(e)[:200]}",
+                                    loc=Loc(str(ckpt / "spec.resolved.json")))]) from None
+    model, plan = build_model(spec)
+    weights = load_file(str(ckpt / "model.safetensors"))
+    params = dict(model.named_parameters())
+    trainable = {n for n in params if n not in plan.frozen}
+    if set(weights) != trainable:
+        raise GraphspecError([Issue((), f"the checkpoint's weights do not match its spec: missing "
+                                    f"{sorted(trainable - set(weights))[:5]}, unexpected {sorted(set(weights) - trainable)[:5]}",
+                                    loc=Loc(str(ckpt / "model.safetensors")))])
+    with torch.no_grad():
+        for name, tensor in weights.items():
+            params[name].copy_(tensor)
+    return spec, model.eval()
+
+
+def evaluate_checkpoint(target: str | Path, split: str = "val") -> dict:
+    ckpt = find_checkpoint(target)
+    spec, model = _load(ckpt)
+    if spec.data.val is None and split == "val":
+        raise SpecError([Issue(("data", "val"), "the spec has no validation data", "evaluate --split test")])
+    source = (spec.data.val or spec.data.train).model_copy(update={"split": split})
+    roles = Roles.of(spec)
+    transform = image_transform(spec, roles.image, model)
+    scenes = SceneSet(source, ("data", "val"), spec.inputs[roles.image].size, transform)
+    micro, _ = batch_plan(spec)
+    batches = batched(scenes.eval_pairs(spec.data.val_pairs), micro)
+    tokenizer = AutoTokenizer.from_pretrained(str(ckpt / "tokenizer"))
+    names = set(inspect.signature(model.forward).parameters)
+    metrics = evaluate(lambda b: model(**{k: v for k, v in b.items() if k in names}), batches, roles, spec, tokenizer)
+    return {"checkpoint": str(ckpt), "split": split, "scenes": len(scenes), **metrics}
