@@ -17,14 +17,10 @@ from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
 from compiler import build_model
-from compiler.ds_config import batch_plan
 from graphspec.errors import GraphspecError, Issue, Loc, SpecError
 from graphspec.schema import Spec
 
-from .batches import Roles
-from .data.pairs import SceneSet, batched
-from .images import image_transform
-from .run import evaluate
+from .run import make_task
 
 
 def find_checkpoint(target: str | Path) -> Path:
@@ -63,13 +59,8 @@ def evaluate_checkpoint(target: str | Path, split: str = "val") -> dict:
     spec, model = _load(ckpt)
     if spec.data.val is None and split == "val":
         raise SpecError([Issue(("data", "val"), "the spec has no validation data", "evaluate --split test")])
-    source = (spec.data.val or spec.data.train).model_copy(update={"split": split})
-    roles = Roles.of(spec)
-    transform = image_transform(spec, roles.image, model)
-    scenes = SceneSet(source, ("data", "val"), spec.inputs[roles.image].size, transform)
-    micro, _ = batch_plan(spec)
-    batches = batched(scenes.eval_pairs(spec.data.val_pairs), micro)
-    tokenizer = AutoTokenizer.from_pretrained(str(ckpt / "tokenizer"))
+    task = make_task(spec, model, split)
+    task.tokenizer = AutoTokenizer.from_pretrained(str(ckpt / "tokenizer"))
     names = set(inspect.signature(model.forward).parameters)
-    metrics = evaluate(lambda b: model(**{k: v for k, v in b.items() if k in names}), batches, roles, spec, tokenizer)
-    return {"checkpoint": str(ckpt), "split": split, "scenes": len(scenes), **metrics}
+    metrics = task.evaluate(lambda b: model(**{k: v for k, v in b.items() if k in names}))
+    return {"checkpoint": str(ckpt), "split": split, **metrics}

@@ -34,6 +34,9 @@ def load_tokenizer(spec: Spec, input_name: str, vocab_size: int, cache_dir: Path
         except (OSError, ValueError) as e:
             raise EnvironmentProblem([Issue(("nodes", name, "source"), f"no tokenizer found for '{node.source}': {e}",
                                             "point `source` at a local directory that holds the tokenizer files")]) from None
+    if spec.init_from and (Path(spec.init_from) / "tokenizer").is_dir():
+        # Fine-tuning: the pretraining run's vocabulary, or its embeddings would read other ids.
+        return AutoTokenizer.from_pretrained(str(Path(spec.init_from) / "tokenizer"))
     path = cache_dir / f"tokenizer-{input_name}.json"
     if not path.is_file():
         _train_wordpiece(list(texts), vocab_size).save(str(path))

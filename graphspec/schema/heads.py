@@ -111,5 +111,13 @@ class ITMObjective(_Objective):
     )
 
 
-Objective = Annotated[Union[MLMObjective, ITMObjective], Field(discriminator="kind")]
-OBJECTIVE_KINDS = ("mlm", "itm")
+class HeadObjective(_Objective):
+    """The loss a downstream head implies: cross-entropy (classify, pair_classify, ref: padded candidates masked),
+    binary cross-entropy with soft scores (vqa), symmetric InfoNCE (itc)."""
+
+    kind: Literal["itc", "classify", "pair_classify", "vqa", "ref"] = Field(
+        description="The kind of the head it trains; defaults to the objective's name.")
+
+
+Objective = Annotated[Union[MLMObjective, ITMObjective, HeadObjective], Field(discriminator="kind")]
+OBJECTIVE_KINDS = ("mlm", "itm", "itc", "classify", "pair_classify", "vqa", "ref")

@@ -24,7 +24,10 @@ class DataSource(Strict):
     source: Literal["builtin:shapes"] = Field(
         "builtin:shapes", description="'builtin:shapes': scenes generated offline, deterministically."
     )
-    task: Literal["captions"] = Field("captions", description="What each sample holds.")
+    task: Literal["captions", "nlvr2", "snli_ve", "vqa", "refexp"] = Field(
+        "captions", description="What each sample holds: captions (pretraining: MLM and ITM), nlvr2 (two images, "
+        "a statement, true/false), snli_ve (an image, a hypothesis, entailment/neutral/contradiction), vqa (a "
+        "question, soft answer scores), refexp (an expression, candidate boxes, the target).")
     split: Literal["train", "val", "test"] = Field("train", description="Which split to read.")
     samples: int | None = Field(None, ge=1, description="Number of distinct scenes to use; all of the split when unset.")
     shapes: ShapesOptions = Field(default_factory=ShapesOptions, description="Options of builtin:shapes.")

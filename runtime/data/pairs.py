@@ -30,19 +30,25 @@ class Pairs:
     match: torch.Tensor  # (B,) 1 = the text describes the image
 
 
+def shapes_config(source: DataSource, image_size: int, where: tuple) -> gen.ShapesConfig:
+    """The generator's config for a data block; what it cannot make is a located spec error."""
+    opts = source.shapes
+    config = gen.ShapesConfig(
+        min_shapes=opts.min_shapes, max_shapes=opts.max_shapes,
+        colors=tuple(opts.colors) if opts.colors else tuple(gen.COLORS),
+        shapes=tuple(opts.shapes) if opts.shapes else gen.SHAPES, image_size=image_size, seed=opts.seed)
+    problems = config.validate()
+    if problems:
+        raise SpecError([Issue(where + ("shapes",), p, "see the builtin:shapes options") for p in problems],
+                        title="the data block asks for scenes the generator cannot make")
+    return config
+
+
 class SceneSet:
     """The scenes of one split, with their transformed images."""
 
     def __init__(self, source: DataSource, where: tuple, image_size: int, transform: Callable[[np.ndarray], torch.Tensor]):
-        opts = source.shapes
-        config = gen.ShapesConfig(
-            min_shapes=opts.min_shapes, max_shapes=opts.max_shapes,
-            colors=tuple(opts.colors) if opts.colors else tuple(gen.COLORS),
-            shapes=tuple(opts.shapes) if opts.shapes else gen.SHAPES, image_size=image_size, seed=opts.seed)
-        problems = config.validate()
-        if problems:
-            raise SpecError([Issue(where + ("shapes",), p, "see the builtin:shapes options") for p in problems],
-                                 title="the data block asks for scenes the generator cannot make")
+        config = shapes_config(source, image_size, where)
         available = gen.split_size(config, source.split)
         n = source.samples or available
         if n > available:

@@ -189,17 +189,31 @@ def scenes(config: ShapesConfig, split: str, n: int) -> list[Scene]:
                      f"{split} scenes ({total} in all, split about 80/10/10 by content hash)")
 
 
+def _placement(shape: Shape, side: int) -> tuple[float, float, float]:
+    """Centre x, centre y and radius in pixels of a shape drawn on a side x side image."""
+    half = side / 2
+    radius = shape.size * side / 2
+    room = max(half / 2 - radius - 1, 0)
+    return (shape.cell % 2 + 0.5) * half + shape.dx * room, (shape.cell // 2 + 0.5) * half + shape.dy * room, radius
+
+
+def shape_box(shape: Shape, scene: Scene) -> tuple[float, float, float, float]:
+    """(x0, y0, x1, y1) of a shape as render(scene) draws it, as fractions of the image side.
+
+    The box is the drawn geometry; rasterised pixels lie within one pixel of it.
+    """
+    side = scene.image_size
+    cx, cy, radius = _placement(shape, side)
+    return tuple(min(max(v / side, 0.0), 1.0) for v in (cx - radius, cy - radius, cx + radius, cy + radius))
+
+
 def render(scene: Scene, size: int | None = None) -> np.ndarray:
     """Rasterise to uint8 (H, W, 3); shapes stay inside their cells so relations hold in pixels."""
     side = size or scene.image_size
     image = Image.new("RGB", (side, side), BACKGROUND)
     draw = ImageDraw.Draw(image)
-    half = side / 2
     for shape in scene.shapes:
-        radius = shape.size * side / 2
-        room = max(half / 2 - radius - 1, 0)
-        cx = (shape.cell % 2 + 0.5) * half + shape.dx * room
-        cy = (shape.cell // 2 + 0.5) * half + shape.dy * room
+        cx, cy, radius = _placement(shape, side)
         box = (cx - radius, cy - radius, cx + radius, cy + radius)
         fill = COLORS[shape.color]
         if shape.kind == "circle":

@@ -6,10 +6,9 @@ import pytest
 import torch
 
 from compiler import build_model
-from runtime.batches import Roles, encode
-from runtime.data.pairs import SceneSet
+from runtime.batches import Roles
+from runtime.captions import CaptionsTask
 from runtime.engine import make_trainer
-from runtime.run import losses
 from runtime.text import load_tokenizer
 
 
@@ -17,13 +16,11 @@ def _steps(build, n: int = 3):
     spec = build.spec
     model, plan = build_model(spec)
     trainer = make_trainer(spec, model, build.freeze, build.groups, build.ds_config)
-    roles = Roles.of(spec)
-    scenes = SceneSet(spec.data.train, ("data", "train"), 32, lambda img: torch.rand(3, 32, 32))
-    tok = load_tokenizer(spec, "text", 128, build.dir, ["a red circle left of a blue square"] * 4)
-    gen = torch.Generator().manual_seed(0)
+    task = CaptionsTask(spec, Roles.of(spec), lambda img: torch.rand(3, 32, 32))
+    task.tokenizer = load_tokenizer(spec, "text", 128, build.dir, ["a red circle left of a blue square"] * 4)
     for i in range(n):
-        batch = encode(scenes.train_batch(8, 0.5, 0, i), spec, roles, tok, gen)
-        trainer.engine.backward(losses(trainer, batch, roles, spec)["loss"])
+        batch = task.train_batch(8, i)
+        trainer.engine.backward(task.losses(trainer.forward(batch), batch)["loss"])
         trainer.engine.step()
     return trainer, model, plan
 

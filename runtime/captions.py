@@ -1,0 +1,83 @@
+"""The captions task (pretraining): masked LM and image-text matching on builtin:shapes scenes."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from compiler.ds_config import batch_plan
+from graphspec.schema import Spec
+
+from .batches import Roles, encode
+from .data.pairs import SceneSet, all_texts, batched
+from .objectives import IGNORE, itm_loss, mlm_loss
+
+
+class CaptionsTask:
+    """Batches, losses and validation metrics of MLM + ITM pretraining."""
+
+    def __init__(self, spec: Spec, roles: Roles, transform, split: str | None = None):
+        self.spec, self.roles = spec, roles
+        size = spec.inputs[roles.image].size
+        self.train_set = SceneSet(spec.data.train, ("data", "train"), size, transform) if split is None else None
+        val = spec.data.val if split is None else (spec.data.val or spec.data.train).model_copy(update={"split": split})
+        self.val_set = SceneSet(val, ("data", "val"), size, transform) if val else None
+        self.negative_prob = spec.objectives[roles.itm].negative_prob if roles.itm else 0.0
+        self.gen = torch.Generator().manual_seed(spec.train.seed)  # masking
+        self.tokenizer = None  # set once the vocabulary is known
+
+    def describe(self) -> str:
+        return f"{len(self.train_set)} train scenes"
+
+    def texts(self) -> list[str]:
+        return all_texts(self.train_set)
+
+    def train_batch(self, size: int, index: int) -> dict:
+        pairs = self.train_set.train_batch(size, self.negative_prob, self.spec.train.seed, index)
+        return encode(pairs, self.spec, self.roles, self.tokenizer, self.gen)
+
+    def losses(self, out: dict, batch: dict) -> dict[str, torch.Tensor]:
+        spec, roles = self.spec, self.roles
+        parts: dict[str, torch.Tensor] = {}
+        if roles.itm:
+            parts[roles.itm] = itm_loss(out[spec.objective_head(roles.itm)], batch["match"])
+        if roles.mlm:
+            head = spec.objective_head(roles.mlm)
+            parts[roles.mlm] = mlm_loss(out[head], batch[f"{head}_labels"])
+        parts["loss"] = sum(spec.objectives[k].weight * v for k, v in parts.items())
+        return parts
+
+    @torch.no_grad()
+    def evaluate(self, forward: Callable[[dict], dict]) -> dict:
+        """ITM accuracy and loss on unmasked text over fixed balanced pairs; MLM on a fixed masking."""
+        if self.val_set is None:
+            return {}
+        spec, roles = self.spec, self.roles
+        sums = {"itm_hit": 0.0, "itm_loss": 0.0, "itm_n": 0, "mlm_hit": 0.0, "mlm_loss": 0.0, "mlm_n": 0}
+        gen = torch.Generator().manual_seed(1234)
+        for pairs in batched(self.val_set.eval_pairs(spec.data.val_pairs), batch_plan(spec)[0]):
+            if roles.itm:
+                logits = forward(encode(pairs, spec, roles, self.tokenizer, gen=None))[spec.objective_head(roles.itm)]
+                sums["itm_hit"] += int((logits.float().argmax(-1) == pairs.match).sum())
+                sums["itm_loss"] += float(itm_loss(logits, pairs.match)) * len(pairs.texts)
+                sums["itm_n"] += len(pairs.texts)
+            if roles.mlm:
+                self._mlm(forward, pairs, gen, sums)
+        out = {}
+        for task in ("itm", "mlm"):
+            if sums[f"{task}_n"]:
+                out[f"{task}_acc"] = sums[f"{task}_hit"] / sums[f"{task}_n"]
+                out[f"{task}_loss"] = round(sums[f"{task}_loss"] / sums[f"{task}_n"], 6)
+        return out
+
+    def _mlm(self, forward, pairs, gen, sums) -> None:
+        batch = encode(pairs, self.spec, self.roles, self.tokenizer, gen=gen)
+        head = self.spec.objective_head(self.roles.mlm)
+        labels = batch[f"{head}_labels"]
+        target = labels[labels != IGNORE]
+        if target.numel():
+            logits = forward(batch)[head].float()
+            sums["mlm_hit"] += int((logits.argmax(-1) == target).sum())
+            sums["mlm_loss"] += float(mlm_loss(logits, labels)) * target.numel()
+            sums["mlm_n"] += target.numel()

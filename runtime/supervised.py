@@ -1,0 +1,153 @@
+"""Downstream tasks on builtin:shapes: NLVR2, SNLI-VE, VQA and reference resolution.
+
+Every example becomes model rows the same way whatever its source: text
+tokenised to the text input, images transformed once up front; NLVR2's two
+image-text passes are consecutive rows (the pair_classify head joins them).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from compiler.ds_config import batch_plan
+from graphspec.errors import Issue, SpecError
+from graphspec.schema import DataSource, Spec
+
+from .data import shapes as gen
+from .data import tasks as generators
+from .data.pairs import shapes_config
+from .metrics import accuracy, classify_loss, vqa_loss, vqa_score
+
+HEAD_FOR_TASK = {"nlvr2": "pair_classify", "snli_ve": "classify", "vqa": "vqa", "refexp": "ref"}
+
+
+@dataclass
+class Example:
+    pixels: tuple[torch.Tensor, ...]  # (3, S, S) each: one image, two for NLVR2
+    text: str
+    label: int = 0  # class, truth (NLVR2) or target box
+    answers: dict[str, float] | None = None
+    boxes: tuple[tuple[float, float, float, float], ...] = ()
+
+
+def builtin_examples(task: str, source: DataSource, where: tuple, image_size: int, transform) -> list[Example]:
+    config = shapes_config(source, image_size, where)
+    n = source.samples or gen.split_size(config, source.split)
+    try:
+        made = {"nlvr2": generators.nlvr2, "snli_ve": generators.snli_ve, "vqa": generators.vqa,
+                "refexp": generators.refexp}[task](config, source.split, n, source.shapes.seed)
+    except ValueError as e:
+        raise SpecError([Issue(where + ("samples",), str(e), "ask for fewer samples, or allow more shapes")]) from None
+
+    def px(scene):
+        return transform(gen.render(scene))
+
+    if task == "nlvr2":
+        return [Example((px(e.scene_0), px(e.scene_1)), e.statement, int(e.label)) for e in made]
+    if task == "snli_ve":
+        return [Example((px(e.scene),), e.hypothesis, e.label) for e in made]
+    if task == "vqa":
+        return [Example((px(e.scene),), e.question, answers=e.answers) for e in made]
+    return [Example((px(e.scene),), e.expression, e.target, boxes=e.boxes) for e in made]
+
+
+@dataclass(frozen=True)
+class Names:
+    text: str
+    image: str
+    boxes: str | None
+    head: str
+    objective: str
+
+
+def names_for(spec: Spec, task: str) -> Names:
+    kind = HEAD_FOR_TASK[task]
+    heads = [n for n, h in spec.heads.items() if h.kind == kind]
+    objectives = [n for n, o in spec.objectives.items() if o.kind == kind]
+    if len(heads) != 1 or len(objectives) != 1:
+        raise SpecError([Issue(("objectives",), f"the {task} task trains one {kind} head with one {kind} objective; "
+                               f"this spec has heads {heads} and objectives {objectives}",
+                               f"add e.g. `objectives: {{{heads[0] if heads else kind}: {{kind: {kind}}}}}`")])
+    by = {m: [n for n, i in spec.inputs.items() if i.modality == m] for m in ("text", "image", "boxes")}
+    return Names(by["text"][0], by["image"][0], (by["boxes"] or [None])[0], heads[0], objectives[0])
+
+
+class SupervisedTask:
+    def __init__(self, spec: Spec, transform, split: str | None = None):
+        self.spec, self.task = spec, spec.data.train.task
+        self.names = names_for(spec, self.task)
+        size = spec.inputs[self.names.image].size
+        self.train = builtin_examples(self.task, spec.data.train, ("data", "train"), size, transform) \
+            if split is None else []
+        val = spec.data.val if split is None else (spec.data.val or spec.data.train).model_copy(update={"split": split})
+        self.val = builtin_examples(self.task, val, ("data", "val"), size, transform) if val else []
+        self.answers = self._answer_vocabulary() if self.task == "vqa" else []
+        self.tokenizer = None
+
+    def _answer_vocabulary(self) -> list[str]:
+        vocab = generators.answer_vocabulary(shapes_config(self.spec.data.train, 16, ("data", "train")))
+        head = self.spec.heads[self.names.head]
+        if head.answers != len(vocab):
+            raise SpecError([Issue(("heads", self.names.head, "answers"), f"the data has {len(vocab)} answers, the head "
+                                   f"scores {head.answers}", f"set `answers: {len(vocab)}`")])
+        return vocab
+
+    def describe(self) -> str:
+        return f"{len(self.train)} train examples ({self.task})"
+
+    def texts(self) -> list[str]:
+        return [e.text for e in self.train]
+
+    def rows(self, examples: list[Example]) -> dict:
+        n = self.names
+        pairs = [(text, px) for e in examples for text, px in [(e.text, p) for p in e.pixels]]  # NLVR2: 2 rows each
+        enc = self.tokenizer([t for t, _ in pairs], padding="max_length", truncation=True, return_tensors="pt",
+                             max_length=self.spec.inputs[n.text].max_length)
+        batch = {f"{n.text}_ids": enc["input_ids"], f"{n.text}_mask": enc["attention_mask"],
+                 n.image: torch.stack([px for _, px in pairs]), "label": torch.tensor([e.label for e in examples])}
+        if self.task == "vqa":
+            batch["scores"] = torch.tensor([[e.answers.get(a, 0.0) for a in self.answers] for e in examples])
+        if n.boxes:
+            k = self.spec.inputs[n.boxes].max_candidates
+            boxes = torch.zeros(len(examples), k, 4)
+            mask = torch.zeros(len(examples), k, dtype=torch.bool)
+            for i, e in enumerate(examples):
+                boxes[i, :len(e.boxes)] = torch.tensor(e.boxes[:k])
+                mask[i, :len(e.boxes)] = True
+            batch[n.boxes], batch[f"{n.boxes}_mask"] = boxes, mask
+        return batch
+
+    def train_batch(self, size: int, index: int) -> dict:
+        rng = random.Random(f"train:{self.spec.train.seed}:{index}")
+        return self.rows([self.train[rng.randrange(len(self.train))] for _ in range(size)])
+
+    def losses(self, out: dict, batch: dict) -> dict[str, torch.Tensor]:
+        logits = out[self.names.head]
+        if self.task == "vqa":
+            loss = vqa_loss(logits, batch["scores"])
+        else:
+            loss = classify_loss(logits, batch["label"])
+        weight = self.spec.objectives[self.names.objective].weight
+        return {self.names.objective: loss, "loss": weight * loss}
+
+    @torch.no_grad()
+    def evaluate(self, forward: Callable[[dict], dict]) -> dict:
+        right = total = loss = 0.0
+        size = batch_plan(self.spec)[0]
+        for start in range(0, len(self.val), size):
+            batch = self.rows(self.val[start:start + size])
+            logits = forward(batch)[self.names.head].float()
+            if self.task == "vqa":
+                r, n = vqa_score(logits, batch["scores"])
+            else:
+                r, n = accuracy(logits, batch["label"])
+            right, total = right + r, total + n
+            loss += float(self.losses({self.names.head: logits}, batch)["loss"]) * n
+        if not total:
+            return {}
+        metric = "vqa_score" if self.task == "vqa" else "acc"
+        return {f"{self.task}_{metric}": right / total, f"{self.task}_loss": round(loss / total, 6)}

@@ -1,0 +1,58 @@
+"""Fine-tuning on the built-in downstream tasks, from a pretraining checkpoint, and evaluating them."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from graphspec.cli import main
+from runtime.run import run
+
+TASKS = {
+    "nlvr2": ({"kind": "pair_classify", "input": "pooled"}, "nlvr2_acc"),
+    "snli_ve": ({"kind": "classify", "input": "pooled", "classes": 3}, "snli_ve_acc"),
+    "vqa": ({"kind": "vqa", "input": "pooled", "answers": 15}, "vqa_vqa_score"),
+    "refexp": ({"kind": "ref", "inputs": {"image": "fusion.image", "text": "pooled", "boxes": "regions"},
+                "heads": 2}, "refexp_acc"),
+}
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    """A tiny captions run whose checkpoint the fine-tuning starts from."""
+    import copy
+
+    import yaml
+
+    from tests.conftest import TINY
+
+    base = tmp_path_factory.mktemp("pretrain")
+    spec = copy.deepcopy(TINY)
+    spec["nodes"]["text_tower"]["size"]["vocab_size"] = 128
+    spec["data"] = {"train": {"samples": 64}, "val": {"split": "val", "samples": 16}}
+    spec["train"].update(steps=5, batch_size=8, schedule={"warmup": 1})
+    (base / "pretrain.yaml").write_text(yaml.safe_dump(spec))
+    assert main(["run", str(base / "pretrain.yaml"), "--run-dir", str(base / "run"),
+                 "--build-dir", str(base / "build")]) == 0
+    return spec, base / "run" / "checkpoint"
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+def test_finetune_and_eval(task, pretrained, compile_build, tmp_path, capsys):
+    spec, checkpoint = pretrained
+    spec = json.loads(json.dumps(spec))
+    head, metric = TASKS[task]
+    if task == "refexp":
+        spec["inputs"]["regions"] = {"modality": "boxes", "max_candidates": 4}
+    spec.update(init_from=str(checkpoint), heads={task: head}, objectives={task: {"kind": head["kind"]}},
+                data={"train": {"task": task, "samples": 24}, "val": {"task": task, "split": "val", "samples": 8}})
+    spec["train"].update(steps=4, batch_size=4, val_every=4, log_every=2)
+    build = compile_build(spec)
+    assert build.ds_config and (build.dir / "summary.json").is_file()
+    summary = run(build, tmp_path / "run", show_bar=False)
+    assert 0.0 <= summary["val"][metric] <= 1.0
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "run")]) == 0
+    assert json.loads(capsys.readouterr().out)[metric] == summary["val"][metric]
+    assert not (build.dir / "tokenizer-text.json").exists()  # the pretraining vocabulary was reused
