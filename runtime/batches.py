@@ -30,6 +30,11 @@ class Roles:
             raise SpecError([Issue(("inputs",), "the captions task needs exactly one text and one image input",
                                         f"this spec has text inputs {texts} and image inputs {images}")])
         by_kind = {o.kind: n for n, o in spec.objectives.items()}
+        other = [n for n, o in spec.objectives.items() if o.kind not in ("mlm", "itm")]
+        if other:
+            raise SpecError([Issue(("objectives", other[0]), f"the captions task trains mlm and itm objectives, not "
+                                   f"'{spec.objectives[other[0]].kind}'", "remove it, or train it with its own task "
+                                   "(data.train.task)")])
         if not by_kind:
             raise SpecError([Issue(("objectives",), "there is no objective to train",
                                         "add `objectives: {itm: {weight: 1.0}}` (and/or mlm)")])

@@ -68,7 +68,7 @@ def names_for(spec: Spec, task: str) -> Names:
     kind = HEAD_FOR_TASK[task]
     heads = [n for n, h in spec.heads.items() if h.kind == kind]
     objectives = [n for n, o in spec.objectives.items() if o.kind == kind]
-    if len(heads) != 1 or len(objectives) != 1:
+    if len(heads) != 1 or len(objectives) != 1 or len(spec.objectives) != 1:
         raise SpecError([Issue(("objectives",), f"the {task} task trains one {kind} head with one {kind} objective; "
                                f"this spec has heads {heads} and objectives {objectives}",
                                f"add e.g. `objectives: {{{heads[0] if heads else kind}: {{kind: {kind}}}}}`")])

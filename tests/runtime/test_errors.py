@@ -69,3 +69,11 @@ def test_more_processes_than_this_run_has(train_spec, write_spec, tmp_path, caps
     err = capsys.readouterr().err
     assert "distributed.world_size: the spec asks for 2 processes, but this run has 1" in err
     assert "Traceback" not in err
+
+
+def test_an_objective_the_task_does_not_train(train_spec, compile_build, tmp_path):
+    train_spec["heads"]["itc"] = {"kind": "itc", "inputs": {"text": "text_tower", "image": "vision_tower"}}
+    train_spec["objectives"]["itc"] = {"weight": 1.0}
+    with pytest.raises(GraphspecError) as info:
+        run(compile_build(train_spec), tmp_path / "run", show_bar=False)
+    assert "objectives.itc: the captions task trains mlm and itm objectives, not 'itc'" in info.value.format()
