@@ -109,7 +109,7 @@ def _apply_hf_sizes(cfg, node, path: tuple) -> None:
     problems = []
     for key, value in node.size.model_dump(exclude_none=True).items():
         if key == "mlp_ratio":
-            cfg.intermediate_size = int(getattr(cfg, "hidden_size") * value)
+            cfg.intermediate_size = int(cfg.hidden_size * value)
             continue
         attr = _HF_SIZES[key]
         if not hasattr(cfg, attr):

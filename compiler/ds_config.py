@@ -11,7 +11,6 @@ import copy
 import math
 from typing import Any
 
-from graphspec.errors import Issue
 from graphspec.schema import Spec
 
 _SCHEDULERS = {"linear": "WarmupDecayLR", "cosine": "WarmupCosineLR", "constant": "WarmupLR"}

@@ -155,7 +155,7 @@ def text_fits_encoder(spec: Spec, g: nx.MultiDiGraph) -> Iterator[Issue]:
         limit = attrs.get("max_positions")
         if not limit:
             continue
-        for src, _, e in g.in_edges(name, data=True):
+        for src, _, _ in g.in_edges(name, data=True):
             inp = spec.inputs.get(src)
             if inp is not None and inp.modality == "text" and inp.max_length > limit:
                 yield Issue(("inputs", src, "max_length"), f"{inp.max_length} tokens exceed the {limit} positions of '{name}'",
@@ -167,7 +167,7 @@ def patches_tile_the_image(spec: Spec, g: nx.MultiDiGraph) -> Iterator[Issue]:
         patch = attrs.get("patch_size")
         if not patch:
             continue
-        for src, _, e in g.in_edges(name, data=True):
+        for src, _, _ in g.in_edges(name, data=True):
             inp = spec.inputs.get(src)
             if inp is not None and inp.modality == "image" and inp.size % patch:
                 lower, upper = inp.size // patch * patch, (inp.size // patch + 1) * patch

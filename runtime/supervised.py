@@ -104,7 +104,7 @@ class SupervisedTask:
 
     def rows(self, examples: list[Example]) -> dict:
         n = self.names
-        pairs = [(text, px) for e in examples for text, px in [(e.text, p) for p in e.pixels]]  # NLVR2: 2 rows each
+        pairs = [(e.text, px) for e in examples for px in e.pixels]  # NLVR2: two rows per example
         enc = self.tokenizer([t for t, _ in pairs], padding="max_length", truncation=True, return_tensors="pt",
                              max_length=self.spec.inputs[n.text].max_length)
         batch = {f"{n.text}_ids": enc["input_ids"], f"{n.text}_mask": enc["attention_mask"],

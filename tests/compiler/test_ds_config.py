@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 import graphspec
 from compiler import build_model, compile_spec
