@@ -21,6 +21,7 @@ class Roles:
     image: str  # the image input
     mlm: str | None  # the mlm objective's name
     itm: str | None  # the itm objective's name
+    itc: str | None = None  # the itc objective's name
 
     @classmethod
     def of(cls, spec: Spec) -> "Roles":
@@ -30,15 +31,15 @@ class Roles:
             raise SpecError([Issue(("inputs",), "the captions task needs exactly one text and one image input",
                                         f"this spec has text inputs {texts} and image inputs {images}")])
         by_kind = {o.kind: n for n, o in spec.objectives.items()}
-        other = [n for n, o in spec.objectives.items() if o.kind not in ("mlm", "itm")]
+        other = [n for n, o in spec.objectives.items() if o.kind not in ("mlm", "itm", "itc")]
         if other:
-            raise SpecError([Issue(("objectives", other[0]), f"the captions task trains mlm and itm objectives, not "
+            raise SpecError([Issue(("objectives", other[0]), f"the captions task trains mlm, itm and itc objectives, not "
                                    f"'{spec.objectives[other[0]].kind}'", "remove it, or train it with its own task "
                                    "(data.train.task)")])
         if not by_kind:
             raise SpecError([Issue(("objectives",), "there is no objective to train",
-                                        "add `objectives: {itm: {weight: 1.0}}` (and/or mlm)")])
-        return cls(texts[0], images[0], by_kind.get("mlm"), by_kind.get("itm"))
+                                        "add `objectives: {itm: {weight: 1.0}}` (and/or mlm, itc)")])
+        return cls(texts[0], images[0], by_kind.get("mlm"), by_kind.get("itm"), by_kind.get("itc"))
 
 
 def encode(pairs: Pairs, spec: Spec, roles: Roles, tokenizer, gen: torch.Generator | None) -> dict:

@@ -11,7 +11,14 @@ from graphspec.schema import Spec
 
 from .batches import Roles, encode
 from .data.pairs import SceneSet, all_texts, batched
+from .metrics import itc_loss
 from .objectives import IGNORE, itm_loss, mlm_loss
+
+
+def matching(logits: torch.Tensor, match: torch.Tensor) -> torch.Tensor:
+    """The ITC similarity among matching pairs only: a mismatched row's image is not its text's positive."""
+    keep = match.bool()
+    return logits[keep][:, keep]  # (P, P)
 
 
 class CaptionsTask:
@@ -45,6 +52,8 @@ class CaptionsTask:
         if roles.mlm:
             head = spec.objective_head(roles.mlm)
             parts[roles.mlm] = mlm_loss(out[head], batch[f"{head}_labels"])
+        if roles.itc:
+            parts[roles.itc] = itc_loss(matching(out[spec.objective_head(roles.itc)], batch["match"]))
         parts["loss"] = sum(spec.objectives[k].weight * v for k, v in parts.items())
         return parts
 
@@ -54,7 +63,7 @@ class CaptionsTask:
         if self.val_set is None:
             return {}
         spec, roles = self.spec, self.roles
-        sums = {"itm_hit": 0.0, "itm_loss": 0.0, "itm_n": 0, "mlm_hit": 0.0, "mlm_loss": 0.0, "mlm_n": 0}
+        sums = {f"{t}_{k}": 0.0 for t in ("itm", "mlm", "itc") for k in ("hit", "loss", "n")}
         gen = torch.Generator().manual_seed(1234)
         for pairs in batched(self.val_set.eval_pairs(spec.data.val_pairs), batch_plan(spec)[0]):
             if roles.itm:
@@ -64,12 +73,24 @@ class CaptionsTask:
                 sums["itm_n"] += len(pairs.texts)
             if roles.mlm:
                 self._mlm(forward, pairs, gen, sums)
+            if roles.itc:
+                self._itc(forward, pairs, sums)
         out = {}
-        for task in ("itm", "mlm"):
+        for task in ("itm", "mlm", "itc"):
             if sums[f"{task}_n"]:
                 out[f"{task}_acc"] = sums[f"{task}_hit"] / sums[f"{task}_n"]
                 out[f"{task}_loss"] = round(sums[f"{task}_loss"] / sums[f"{task}_n"], 6)
         return out
+
+    def _itc(self, forward, pairs, sums) -> None:
+        """In-batch: how often a caption's own image scores highest among the batch's matching pairs."""
+        batch = encode(pairs, self.spec, self.roles, self.tokenizer, gen=None)
+        logits = matching(forward(batch)[self.spec.objective_head(self.roles.itc)].float(), pairs.match)
+        n = logits.shape[0]
+        if n > 1:
+            sums["itc_hit"] += float((logits.argmax(-1) == torch.arange(n)).sum())
+            sums["itc_loss"] += float(itc_loss(logits)) * n
+            sums["itc_n"] += n
 
     def _mlm(self, forward, pairs, gen, sums) -> None:
         batch = encode(pairs, self.spec, self.roles, self.tokenizer, gen=gen)

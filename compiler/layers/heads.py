@@ -71,7 +71,8 @@ class ITCHead(nn.Module):
         super().__init__()
         self.text_proj = nn.Linear(text_width, dim)
         self.image_proj = nn.Linear(image_width, dim)
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature)))
+        # Shape (1,), not a scalar: DeepSpeed broadcasts parameters as bytes and cannot view a 0-dim tensor so.
+        self.logit_scale = nn.Parameter(torch.tensor([math.log(1.0 / temperature)]))
 
     def forward(self, text, image) -> torch.Tensor:
         t = F.normalize(self.text_proj(_vector(text)), dim=-1)  # (B, dim)

@@ -71,8 +71,8 @@ def test_more_processes_than_this_run_has(train_spec, write_spec, tmp_path, caps
 
 
 def test_an_objective_the_task_does_not_train(train_spec, compile_build, tmp_path):
-    train_spec["heads"]["itc"] = {"kind": "itc", "inputs": {"text": "text_tower", "image": "vision_tower"}}
-    train_spec["objectives"]["itc"] = {"weight": 1.0}
+    train_spec["heads"]["ve"] = {"kind": "classify", "input": "pooled", "classes": 3}
+    train_spec["objectives"]["ve"] = {"kind": "classify"}
     with pytest.raises(GraphspecError) as info:
         run(compile_build(train_spec), tmp_path / "run", show_bar=False)
-    assert "objectives.itc: the captions task trains mlm and itm objectives, not 'itc'" in info.value.format()
+    assert "objectives.ve: the captions task trains mlm, itm and itc objectives, not 'classify'" in info.value.format()

@@ -139,3 +139,14 @@ def test_eval_reproduces_the_validation_that_training_logged(train_spec, compile
         assert metrics[key] == summary["val"][key], key
     assert json.loads((tmp_path / "run" / "eval-val.json").read_text()) == metrics
     assert (tmp_path / "run" / "checkpoint" / "tokenizer" / "tokenizer.json").is_file()
+
+
+def test_itc_pretraining_alongside_itm_and_mlm(train_spec, compile_build, tmp_path):
+    train_spec["heads"]["itc"] = {"kind": "itc", "inputs": {"text": "text_tower", "image": "vision_tower"}, "dim": 16}
+    train_spec["objectives"]["itc"] = {"weight": 1.0}
+    build = compile_build(train_spec, ["train.steps=20", "train.val_every=20", "train.log_every=10"])
+    summary = run(build, tmp_path / "run", show_bar=False)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if "split" not in r]
+    assert all("itc" in r for r in train) and train[-1]["itc"] < train[0]["itc"]
+    assert 0.0 <= summary["val"]["itc_acc"] <= 1.0 and summary["val"]["itc_loss"] > 0
