@@ -7,6 +7,7 @@ from typing import Callable
 import torch
 
 from compiler.ds_config import batch_plan
+from graphspec.errors import Issue, SpecError
 from graphspec.schema import Spec
 
 from .batches import Roles, encode
@@ -25,6 +26,14 @@ class CaptionsTask:
     """Batches, losses and validation metrics of MLM + ITM pretraining."""
 
     def __init__(self, spec: Spec, roles: Roles, transform, split: str | None = None):
+        for key in ("train", "val"):
+            source = getattr(spec.data, key)
+            if source is not None and source.source != "builtin:shapes":
+                raise SpecError([Issue(("data", key, "source"), "captions pretraining reads builtin:shapes only so "
+                                       "far: image-text negatives from files are not drawn yet",
+                                       "pretrain on builtin:shapes; arrow: and jsonl: sources serve the downstream "
+                                       "tasks")])
+        self.data_stats: dict = {}
         self.spec, self.roles = spec, roles
         size = spec.inputs[roles.image].size
         self.train_set = SceneSet(spec.data.train, ("data", "train"), size, transform) if split is None else None

@@ -81,5 +81,8 @@ def format_summary(s: dict) -> str:
              f"  parameters: {s['params']['trainable']:,} trainable, {s['params']['frozen']:,} frozen"]
     for key, value in s.get("val", {}).items():
         lines.append(f"  val {key}: {value:.4f}" if isinstance(value, float) else f"  val {key}: {value}")
+    for key, stats in s.get("data", {}).items():
+        if stats.get("skipped"):
+            lines.append(f"  {key} data: {stats['skipped']} bad samples skipped ({stats.get('read', 0)} read)")
     lines.append(f"  checkpoint: {s['checkpoint']}")
     return "\n".join(lines)

@@ -114,7 +114,8 @@ def _finish(build: Build, run_dir: Path, s: Session, val: dict, wall: float) -> 
         p.numel() for p in trainer.split.towers.parameters())
     summary = {"run_dir": str(run_dir), "spec": spec.name, "steps": spec.train.steps, "wall_time_s": round(wall, 1),
                "samples_per_s": round(spec.train.steps * spec.train.batch_size / max(wall, 1e-9), 2),
-               "params": {"trainable": total - frozen, "frozen": frozen}, "val": val, "checkpoint": str(ckpt)}
+               "params": {"trainable": total - frozen, "frozen": frozen}, "val": val, "checkpoint": str(ckpt),
+               "data": s.task.data_stats}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(format_summary(summary), flush=True)
     return summary

@@ -21,6 +21,7 @@ from .data import shapes as gen
 from .data import tasks as generators
 from .data.pairs import shapes_config
 from .metrics import accuracy, classify_loss, vqa_loss, vqa_score
+from .sources import file_examples
 
 HEAD_FOR_TASK = {"nlvr2": "pair_classify", "snli_ve": "classify", "vqa": "vqa", "refexp": "ref"}
 
@@ -80,16 +81,26 @@ class SupervisedTask:
     def __init__(self, spec: Spec, transform, split: str | None = None):
         self.spec, self.task = spec, spec.data.train.task
         self.names = names_for(spec, self.task)
-        size = spec.inputs[self.names.image].size
-        self.train = builtin_examples(self.task, spec.data.train, ("data", "train"), size, transform) \
-            if split is None else []
+        self.data_stats: dict = {}
+        self.train = self._examples(spec.data.train, "train", transform) if split is None else []
         val = spec.data.val if split is None else (spec.data.val or spec.data.train).model_copy(update={"split": split})
-        self.val = builtin_examples(self.task, val, ("data", "val"), size, transform) if val else []
+        self.val = self._examples(val, "val", transform) if val else []
         self.answers = self._answer_vocabulary() if self.task == "vqa" else []
         self.tokenizer = None
 
+    def _examples(self, source: DataSource, key: str, transform) -> list[Example]:
+        where = ("data", key)
+        if source.source == "builtin:shapes":
+            return builtin_examples(self.task, source, where, self.spec.inputs[self.names.image].size, transform)
+        examples, stats = file_examples(self.task, source, where, transform)
+        self.data_stats[key] = stats
+        return examples
+
     def _answer_vocabulary(self) -> list[str]:
-        vocab = generators.answer_vocabulary(shapes_config(self.spec.data.train, 16, ("data", "train")))
+        if self.spec.data.train.source == "builtin:shapes":
+            vocab = generators.answer_vocabulary(shapes_config(self.spec.data.train, 16, ("data", "train")))
+        else:  # as ViLT: every answer the training data scores
+            vocab = sorted({a for e in self.train for a in e.answers or {}})
         head = self.spec.heads[self.names.head]
         if head.answers != len(vocab):
             raise SpecError([Issue(("heads", self.names.head, "answers"), f"the data has {len(vocab)} answers, the head "

@@ -21,9 +21,15 @@ class ShapesOptions(Strict):
 
 
 class DataSource(Strict):
-    source: Literal["builtin:shapes"] = Field(
-        "builtin:shapes", description="'builtin:shapes': scenes generated offline, deterministically."
-    )
+    source: str = Field(
+        "builtin:shapes", pattern=r"^(builtin:shapes|arrow:.+|jsonl:.+)$",
+        description="'builtin:shapes' (scenes generated offline), 'arrow:DIR' (the ViLT/METER/Renaissance Arrow "
+        "tables in DIR) or 'jsonl:FILE' (a manifest; image paths relative to it). Paths relative to the current "
+        "directory.")
+    family: str | None = Field(None, description="Arrow only: the table family (e.g. snli, nlvr2, vqav2, refcoco, "
+                               "coco_caption_karpathy); defaults to the task's.")
+    skip_bad: bool = Field(False, description="Skip unreadable samples instead of stopping; they are counted in "
+                           "the run summary.")
     task: Literal["captions", "nlvr2", "snli_ve", "vqa", "refexp"] = Field(
         "captions", description="What each sample holds: captions (pretraining: MLM and ITM), nlvr2 (two images, "
         "a statement, true/false), snli_ve (an image, a hypothesis, entailment/neutral/contradiction), vqa (a "
