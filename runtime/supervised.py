@@ -20,10 +20,10 @@ from graphspec.schema import DataSource, Spec
 from .data import shapes as gen
 from .data import tasks as generators
 from .data.pairs import shapes_config
-from .metrics import accuracy, classify_loss, vqa_loss, vqa_score
+from .metrics import accuracy, classify_loss, itc_loss, recall_at_k, vqa_loss, vqa_score
 from .sources import file_examples
 
-HEAD_FOR_TASK = {"nlvr2": "pair_classify", "snli_ve": "classify", "vqa": "vqa", "refexp": "ref"}
+HEAD_FOR_TASK = {"nlvr2": "pair_classify", "snli_ve": "classify", "vqa": "vqa", "refexp": "ref", "retrieval": "itc"}
 
 
 @dataclass
@@ -40,7 +40,8 @@ def builtin_examples(task: str, source: DataSource, where: tuple, image_size: in
     n = source.samples or gen.split_size(config, source.split)
     try:
         made = {"nlvr2": generators.nlvr2, "snli_ve": generators.snli_ve, "vqa": generators.vqa,
-                "refexp": generators.refexp}[task](config, source.split, n, source.shapes.seed)
+                "refexp": generators.refexp, "retrieval": generators.retrieval}[task](config, source.split, n,
+                                                                                     source.shapes.seed)
     except ValueError as e:
         raise SpecError([Issue(where + ("samples",), str(e), "ask for fewer samples, or allow more shapes")]) from None
 
@@ -53,6 +54,8 @@ def builtin_examples(task: str, source: DataSource, where: tuple, image_size: in
         return [Example((px(e.scene),), e.hypothesis, e.label) for e in made]
     if task == "vqa":
         return [Example((px(e.scene),), e.question, answers=e.answers) for e in made]
+    if task == "retrieval":  # one example per caption; the label names its scene
+        return [Example((image,), text, i) for i, e in enumerate(made) for image in [px(e.scene)] for text in e.captions]
     return [Example((px(e.scene),), e.expression, e.target, boxes=e.boxes) for e in made]
 
 
@@ -140,6 +143,8 @@ class SupervisedTask:
         logits = out[self.names.head]
         if self.task == "vqa":
             loss = vqa_loss(logits, batch["scores"])
+        elif self.task == "retrieval":
+            loss = itc_loss(logits)
         else:
             loss = classify_loss(logits, batch["label"])
         weight = self.spec.objectives[self.names.objective].weight
@@ -147,6 +152,8 @@ class SupervisedTask:
 
     @torch.no_grad()
     def evaluate(self, forward: Callable[[dict], dict]) -> dict:
+        if self.task == "retrieval":
+            return self._recall(forward) if self.val else {}
         right = total = loss = 0.0
         size = batch_plan(self.spec)[0]
         for start in range(0, len(self.val), size):
@@ -162,3 +169,22 @@ class SupervisedTask:
             return {}
         metric = "vqa_score" if self.task == "vqa" else "acc"
         return {f"{self.task}_{metric}": right / total, f"{self.task}_loss": round(loss / total, 6)}
+
+    def _recall(self, forward: Callable[[dict], dict]) -> dict:
+        """Recall@1/5/10 both ways over the whole split: the itc head scores every text of a block against
+        every image of a block (towers are unimodal), so the full matrix is filled block by block."""
+        images = {e.label: e for e in self.val}  # one image per scene
+        scenes = sorted(images)
+        size = batch_plan(self.spec)[0]
+        sim = torch.zeros(len(self.val), len(scenes))
+        for t0 in range(0, len(self.val), size):
+            texts = self.val[t0:t0 + size]
+            for i0 in range(0, len(scenes), size):
+                block = [images[s] for s in scenes[i0:i0 + size]]
+                n = max(len(texts), len(block))
+                rows = [Example(block[min(k, len(block) - 1)].pixels, texts[min(k, len(texts) - 1)].text)
+                        for k in range(n)]  # padded by repetition to one batch size
+                logits = forward(self.rows(rows))[self.names.head].float()
+                sim[t0:t0 + len(texts), i0:i0 + len(block)] = logits[:len(texts), :len(block)]
+        position = {s: i for i, s in enumerate(scenes)}
+        return {f"retrieval_{k}": v for k, v in recall_at_k(sim, [position[e.label] for e in self.val]).items()}

@@ -15,6 +15,8 @@ TASKS = {
     "vqa": ({"kind": "vqa", "input": "pooled", "answers": 15}, "vqa_vqa_score"),
     "refexp": ({"kind": "ref", "inputs": {"image": "fusion.image", "text": "pooled", "boxes": "regions"},
                 "heads": 2}, "refexp_acc"),
+    "retrieval": ({"kind": "itc", "inputs": {"text": "text_tower", "image": "vision_tower"}, "dim": 16},
+                  "retrieval_t2i_r1"),
 }
 
 
@@ -56,3 +58,32 @@ def test_finetune_and_eval(task, pretrained, compile_build, tmp_path, capsys):
     assert main(["eval", str(tmp_path / "run")]) == 0
     assert json.loads(capsys.readouterr().out)[metric] == summary["val"][metric]
     assert not (build.dir / "tokenizer-text.json").exists()  # the pretraining vocabulary was reused
+
+
+def test_recall_fills_the_whole_similarity_matrix_block_by_block():
+    """A forward that scores a text against an image by the scene they come from: recall must be perfect."""
+    import torch
+
+    from graphspec.schema import Spec
+    from runtime.supervised import Example, Names, SupervisedTask
+
+    task = object.__new__(SupervisedTask)
+    task.spec = Spec.model_validate({
+        "name": "r", "inputs": {"text": {"modality": "text", "max_length": 4}, "image": {"modality": "image"}},
+        "nodes": {"t": {"kind": "hf_text", "model_type": "bert", "init": "random", "input": "text"}},
+        "train": {"batch_size": 3}})  # blocks of 3 over 7 scenes x 3 captions: padding is exercised
+    task.task, task.names = "retrieval", Names("text", "image", None, "itc", "itc")
+    task.val = [Example((torch.full((3, 2, 2), float(s)),), f"scene {s}", s) for s in range(7) for _ in range(3)]
+
+    def tokenizer(texts, **_):
+        ids = torch.tensor([[int(t.split()[1])] for t in texts])
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+    task.tokenizer = tokenizer
+
+    def forward(batch):
+        text_scene, image_scene = batch["text_ids"][:, 0].float(), batch["image"][:, 0, 0, 0]
+        return {"itc": -(text_scene[:, None] - image_scene[None, :]).abs()}  # (B_text, B_image)
+
+    metrics = task.evaluate(forward)
+    assert metrics["retrieval_t2i_r1"] == 1.0 and metrics["retrieval_i2t_r1"] == 1.0
