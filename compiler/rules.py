@@ -150,29 +150,29 @@ def fusion_widths_agree(spec: Spec, g: nx.MultiDiGraph) -> Iterator[Issue]:
                         "pick heads that divide it, or set `width`")
 
 
-def text_fits_encoder(spec: Spec, g: nx.MultiDiGraph) -> Iterator[Issue]:
+def _fed_inputs(spec: Spec, g: nx.MultiDiGraph, fact: str, modality: str):
+    """(node, fact value, input name, input) for nodes carrying `fact` that read a `modality` input directly."""
     for name, attrs in g.nodes(data=True):
-        limit = attrs.get("max_positions")
-        if not limit:
-            continue
-        for src, _, _ in g.in_edges(name, data=True):
+        value = attrs.get(fact)
+        for src, _, _ in g.in_edges(name, data=True) if value else ():
             inp = spec.inputs.get(src)
-            if inp is not None and inp.modality == "text" and inp.max_length > limit:
-                yield Issue(("inputs", src, "max_length"), f"{inp.max_length} tokens exceed the {limit} positions of '{name}'",
-                            f"use max_length <= {limit}, or a larger `size.max_positions` with init: random")
+            if inp is not None and inp.modality == modality:
+                yield name, value, src, inp
+
+
+def text_fits_encoder(spec: Spec, g: nx.MultiDiGraph) -> Iterator[Issue]:
+    for name, limit, src, inp in _fed_inputs(spec, g, "max_positions", "text"):
+        if inp.max_length > limit:
+            yield Issue(("inputs", src, "max_length"), f"{inp.max_length} tokens exceed the {limit} positions of '{name}'",
+                        f"use max_length <= {limit}, or a larger `size.max_positions` with init: random")
 
 
 def patches_tile_the_image(spec: Spec, g: nx.MultiDiGraph) -> Iterator[Issue]:
-    for name, attrs in g.nodes(data=True):
-        patch = attrs.get("patch_size")
-        if not patch:
-            continue
-        for src, _, _ in g.in_edges(name, data=True):
-            inp = spec.inputs.get(src)
-            if inp is not None and inp.modality == "image" and inp.size % patch:
-                lower, upper = inp.size // patch * patch, (inp.size // patch + 1) * patch
-                yield Issue(("inputs", src, "size"), f"{inp.size}-pixel images do not split into {patch}-pixel "
-                            f"patches of '{name}'", f"use a multiple of {patch}, e.g. {lower or upper} or {upper}")
+    for name, patch, src, inp in _fed_inputs(spec, g, "patch_size", "image"):
+        if inp.size % patch:
+            lower, upper = inp.size // patch * patch, (inp.size // patch + 1) * patch
+            yield Issue(("inputs", src, "size"), f"{inp.size}-pixel images do not split into {patch}-pixel "
+                        f"patches of '{name}'", f"use a multiple of {patch}, e.g. {lower or upper} or {upper}")
 
 
 def attention_heads_divide(spec: Spec, g: nx.MultiDiGraph) -> Iterator[Issue]:
