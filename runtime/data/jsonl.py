@@ -30,8 +30,8 @@ from typing import Any, Iterator
 
 from graphspec.errors import Issue, SpecError, suggest
 
-from .arrow import (MAX_MESSAGES, SKIP_HINT, SNLI_LABELS, TASKS, BadData, ReadStats, _need_stats, _open_image,
-                    _short, raise_if_skipped)
+from .records import (MAX_MESSAGES, SKIP_HINT, SNLI_LABELS, TASKS, BadData, ReadStats, _need_stats, _open_image,
+                      _short, raise_if_skipped)
 
 FIELDS: dict[str, dict[str, str]] = {
     "captions": {"image": "image path", "text": "caption, or list of captions"},
