@@ -127,6 +127,10 @@ class SupervisedTask:
             batch["scores"] = torch.tensor([[e.answers.get(a, 0.0) for a in self.answers] for e in examples])
         if n.boxes:
             k = self.spec.inputs[n.boxes].max_candidates
+            most = max(len(e.boxes) for e in examples)
+            if most > k:
+                raise SpecError([Issue(("inputs", n.boxes, "max_candidates"), f"a sample has {most} candidate boxes, "
+                                       f"more than max_candidates {k}", f"set `max_candidates: {most}` or more")])
             boxes = torch.zeros(len(examples), k, 4)
             mask = torch.zeros(len(examples), k, dtype=torch.bool)
             for i, e in enumerate(examples):
