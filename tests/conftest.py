@@ -65,3 +65,17 @@ def tiny_bert(tmp_path):
     (directory / "vocab.txt").write_text("\n".join(words + [f"w{i}" for i in range(64 - len(words))]) + "\n")
     BertTokenizerFast(vocab_file=str(directory / "vocab.txt")).save_pretrained(directory)
     return model
+
+
+def _line_of(text, needle: str, nth: int = 1) -> int:
+    """1-based line of the `nth` line of `text` (a string or a file path) that contains `needle`."""
+    text = text if isinstance(text, str) else text.read_text()
+    hits = [i for i, line in enumerate(text.splitlines(), 1) if needle in line]
+    assert len(hits) >= nth, f"{needle!r} is not in the text {nth} time(s)"
+    return hits[nth - 1]
+
+
+@pytest.fixture
+def line_of():
+    """line_of(text_or_path, needle, nth=1): where a spec says something, to check located errors."""
+    return _line_of

@@ -151,11 +151,11 @@ def test_heads_shapes(tiny, write_spec):
     torch.testing.assert_close(model.heads.itc.logit_scale.exp().item(), 1 / 0.07, rtol=1e-5, atol=0)
 
 
-def test_a_tower_wider_than_the_fusion_without_projection(tiny, write_spec):
+def test_a_tower_wider_than_the_fusion_without_projection(tiny, write_spec, line_of):
     tiny["nodes"]["text_tower"]["size"].update(hidden=48)
     tiny["nodes"]["fusion"].update(width=32, project_inputs=False)
     path = write_spec(tiny)
-    line = next(i for i, t in enumerate(path.read_text().splitlines(), 1) if "text: text_tower" in t)
+    line = line_of(path, "text: text_tower")
     with pytest.raises(SpecError) as info:
         compile_spec(graphspec.load(path))
     text = info.value.format()
@@ -164,10 +164,10 @@ def test_a_tower_wider_than_the_fusion_without_projection(tiny, write_spec):
     assert "add a projection node to 32, or set `project_inputs: true`" in text
 
 
-def test_patches_that_do_not_tile_the_image(tiny, write_spec):
+def test_patches_that_do_not_tile_the_image(tiny, write_spec, line_of):
     tiny["inputs"]["image"]["size"] = 36
     path = write_spec(tiny)
-    line = next(i for i, t in enumerate(path.read_text().splitlines(), 1) if "size: 36" in t)
+    line = line_of(path, "size: 36")
     with pytest.raises(SpecError) as info:
         compile_spec(graphspec.load(path))
     text = info.value.format()

@@ -9,20 +9,13 @@ from compiler import compile_spec
 from graphspec.errors import EnvironmentProblem, SpecError
 
 
-def line_of(path, needle: str) -> int:
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        if needle in line:
-            return i
-    raise AssertionError(f"{needle!r} not in {path}")
-
-
 def compile_errors(path) -> list[str]:
     with pytest.raises(SpecError) as info:
         compile_spec(graphspec.load(path))
     return [i.format() for i in info.value.errors]
 
 
-def test_unknown_reference_names_the_line_and_suggests(tiny, write_spec):
+def test_unknown_reference_names_the_line_and_suggests(tiny, write_spec, line_of):
     tiny["nodes"]["fusion"]["inputs"]["image"] = "vison_tower"
     path = write_spec(tiny)
     [err] = compile_errors(path)
@@ -68,7 +61,7 @@ def test_itm_fed_a_sequence_says_to_pool(tiny, write_spec):
     assert "fix: pool the sequence first (a cls_pool node)" in err
 
 
-def test_width_mismatch_names_both_widths_and_the_fix(tiny, write_spec):
+def test_width_mismatch_names_both_widths_and_the_fix(tiny, write_spec, line_of):
     tiny["nodes"]["vision_tower"]["size"]["hidden"] = 48
     path = write_spec(tiny)
     [err] = compile_errors(path)
@@ -128,7 +121,7 @@ def test_freeze_layers_out_of_range(tiny, write_spec):
     assert "'5:' selects none of the 2 layers of 'text_tower'" in err and "use a range within 0:2" in err
 
 
-def test_text_longer_than_the_encoder_positions(tiny, write_spec):
+def test_text_longer_than_the_encoder_positions(tiny, write_spec, line_of):
     tiny["inputs"]["text"]["max_length"] = 40
     path = write_spec(tiny)
     [err] = compile_errors(path)

@@ -55,13 +55,6 @@ distributed:
 """
 
 
-def _line_of(text: str, needle: str, nth: int = 1) -> int:
-    """1-based line of the `nth` line of `text` that contains `needle`."""
-    hits = [i for i, line in enumerate(text.splitlines(), 1) if needle in line]
-    assert len(hits) >= nth, f"{needle!r} is not in the text {nth} time(s)"
-    return hits[nth - 1]
-
-
 @pytest.fixture
 def spec_text() -> str:
     return SPEC
@@ -71,11 +64,6 @@ def spec_text() -> str:
 def spec_data() -> dict:
     """The small spec as plain data (a fresh copy)."""
     return yaml.safe_load(SPEC)
-
-
-@pytest.fixture
-def line_of():
-    return _line_of
 
 
 @pytest.fixture

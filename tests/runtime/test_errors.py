@@ -42,11 +42,11 @@ def test_unwritable_run_directory(train_spec, compile_build, tmp_path):
 
 
 def test_data_the_generator_cannot_make_is_located_in_the_spec(train_spec, write_spec, tmp_path, capsys,
-                                                               monkeypatch):
+                                                               monkeypatch, line_of):
     monkeypatch.chdir(tmp_path)
     train_spec["data"]["train"] = {"samples": 5000}
     path = write_spec(train_spec)
-    line = next(i for i, t in enumerate(path.read_text().splitlines(), 1) if "samples: 5000" in t)
+    line = line_of(path, "samples: 5000")
     assert main(["run", str(path), "--run-dir", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert f"spec.yaml:{line}:" in err
