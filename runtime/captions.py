@@ -1,4 +1,4 @@
-"""The captions task (pretraining): masked LM and image-text matching on builtin:shapes scenes."""
+"""The captions task (pretraining): masked LM, image-text matching and contrast on builtin scenes or caption files."""
 
 from __future__ import annotations
 
@@ -7,13 +7,14 @@ from typing import Callable
 import torch
 
 from compiler.ds_config import batch_plan
-from graphspec.errors import Issue, SpecError
-from graphspec.schema import Spec
+from graphspec.schema import DataSource, Spec
 
 from .batches import Roles, encode
-from .data.pairs import SceneSet, all_texts, batched
+from .data.caption_files import CaptionFiles
+from .data.pairs import SceneSet, batched
 from .metrics import itc_loss
 from .objectives import IGNORE, itm_loss, mlm_loss
+from .sources import file_captions
 
 
 def matching(logits: torch.Tensor, match: torch.Tensor) -> torch.Tensor:
@@ -26,28 +27,28 @@ class CaptionsTask:
     """Batches, losses and validation metrics of MLM + ITM pretraining."""
 
     def __init__(self, spec: Spec, roles: Roles, transform, split: str | None = None):
-        for key in ("train", "val"):
-            source = getattr(spec.data, key)
-            if source is not None and source.source != "builtin:shapes":
-                raise SpecError([Issue(("data", key, "source"), "captions pretraining reads builtin:shapes only so "
-                                       "far: image-text negatives from files are not drawn yet",
-                                       "pretrain on builtin:shapes; arrow: and jsonl: sources serve the downstream "
-                                       "tasks")])
         self.data_stats: dict = {}
         self.spec, self.roles = spec, roles
-        size = spec.inputs[roles.image].size
-        self.train_set = SceneSet(spec.data.train, ("data", "train"), size, transform) if split is None else None
+        self.train_set = self._pairs(spec.data.train, "train", transform) if split is None else None
         val = spec.data.val if split is None else (spec.data.val or spec.data.train).model_copy(update={"split": split})
-        self.val_set = SceneSet(val, ("data", "val"), size, transform) if val else None
+        self.val_set = self._pairs(val, "val", transform) if val else None
         self.negative_prob = spec.objectives[roles.itm].negative_prob if roles.itm else 0.0
         self.gen = torch.Generator().manual_seed(spec.train.seed)  # masking
         self.tokenizer = None  # set once the vocabulary is known
 
+    def _pairs(self, source: DataSource, key: str, transform) -> SceneSet | CaptionFiles:
+        """builtin scenes, or captioned images from arrow:/jsonl: files (their read counts go to the summary)."""
+        if source.source == "builtin:shapes":
+            return SceneSet(source, ("data", key), self.spec.inputs[self.roles.image].size, transform)
+        pairs = file_captions(source, ("data", key), transform)
+        self.data_stats[key] = pairs.stats.as_dict()
+        return pairs
+
     def describe(self) -> str:
-        return f"{len(self.train_set)} train scenes"
+        return f"{len(self.train_set)} train images"
 
     def texts(self) -> list[str]:
-        return all_texts(self.train_set)
+        return self.train_set.texts()
 
     def train_batch(self, size: int, index: int) -> dict:
         pairs = self.train_set.train_batch(size, self.negative_prob, self.spec.train.seed, index)

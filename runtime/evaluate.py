@@ -59,7 +59,8 @@ def evaluate_checkpoint(target: str | Path, split: str = "val") -> dict:
     spec, model = _load(ckpt)
     if spec.data.val is None and split == "val":
         raise SpecError([Issue(("data", "val"), "the spec has no validation data", "evaluate --split test")])
-    task = make_task(spec, model, split)
+    state = json.loads((ckpt / "state.json").read_text()) if (ckpt / "state.json").is_file() else {}
+    task = make_task(spec, model, split, state.get("answers"))
     task.tokenizer = AutoTokenizer.from_pretrained(str(ckpt / "tokenizer"))
     names = set(inspect.signature(model.forward).parameters)
     metrics = task.evaluate(lambda b: model(**{k: v for k, v in b.items() if k in names}))

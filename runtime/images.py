@@ -23,8 +23,9 @@ def vision_node(spec: Spec, input_name: str) -> tuple[str, object] | None:
 def image_transform(spec: Spec, input_name: str, model: nn.Module) -> Callable[[np.ndarray], torch.Tensor]:
     """uint8 (H, W, 3) -> float (3, size, size), resized and normalised as the tower expects.
 
-    The whole image is kept (crop_pct 1, no centre crop): the built-in scenes put
-    shapes near the edges, and a caption's spatial words are about the whole picture.
+    The whole image is kept, squashed to a square (no centre crop): the built-in
+    scenes put shapes near the edges, a caption's spatial words are about the whole
+    picture, and region boxes given as fractions of the image stay right.
     """
     size = spec.inputs[input_name].size
     found = vision_node(spec, input_name)
@@ -34,7 +35,7 @@ def image_transform(spec: Spec, input_name: str, model: nn.Module) -> Callable[[
         cfg = resolve_model_data_config(model.get_submodule(found[0]).model) if found else {}
         tf = create_transform(input_size=(3, size, size), interpolation=cfg.get("interpolation", "bicubic"),
                               mean=cfg.get("mean", (0.5,) * 3), std=cfg.get("std", (0.5,) * 3), crop_pct=1.0,
-                              is_training=False)
+                              crop_mode="squash", is_training=False)
         return lambda image: tf(Image.fromarray(image))
     proc = _hf_processor(found[0], found[1])
     return lambda image: proc(images=Image.fromarray(image), size={"height": size, "width": size},

@@ -36,13 +36,17 @@ def prepare_run_dir(run_dir: Path) -> Path:
     return run_dir
 
 
-def make_task(spec, model, split: str | None = None):
-    """The task the data block names: captions pretraining, or a downstream task; `split` = evaluation only."""
+def make_task(spec, model, split: str | None = None, answers: list[str] | None = None):
+    """The task the data block names: captions pretraining, or a downstream task.
+
+    `split`: evaluation only (no training data read); `answers`: the VQA answer vocabulary a checkpoint was
+    trained with, since a file source's vocabulary comes from its training split.
+    """
     image = next(n for n, i in spec.inputs.items() if i.modality == "image")
     transform = image_transform(spec, image, model)
     if spec.data.train.task == "captions":
         return CaptionsTask(spec, Roles.of(spec), transform, split)
-    return SupervisedTask(spec, transform, split)
+    return SupervisedTask(spec, transform, split, answers)
 
 
 @dataclass
@@ -103,11 +107,17 @@ def run(build: Build, run_dir: Path, show_bar: bool | None = None) -> dict:
     return _finish(build, run_dir, s, val, wall)
 
 
+def _vocabulary(task) -> dict:
+    """What a checkpoint must remember of its training data: the VQA answer order its head scores."""
+    answers = getattr(task, "answers", None)
+    return {"answers": answers} if answers else {}
+
+
 def _finish(build: Build, run_dir: Path, s: Session, val: dict, wall: float) -> dict:
     spec, trainer, plan = build.spec, s.trainer, s.plan
     ckpt = save_checkpoint(run_dir / "checkpoint", trainer.engine.module, set(plan.frozen),
                            spec.model_dump(mode="json", exclude={"extends"}), build.freeze,
-                           {"step": spec.train.steps, "val": val}, s.task.tokenizer)
+                           {"step": spec.train.steps, "val": val, **_vocabulary(s.task)}, s.task.tokenizer)
     total = sum(p.numel() for p in trainer.engine.module.parameters()) + sum(
         p.numel() for p in trainer.split.towers.parameters())
     frozen = sum(p.numel() for n, p in trainer.engine.module.named_parameters() if n in plan.frozen) + sum(

@@ -1,18 +1,21 @@
-"""Downstream examples from files: the ViLT/METER/Renaissance Arrow tables or a JSONL manifest.
+"""Examples from files: the ViLT/METER/Renaissance Arrow tables or a JSONL manifest.
 
-Records from either reader become the same `Example`s the built-in tasks give;
+Records from either reader become the same `Example`s the built-in tasks give
+(captions: the same image-text pair sets pretraining draws from builtin scenes);
 a missing file or a bad sample is a located error unless `skip_bad` is set, and
 then it is counted for the run summary.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 
 from graphspec.errors import Issue, SpecError
 from graphspec.schema import DataSource
 
-FAMILY = {"snli_ve": "snli", "nlvr2": "nlvr2", "vqa": "vqav2", "refexp": "refcoco"}
+FAMILY = {"captions": "coco_caption_karpathy", "snli_ve": "snli", "nlvr2": "nlvr2", "vqa": "vqav2", "refexp": "refcoco"}
 
 
 def _pixels(data, where: str, transform):
@@ -46,28 +49,58 @@ def _example(task: str, record: dict, transform):
     return Example((px,), record["text"], int(record["target"]), boxes=_boxes(record["boxes"], size))
 
 
-def file_examples(task: str, source: DataSource, where: tuple, transform) -> tuple[list, dict]:
-    """(examples, read statistics) of an `arrow:` or `jsonl:` source."""
-    from .data.arrow import ReadStats, read_arrow
+def _records(task: str, source: DataSource, family: str | None, stats):
+    from .data.arrow import read_arrow
     from .data.jsonl import read_jsonl
 
     kind, _, path = source.source.partition(":")
-    stats = ReadStats()
+    if kind == "arrow":
+        return read_arrow(path, family or FAMILY[task], source.split, skip_bad=source.skip_bad, stats=stats)
+    return read_jsonl(path, task, skip_bad=source.skip_bad, stats=stats)
+
+
+@contextmanager
+def _located(where: tuple):
+    """Reader errors carry the file and row; the spec field that named the file is added here."""
     try:
-        if kind == "arrow":
-            records = read_arrow(path, source.family or FAMILY[task], source.split, skip_bad=source.skip_bad,
-                                 stats=stats)
-        else:
-            records = read_jsonl(path, task, skip_bad=source.skip_bad, stats=stats)
-        examples = []
-        for record in records:
-            examples.append(_example(task, record, transform))
-            if source.samples and len(examples) >= source.samples:
-                break
+        yield
     except SpecError as e:
         e.issues = [i if i.path else Issue(where + ("source",), i.message, i.hint, i.severity) for i in e.issues]
         raise
+
+
+def _families(source: DataSource, where: tuple, task: str) -> list[str | None]:
+    families = source.family if isinstance(source.family, list) else [source.family]
+    if len(families) > 1 and task != "captions":
+        raise SpecError([Issue(where + ("family",), f"the {task} task reads one table family, not {len(families)}",
+                               "name one family; several are for captions pretraining (e.g. [coco, vg])")])
+    return families
+
+
+def file_examples(task: str, source: DataSource, where: tuple, transform) -> tuple[list, dict]:
+    """(examples, read statistics) of an `arrow:` or `jsonl:` source."""
+    from .data.arrow import ReadStats
+
+    stats = ReadStats()
+    examples = []
+    with _located(where):
+        for record in _records(task, source, _families(source, where, task)[0], stats):
+            examples.append(_example(task, record, transform))
+            if source.samples and len(examples) >= source.samples:
+                break
     if not examples:
         raise SpecError([Issue(where + ("source",), f"{source.source} holds no {task} examples for split "
                                f"'{source.split}'", "check the split and the files")])
     return examples, stats.as_dict()
+
+
+def file_captions(source: DataSource, where: tuple, transform):
+    """The captioned images of an `arrow:` (one or more caption table families) or `jsonl:` source."""
+    from .data.arrow import ReadStats
+    from .data.caption_files import CaptionFiles
+
+    stats = ReadStats()
+    families = _families(source, where, "captions")
+    with _located(where):
+        records = (r for family in families for r in _records("captions", source, family, stats))
+        return CaptionFiles(source, where, transform, records, stats)

@@ -81,14 +81,14 @@ def names_for(spec: Spec, task: str) -> Names:
 
 
 class SupervisedTask:
-    def __init__(self, spec: Spec, transform, split: str | None = None):
+    def __init__(self, spec: Spec, transform, split: str | None = None, answers: list[str] | None = None):
         self.spec, self.task = spec, spec.data.train.task
         self.names = names_for(spec, self.task)
         self.data_stats: dict = {}
         self.train = self._examples(spec.data.train, "train", transform) if split is None else []
         val = spec.data.val if split is None else (spec.data.val or spec.data.train).model_copy(update={"split": split})
         self.val = self._examples(val, "val", transform) if val else []
-        self.answers = self._answer_vocabulary() if self.task == "vqa" else []
+        self.answers = (answers or self._answer_vocabulary()) if self.task == "vqa" else []
         self.tokenizer = None
 
     def _examples(self, source: DataSource, key: str, transform) -> list[Example]:
@@ -102,7 +102,7 @@ class SupervisedTask:
     def _answer_vocabulary(self) -> list[str]:
         if self.spec.data.train.source == "builtin:shapes":
             vocab = generators.answer_vocabulary(shapes_config(self.spec.data.train, 16, ("data", "train")))
-        else:  # as ViLT: every answer the training data scores
+        else:  # as ViLT: every answer the training data scores (evaluation reads the checkpoint's instead)
             vocab = sorted({a for e in self.train for a in e.answers or {}})
         head = self.spec.heads[self.names.head]
         if head.answers != len(vocab):

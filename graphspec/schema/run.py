@@ -26,8 +26,11 @@ class DataSource(Strict):
         description="'builtin:shapes' (scenes generated offline), 'arrow:DIR' (the ViLT/METER/Renaissance Arrow "
         "tables in DIR) or 'jsonl:FILE' (a manifest; image paths relative to it). Paths relative to the current "
         "directory.")
-    family: str | None = Field(None, description="Arrow only: the table family (e.g. snli, nlvr2, vqav2, refcoco, "
-                               "coco_caption_karpathy); defaults to the task's.")
+    family: str | list[str] | None = Field(
+        None, description="Arrow only: the table family (snli, nlvr2, vqav2, refcoco, or for captions "
+        "coco_caption_karpathy, f30k_caption_karpathy, vg, sbu, conceptual_caption; short names coco, f30k, gcc); "
+        "defaults to the task's (captions: coco_caption_karpathy). Captions pretraining may list several, read in "
+        "turn (e.g. [coco, vg]).")
     skip_bad: bool = Field(False, description="Skip unreadable samples instead of stopping; they are counted in "
                            "the run summary.")
     task: Literal["captions", "nlvr2", "snli_ve", "vqa", "refexp", "retrieval"] = Field(

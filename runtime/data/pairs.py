@@ -81,6 +81,9 @@ class SceneSet:
         indices = [rng.randrange(len(self.scenes)) for _ in range(size)]
         return self.pairs(indices, [rng.random() < negative_prob for _ in range(size)], rng)
 
+    def texts(self) -> list[str]:
+        return all_texts(self)
+
     def eval_pairs(self, per_scene: int) -> list[Pairs]:
         """Fixed pairs, half negatives, the same at every evaluation: one Pairs per scene."""
         out = []

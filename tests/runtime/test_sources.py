@@ -1,4 +1,4 @@
-"""Fine-tuning from files: an Arrow table in the original SNLI-VE layout and a JSONL NLVR2 manifest."""
+"""Training from files: Arrow tables in the original layouts (SNLI-VE, COCO/VG captions) and JSONL manifests."""
 
 from __future__ import annotations
 
@@ -67,10 +67,107 @@ def test_nlvr2_from_a_jsonl_manifest(train_spec, compile_build, tmp_path):
     assert summary["steps"] == 2 and summary["data"]["train"]["read"] == 2
 
 
-def test_captions_from_files_are_refused_clearly(train_spec, compile_build, tmp_path):
+def write_captions(path, rows):
+    """A caption table in write_coco_karpathy.py's layout: image, caption (list), image_id, split."""
+    table = pa.Table.from_pylist([dict(zip(["image", "caption", "image_id", "split"], r)) for r in rows])
+    with pa.OSFile(str(path), "wb") as sink, pa.RecordBatchFileWriter(sink, table.schema) as writer:
+        writer.write_table(table)
+
+
+COLOURS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "white": (255, 255, 255)}
+
+
+def test_captions_pretraining_from_coco_and_vg_arrow_tables(train_spec, compile_build, tmp_path):
+    rows = [[png(rgb), [f"a {name} picture", f"all {name}"], i, "train"] for i, (name, rgb) in
+            enumerate(COLOURS.items())]
+    write_captions(tmp_path / "coco_caption_karpathy_train.arrow", rows[:2])
+    write_captions(tmp_path / "coco_caption_karpathy_restval.arrow", rows[2:])
+    write_captions(tmp_path / "coco_caption_karpathy_val.arrow", rows[:2])
+    vg = pa.Table.from_pylist([{"image": png((9, 9, 9)), "caption": ["a dark picture"], "x": [0], "y": [0],
+                                "width": [4], "height": [4], "image_id": 7}])
+    with pa.OSFile(str(tmp_path / "vg.arrow"), "wb") as sink, pa.RecordBatchFileWriter(sink, vg.schema) as writer:
+        writer.write_table(vg)
+    train_spec["data"] = {"train": {"source": f"arrow:{tmp_path}", "family": ["coco", "vg"]},
+                          "val": {"source": f"arrow:{tmp_path}", "split": "val"}}
+    train_spec["train"].update(steps=2, batch_size=4, schedule={"warmup": 0}, val_every=None)
+    summary = run(compile_build(train_spec), tmp_path / "run", show_bar=False)
+    assert summary["data"]["train"]["read"] == 9 and summary["data"]["val"]["read"] == 4
+    assert "itm_acc" in summary["val"]
+
+
+def test_caption_pairs_from_a_jsonl_manifest(tmp_path):
+    from graphspec.schema import DataSource
+    from runtime.sources import file_captions
+
+    for name, rgb in COLOURS.items():
+        (tmp_path / f"{name}.png").write_bytes(png(rgb, (8, 8)))
+    lines = [{"image": f"{name}.png", "text": [f"a {name} square", f"{name} everywhere"]} for name in COLOURS]
+    (tmp_path / "captions.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    source = DataSource(source=f"jsonl:{tmp_path / 'captions.jsonl'}")
+    pairs = file_captions(source, ("data", "train"), lambda a: __import__("torch").from_numpy(a.copy()).permute(2, 0, 1))
+    assert len(pairs) == 4 and len(pairs.texts()) == 8
+    batch = pairs.train_batch(64, 0.5, seed=0, index=3)
+    again = pairs.train_batch(64, 0.5, seed=0, index=3)
+    assert batch.texts == again.texts and bool((batch.images == again.images).all())
+    for text, image, match in zip(batch.texts, batch.images, batch.match):
+        colour = next(n for n, rgb in COLOURS.items() if tuple(image[:, 0, 0].tolist()) == rgb)
+        assert (colour in text) == bool(match), (text, colour, int(match))  # negatives come from other images
+    assert 0 < int(batch.match.sum()) < 64
+    evals = pairs.eval_pairs(2)
+    assert [p.match.tolist() for p in evals] == [[1, 0]] * 4
+
+
+def test_several_families_are_for_captions_only(train_spec, compile_build, tmp_path):
+    from graphspec.errors import GraphspecError
+
+    spec = _finetune(train_spec, {"source": f"arrow:{tmp_path}", "family": ["snli", "nlvr2"]}, "snli_ve",
+                     {"kind": "classify", "input": "pooled", "classes": 3})
+    with pytest.raises(GraphspecError) as info:
+        run(compile_build(spec), tmp_path / "run", show_bar=False)
+    assert "data.train.family: the snli_ve task reads one table family, not 2" in info.value.format()
+
+
+def test_a_missing_caption_table_names_the_files(train_spec, compile_build, tmp_path):
     from graphspec.errors import GraphspecError
 
     train_spec["data"]["train"] = {"source": f"arrow:{tmp_path}"}
     with pytest.raises(GraphspecError) as info:
         run(compile_build(train_spec), tmp_path / "run", show_bar=False)
-    assert "data.train.source: captions pretraining reads builtin:shapes only so far" in info.value.format()
+    assert "coco_caption_karpathy_train.arrow" in info.value.format()
+
+
+def test_vqa_from_a_manifest_evaluates_with_the_vocabulary_it_trained_with(train_spec, compile_build, tmp_path,
+                                                                          capsys):
+    from graphspec.cli import main
+
+    for name, rgb in COLOURS.items():
+        (tmp_path / f"{name}.png").write_bytes(png(rgb))
+    lines = [{"image": f"{name}.png", "text": "what colour is it?", "answers": {name: 1.0}} for name in COLOURS]
+    (tmp_path / "vqa.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    (tmp_path / "val.jsonl").write_text(json.dumps(lines[0]) + "\n")
+    spec = _finetune(train_spec, {"source": f"jsonl:{tmp_path / 'vqa.jsonl'}"}, "vqa",
+                     {"kind": "vqa", "input": "pooled", "answers": len(COLOURS)})
+    spec["data"]["val"] = {"source": f"jsonl:{tmp_path / 'val.jsonl'}", "task": "vqa"}
+    summary = run(compile_build(spec), tmp_path / "run", show_bar=False)
+    state = json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())
+    assert state["answers"] == sorted(COLOURS)
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "run")]) == 0  # the val manifest alone names one answer of the four
+    assert json.loads(capsys.readouterr().out)["vqa_vqa_score"] == summary["val"]["vqa_vqa_score"]
+
+
+def test_a_wide_image_is_squashed_not_cropped_so_region_boxes_stay_right(tiny):
+    """RefCOCO boxes are fractions of the whole image: a centre crop of a wide image would cut its sides off."""
+    import numpy as np
+
+    from compiler import build_model
+    from graphspec.schema import Spec
+    from runtime.images import image_transform
+
+    spec = Spec.model_validate(tiny)
+    model, _ = build_model(spec)
+    wide = np.zeros((20, 80, 3), dtype=np.uint8)
+    wide[:, :8] = (255, 0, 0)  # a red strip at the far left, a tenth of the width
+    pixels = image_transform(spec, "image", model)(wide)  # (3, S, S)
+    size = pixels.shape[-1]
+    assert pixels[0, size // 2, 0] > pixels[0, size // 2, size // 2] + 1.0  # the strip survived, on the left
