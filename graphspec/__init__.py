@@ -7,6 +7,11 @@ The Python API in four calls::
     spec = graphspec.override(spec, {"nodes.fusion.layers": 2})
     compiled = graphspec.compile(spec, out="build/quickstart")
 
+and variants of a spec, validated and written as spec files that extend it::
+
+    found = graphspec.variants("specs/quickstart.yaml", grid={"nodes.fusion.layers": [1, 2, 4]})
+    graphspec.write_variants(found, "specs/generated")
+
 Importing graphspec imports no torch; `compile` does.
 """
 
@@ -18,6 +23,7 @@ from typing import TYPE_CHECKING
 from .errors import EnvironmentProblem, GraphspecError, Issue, SpecError
 from .loader import load, loads, override
 from .schema import Spec
+from .variants import Grid, Variant, load_grid, variants, write_variants
 
 if TYPE_CHECKING:
     from compiler import Compiled
@@ -40,5 +46,5 @@ def validate(spec: Spec) -> list[Issue]:
     return compile(spec).warnings
 
 
-__all__ = ["EnvironmentProblem", "GraphspecError", "Issue", "Spec", "SpecError", "compile", "load", "loads",
-           "override", "validate", "__version__"]
+__all__ = ["EnvironmentProblem", "GraphspecError", "Grid", "Issue", "Spec", "SpecError", "Variant", "compile", "load",
+           "load_grid", "loads", "override", "validate", "variants", "write_variants", "__version__"]
