@@ -77,7 +77,8 @@ def _tensorboard(path: Path):
 
 def format_summary(s: dict) -> str:
     lines = [f"run {s['run_dir']}", f"  steps {s['steps']} in {s['wall_time_s']:.0f} s "
-             f"({s['samples_per_s']:.1f} samples/s)",
+             f"({s['samples_per_s']:.1f} samples/s, median step {s['step_time_s']:.3f} s, peak memory "
+             f"{s['peak_rss_mb']:,.0f} MB)",
              f"  parameters: {s['params']['trainable']:,} trainable, {s['params']['frozen']:,} frozen"]
     for key, value in s.get("val", {}).items():
         lines.append(f"  val {key}: {value:.4f}" if isinstance(value, float) else f"  val {key}: {value}")

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import resource
+import statistics
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,8 +97,12 @@ def run(build: Build, run_dir: Path, show_bar: bool | None = None) -> dict:
                   f"{spec.train.batch_size} ({micro} x {accum}), run dir {run_dir}")
     torch.manual_seed(spec.train.seed)  # dropout: the same run twice gives the same losses
     val: dict = {}
+    step_times: list[float] = []
     for step in range(1, spec.train.steps + 1):
-        reporter.train_step(step, train_step(s, spec, step), s.trainer.scheduler.get_last_lr()[0])
+        start = time.perf_counter()
+        losses = train_step(s, spec, step)
+        step_times.append(time.perf_counter() - start)
+        reporter.train_step(step, losses, s.trainer.scheduler.get_last_lr()[0])
         every = spec.train.val_every
         if spec.data.val and ((every and step % every == 0) or step == spec.train.steps):
             s.trainer.eval()
@@ -104,7 +112,7 @@ def run(build: Build, run_dir: Path, show_bar: bool | None = None) -> dict:
             reporter.line(f"step {step} validation: " + " ".join(f"{k} {v:.4f}" for k, v in val.items()))
     wall = reporter.elapsed
     reporter.close()
-    return _finish(build, run_dir, s, val, wall)
+    return _finish(build, run_dir, s, val, wall, statistics.median(step_times))
 
 
 def _vocabulary(task) -> dict:
@@ -113,7 +121,13 @@ def _vocabulary(task) -> dict:
     return {"answers": answers} if answers else {}
 
 
-def _finish(build: Build, run_dir: Path, s: Session, val: dict, wall: float) -> dict:
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory so far (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
+
+
+def _finish(build: Build, run_dir: Path, s: Session, val: dict, wall: float, step_time: float) -> dict:
     spec, trainer, plan = build.spec, s.trainer, s.plan
     ckpt = save_checkpoint(run_dir / "checkpoint", trainer.engine.module, set(plan.frozen),
                            spec.model_dump(mode="json", exclude={"extends"}), build.freeze,
@@ -124,6 +138,7 @@ def _finish(build: Build, run_dir: Path, s: Session, val: dict, wall: float) -> 
         p.numel() for p in trainer.split.towers.parameters())
     summary = {"run_dir": str(run_dir), "spec": spec.name, "steps": spec.train.steps, "wall_time_s": round(wall, 1),
                "samples_per_s": round(spec.train.steps * spec.train.batch_size / max(wall, 1e-9), 2),
+               "step_time_s": round(step_time, 4), "peak_rss_mb": _peak_rss_mb(),
                "params": {"trainable": total - frozen, "frozen": frozen}, "val": val, "checkpoint": str(ckpt),
                "data": s.task.data_stats}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
