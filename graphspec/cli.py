@@ -1,4 +1,4 @@
-"""The `graphspec` command: validate, compile, schema.
+"""The `graphspec` command: validate, compile, run, eval, variants, schema.
 
 A user mistake ends with the located message and a non-zero exit (2 for a spec
 error, 3 when this machine lacks something); a traceback means a bug of ours.
@@ -12,8 +12,11 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import GraphspecError, Issue
+import yaml
+
+from .errors import GraphspecError, Issue, Loc, SpecError
 from .loader import load
+from .source import load_scalar
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -28,7 +31,10 @@ def _parser() -> argparse.ArgumentParser:
         if name == "compile":
             c.add_argument("-o", "--out", help="build directory (default: build/SPEC_NAME)")
     r = sub.add_parser("run", help="train: compile a spec if needed, then run it")
-    r.add_argument("target", help="a spec file, or a build directory written by `graphspec compile`")
+    r.add_argument("target", help="a spec file, or a build directory written by `graphspec compile`; with "
+                   "--resume, the run directory to continue")
+    r.add_argument("--resume", action="store_true", help="continue the run in TARGET from its newest checkpoint "
+                   "(see train.checkpoint_every), on the trajectory it would have followed uninterrupted")
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
                    help="override a field of the spec (only with a spec file)")
     r.add_argument("--run-dir", help="where metrics and checkpoints go (default: runs/NAME/TIMESTAMP)")
@@ -37,6 +43,19 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("target", help="a run directory or its checkpoint/")
     e.add_argument("--split", default="val", choices=["train", "val", "test"], help="which split (default: val)")
     e.add_argument("-o", "--out", help="write the metrics here (default: TARGET/eval-SPLIT.json)")
+    v = sub.add_parser("variants", help="write specs derived from a base spec by a grid or a list of changes")
+    v.add_argument("source", help="the base spec file, or a grid file (base:, grid:, variants:)")
+    v.add_argument("--grid", dest="axes", action="append", default=[], metavar="PATH=V1,V2",
+                   help="vary a field, e.g. --grid nodes.vision_tower.freeze=false,true (repeatable; the grid is "
+                        "their product; values read as YAML: 1e-4 is a number, {layers: '0:6'} a mapping)")
+    v.add_argument("-o", "--out", required=True, help="the directory to write the variant specs to")
+    v.add_argument("--no-compile-check", dest="compile_check", action="store_false",
+                   help="check the schema and spec rules only (fast, no torch), not every compile check")
+    st = sub.add_parser("study", help="run every variant and stage of a study (skipping what is complete), then "
+                        "write the comparison table and plots")
+    st.add_argument("study", help="a study file (name:, base:, grid:/variants:, stages:, compare:)")
+    st.add_argument("-o", "--out", help="the study folder (default: studies/NAME)")
+    st.add_argument("--plan", action="store_true", help="check everything and print the plan; run nothing")
     s = sub.add_parser("schema", help="print the JSON Schema of the spec language (for editors)")
     s.add_argument("-o", "--out", help="write it to this file instead of standard output")
     return p
@@ -93,6 +112,14 @@ def _run(args) -> int:
 
     target = Path(args.target)
     smap = None
+    if args.resume:
+        from runtime.run import resume_build
+
+        if args.overrides or args.run_dir or args.build_dir:
+            raise GraphspecError([Issue((), "--resume continues a run as it was: it takes no --set, --run-dir or "
+                                        "--build-dir", "give only the run directory")])
+        run(resume_build(target), target, resume=True)
+        return 0
     if target.is_dir():
         if args.overrides:
             raise GraphspecError([Issue((), "--set needs a spec file: a build directory is already compiled",
@@ -126,7 +153,82 @@ def _eval(args) -> int:
     return 0
 
 
-COMMANDS = {"validate": _validate, "compile": _compile, "run": _run, "eval": _eval, "schema": _schema}
+def _split_values(text: str) -> list[str]:
+    """'a,{b: 1, c: 2},[3, 4]' -> ['a', '{b: 1, c: 2}', '[3, 4]']: commas in brackets or quotes stay."""
+    parts, depth, quote, start = [], 0, "", 0
+    for i, ch in enumerate(text):
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "\"'":
+            quote = ch
+        elif ch in "[{" or ch in "]}":
+            depth += 1 if ch in "[{" else -1
+        elif ch == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    return parts + [text[start:]]
+
+
+def _grid_arg(text: str, issues: list[Issue]) -> list:
+    """`--grid PATH=V1,V2`: the values read as `--set` reads one (YAML 1.2), located at the argument."""
+    from .variants import make_axis
+
+    loc = Loc(f"--grid {text}")
+    key, sep, raw = text.partition("=")
+    pieces = _split_values(raw)
+    if not sep or not key.strip() or any(not p.strip() for p in pieces):
+        issues.append(Issue((), f"bad --grid '{text}': expected PATH=V1,V2,...",
+                            hint="write --grid path.to.field=v1,v2 (an empty text as '')", loc=loc))
+        return []
+    try:
+        values = [load_scalar(p) for p in pieces]
+    except yaml.YAMLError as e:
+        issues.append(Issue((), f"bad --grid '{text}': {e}", hint="quote text values", loc=loc))
+        return []
+    return make_axis(key.strip(), values, loc, [loc] * len(values), issues)
+
+
+def _variants(args) -> int:
+    from .variants import Grid, _tagged, is_grid_file, load_grid, variants, write_variants
+
+    start = time.perf_counter()
+    issues: list[Issue] = []
+    axes = [axis for axis in (_grid_arg(text, issues) for text in args.axes) if axis]
+    if issues:
+        raise SpecError(issues, "in --grid")
+    grid = load_grid(args.source) if is_grid_file(args.source) else Grid(Path(args.source))
+    found = variants(Grid(grid.base, grid.axes + axes, grid.entries), compile_check=args.compile_check)
+    paths = write_variants(found, args.out)
+    _print_warnings(_tagged([(v.name, list(v.warnings)) for v in found]))
+    for v, path in zip(found, paths):
+        print(f"{path}: {v.describe()}")
+    checks = "every compile check" if args.compile_check else "schema and spec rules only"
+    print(f"wrote {len(paths)} variants of {grid.base} ({checks}) in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def _study(args) -> int:
+    from .study import plan_study
+
+    start = time.perf_counter()
+    study = plan_study(args.study)
+    out = Path(args.out or Path("studies") / study.name)
+    print(f"study {study.name}: {len(study.variants)} variants x {len(study.config.stages)} stages, checked in "
+          f"{time.perf_counter() - start:.1f} s; folder {out}")
+    if args.plan:
+        for v in study.variants:
+            print(f"  {v.name}: {v.describe()}")
+        return 0
+    from runtime.study import run_study
+
+    written = run_study(study, out)
+    print(f"\n{written['markdown'].read_text()}\nwrote {written['csv']}, {written['markdown']}, "
+          + ", ".join(str(p) for p in written["plots"]))
+    return 0
+
+
+COMMANDS = {"validate": _validate, "compile": _compile, "run": _run, "eval": _eval, "variants": _variants,
+            "study": _study, "schema": _schema}
 
 
 def main(argv: list[str] | None = None) -> int:

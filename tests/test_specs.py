@@ -14,7 +14,8 @@ from graphspec.loader import validate_data
 from graphspec.source import SourceMap
 
 ROOT = Path(__file__).resolve().parents[1] / "specs"
-SPECS = sorted(ROOT.rglob("*.yaml")) + sorted(ROOT.rglob("*.json"))
+STUDIES = sorted((ROOT / "studies").glob("*.yaml"))  # study files, not specs: checked by test_study_plans
+SPECS = [p for p in sorted(ROOT.rglob("*.yaml")) + sorted(ROOT.rglob("*.json")) if p not in STUDIES]
 SMALL = {"hidden": 32, "layers": 4, "heads": 2, "mlp_ratio": 2}  # 4 layers: specs read up to layer_4
 
 
@@ -34,6 +35,20 @@ def test_spec_compiles(path):
     _needs_packages(path)
     compiled = compile_spec(graphspec.load(path))
     assert compiled.summary["params"]["total"]["trainable"] > 0
+
+
+@pytest.mark.parametrize("path", STUDIES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_study_plans(path):
+    """Every variant and every stage of the study passes every compile check."""
+    from graphspec.study import plan_study
+
+    import yaml
+
+    data = yaml.safe_load(path.read_text())
+    for spec in [data["base"]] + [s["spec"] for s in data["stages"].values() if s and s.get("spec")]:
+        _needs_packages(path.parent / spec)
+    study = plan_study(path)
+    assert len(study.runs) == len(study.variants) * len(study.config.stages) >= 2
 
 
 def _is_vit(name: str) -> bool:
