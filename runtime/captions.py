@@ -50,6 +50,13 @@ class CaptionsTask:
     def texts(self) -> list[str]:
         return self.train_set.texts()
 
+    def rng_state(self) -> torch.Tensor:
+        """The running state of MLM masking, which a resumed run must continue from."""
+        return self.gen.get_state()
+
+    def set_rng_state(self, state: torch.Tensor) -> None:
+        self.gen.set_state(state)
+
     def train_batch(self, size: int, index: int) -> dict:
         pairs = self.train_set.train_batch(size, self.negative_prob, self.spec.train.seed, index)
         return encode(pairs, self.spec, self.roles, self.tokenizer, self.gen)

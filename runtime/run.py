@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import resource
+import shutil
 import statistics
 import sys
 import time
@@ -17,12 +18,14 @@ from compiler.ds_config import batch_plan
 from graphspec.errors import EnvironmentProblem, Issue, Loc
 
 from .batches import Roles
-from .build import Build
+from .build import Build, read_build
 from .captions import CaptionsTask
 from .checkpoint import save_checkpoint
 from .engine import Trainer, make_trainer
 from .images import image_transform
 from .report import Reporter, format_summary
+from .resume import ResumeError, frozen_record, restore
+from .resume import save as save_state
 from .supervised import SupervisedTask
 from .text import load_tokenizer, text_node
 
@@ -87,32 +90,71 @@ def train_step(s: Session, spec, step: int) -> dict[str, float]:
     return shown
 
 
-def run(build: Build, run_dir: Path, show_bar: bool | None = None) -> dict:
+def keep_build(build: Build, run_dir: Path) -> None:
+    """A copy of the build (and its trained vocabulary) in the run directory: `--resume` needs only the run."""
+    if build.dir.resolve() != (run_dir / "build").resolve():
+        shutil.copytree(build.dir, run_dir / "build", dirs_exist_ok=True)
+
+
+def resume_build(run_dir: str | Path) -> Build:
+    path = Path(run_dir)
+    if not (path / "build" / "manifest.json").is_file():
+        raise ResumeError([Issue((), "not a run directory (no build/ inside)", "give the --run-dir of a run "
+                                 "started by this graphspec", loc=Loc(str(path)))], title="cannot resume this run")
+    return read_build(path / "build")
+
+
+def run(build: Build, run_dir: Path, show_bar: bool | None = None, resume: bool = False) -> dict:
+    """Train; with `resume`, continue from the run directory's newest checkpoint on the same trajectory."""
     spec = build.spec
     run_dir = prepare_run_dir(run_dir)
     s = prepare(build)
+    keep_build(build, run_dir)
     micro, accum = batch_plan(spec)
-    reporter = Reporter(run_dir, spec.train.steps, spec.train.batch_size, spec.train.log_every, show_bar=show_bar)
-    reporter.line(f"training {spec.name}: {s.task.describe()}, {spec.train.steps} steps of "
-                  f"{spec.train.batch_size} ({micro} x {accum}), run dir {run_dir}")
     torch.manual_seed(spec.train.seed)  # dropout: the same run twice gives the same losses
+    every = spec.train.checkpoint_every
+    frozen = frozen_record(spec, s.trainer.engine.module, s.trainer.split.towers, set(s.plan.frozen)) \
+        if every or resume else {}
+    first = restore(run_dir, s.trainer, s.task, frozen) + 1 if resume else 1
+    if resume:
+        trim_metrics(run_dir, first - 1)
+    reporter = Reporter(run_dir, spec.train.steps, spec.train.batch_size, spec.train.log_every,
+                        start_step=first - 1, show_bar=show_bar)
+    reporter.line(f"{'resuming at step ' + str(first) + ' of' if resume else 'training'} {spec.name}: "
+                  f"{s.task.describe()}, {spec.train.steps} steps of {spec.train.batch_size} ({micro} x {accum}), "
+                  f"run dir {run_dir}")
     val: dict = {}
     step_times: list[float] = []
-    for step in range(1, spec.train.steps + 1):
+    for step in range(first, spec.train.steps + 1):
         start = time.perf_counter()
         losses = train_step(s, spec, step)
         step_times.append(time.perf_counter() - start)
         reporter.train_step(step, losses, s.trainer.scheduler.get_last_lr()[0])
-        every = spec.train.val_every
-        if spec.data.val and ((every and step % every == 0) or step == spec.train.steps):
-            s.trainer.eval()
-            val = s.task.evaluate(s.trainer.forward)
-            s.trainer.train()
-            reporter.log({"step": step, "split": "val", **val})
-            reporter.line(f"step {step} validation: " + " ".join(f"{k} {v:.4f}" for k, v in val.items()))
+        if spec.data.val and ((spec.train.val_every and step % spec.train.val_every == 0)
+                              or step == spec.train.steps):
+            val = validate(s, reporter, step)
+        if every and step % every == 0 and step < spec.train.steps:
+            save_state(run_dir, step, s.trainer, s.task, frozen, spec.train.keep_checkpoints)
     wall = reporter.elapsed
     reporter.close()
-    return _finish(build, run_dir, s, val, wall, statistics.median(step_times))
+    return _finish(build, run_dir, s, val, wall, step_times)
+
+
+def validate(s: Session, reporter: Reporter, step: int) -> dict:
+    s.trainer.eval()
+    val = s.task.evaluate(s.trainer.forward)
+    s.trainer.train()
+    reporter.log({"step": step, "split": "val", **val})
+    reporter.line(f"step {step} validation: " + " ".join(f"{k} {v:.4f}" for k, v in val.items()))
+    return val
+
+
+def trim_metrics(run_dir: Path, step: int) -> None:
+    """Drop what was logged after the checkpoint a run resumes from: those steps run again."""
+    path = run_dir / "metrics.jsonl"
+    if path.is_file():
+        lines = [line for line in path.read_text().splitlines() if line.strip()]
+        path.write_text("".join(line + "\n" for line in lines if json.loads(line)["step"] <= step))
 
 
 def _vocabulary(task) -> dict:
@@ -127,7 +169,8 @@ def _peak_rss_mb() -> float:
     return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
 
 
-def _finish(build: Build, run_dir: Path, s: Session, val: dict, wall: float, step_time: float) -> dict:
+def _finish(build: Build, run_dir: Path, s: Session, val: dict, wall: float, step_times: list[float]) -> dict:
+    """The final checkpoint and summary; a resumed run's time and speed are those of its last part."""
     spec, trainer, plan = build.spec, s.trainer, s.plan
     ckpt = save_checkpoint(run_dir / "checkpoint", trainer.engine.module, set(plan.frozen),
                            spec.model_dump(mode="json", exclude={"extends"}), build.freeze,
@@ -137,8 +180,9 @@ def _finish(build: Build, run_dir: Path, s: Session, val: dict, wall: float, ste
     frozen = sum(p.numel() for n, p in trainer.engine.module.named_parameters() if n in plan.frozen) + sum(
         p.numel() for p in trainer.split.towers.parameters())
     summary = {"run_dir": str(run_dir), "spec": spec.name, "steps": spec.train.steps, "wall_time_s": round(wall, 1),
-               "samples_per_s": round(spec.train.steps * spec.train.batch_size / max(wall, 1e-9), 2),
-               "step_time_s": round(step_time, 4), "peak_rss_mb": _peak_rss_mb(),
+               "samples_per_s": round(len(step_times) * spec.train.batch_size / max(wall, 1e-9), 2),
+               "step_time_s": round(statistics.median(step_times), 4) if step_times else None,
+               "peak_rss_mb": _peak_rss_mb(),
                "params": {"trainable": total - frozen, "frozen": frozen}, "val": val, "checkpoint": str(ckpt),
                "data": s.task.data_stats}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -139,6 +139,13 @@ class SupervisedTask:
             batch[n.boxes], batch[f"{n.boxes}_mask"] = boxes, mask
         return batch
 
+    def rng_state(self) -> None:
+        """Nothing to keep for a resume: a batch is a pure function of its index."""
+        return None
+
+    def set_rng_state(self, state: None) -> None:
+        pass
+
     def train_batch(self, size: int, index: int) -> dict:
         rng = random.Random(f"train:{self.spec.train.seed}:{index}")
         return self.rows([self.train[rng.randrange(len(self.train))] for _ in range(size)])

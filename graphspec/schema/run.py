@@ -84,6 +84,11 @@ class Train(Strict):
     seed: int = Field(0, ge=0, description="Seed for initialisation, data order and masking.")
     val_every: int | None = Field(None, ge=1, description="Validate every this many steps (and at the end).")
     log_every: int = Field(10, ge=1, description="Log metrics every this many steps.")
+    checkpoint_every: int | None = Field(
+        None, ge=1, description="Write a training checkpoint (trainable weights, optimizer, schedule, random states; "
+        "frozen weights recorded by source and hash) every this many steps, for `graphspec run --resume RUN_DIR`; "
+        "unset: only the final weights are saved.")
+    keep_checkpoints: int = Field(2, ge=1, description="How many of the newest training checkpoints to keep.")
 
 
 class Distributed(Strict):
