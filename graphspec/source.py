@@ -56,17 +56,21 @@ class SourceMap:
 class SpecLoader(yaml.SafeLoader):
     """PyYAML's safe loader with YAML 1.2's plain scalars: `1e-4` is a number, `yes`/`no`/`on`/`off` are text.
 
-    PyYAML follows YAML 1.1, where a float needs a dot and `no` means false; spec
-    authors write `lr: 1e-4` and `country: no` and mean what YAML 1.2 (and JSON) mean.
+    PyYAML follows YAML 1.1, where a float needs a dot, `no` means false and `2:4`
+    is the base-60 integer 124; spec authors write `lr: 1e-4`, `country: no` and
+    `layers: 2:4` and mean what YAML 1.2 (and JSON) mean.
     """
 
 
+_YAML11 = ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
 SpecLoader.yaml_implicit_resolvers = {
-    ch: [(tag, rx) for tag, rx in rs if tag not in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:float")]
-    for ch, rs in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    ch: [(tag, rx) for tag, rx in rs if tag not in _YAML11] for ch, rs in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 SpecLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
                                  list("tTfF"))
+# Integers before floats (the float pattern also matches `12`); decimal only: `012` is 12, not octal 10.
+SpecLoader.add_implicit_resolver("tag:yaml.org,2002:int", re.compile(r"^[-+]?[0-9]+$"), list("-+0123456789"))
+SpecLoader.add_constructor("tag:yaml.org,2002:int", lambda loader, node: int(loader.construct_scalar(node), 10))
 SpecLoader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),

@@ -169,6 +169,16 @@ def test_an_unreadable_scalar_is_an_issue_not_a_crash():
     assert issue.hint == "quote it to make it text"
 
 
+def test_plain_scalars_read_as_yaml_1_2_not_1_1():
+    """YAML 1.1 reads `2:4` as the base-60 integer 124 and `012` as octal 10; a layer range must stay text."""
+    data, _, issues = parse("a: {layers: 2:4}\nb: 1:30\nc: 012\nd: -3\ne: 1e-4\nf: no\ng: 1_000\n")
+    assert not issues
+    assert data == {"a": {"layers": "2:4"}, "b": "1:30", "c": 12, "d": -3, "e": 1e-4, "f": "no", "g": "1_000"}
+    from graphspec.source import load_scalar
+
+    assert load_scalar("2:4") == "2:4" and load_scalar("7") == 7
+
+
 def test_keys_must_be_text():
     _, _, issues = parse("name: a\n1: b\n")
     [issue] = issues
