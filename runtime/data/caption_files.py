@@ -65,7 +65,8 @@ class CaptionFiles:
     def pairs(self, indices: list[int], negatives: list[bool], rng: random.Random) -> Pairs:
         texts = [self.negative_caption(i, rng) if neg else rng.choice(self.captions[i])
                  for i, neg in zip(indices, negatives, strict=True)]
-        images = torch.stack([self.pixels(i) for i in indices])  # (B, 3, S, S)
+        decoded = {i: self.pixels(i) for i in set(indices)}  # an image drawn twice is decoded once
+        images = torch.stack([decoded[i] for i in indices])  # (B, 3, S, S)
         return Pairs(texts, images, torch.tensor([0 if n else 1 for n in negatives]))
 
     def train_batch(self, size: int, negative_prob: float, seed: int, index: int, rank: int = 0) -> Pairs:
