@@ -92,16 +92,18 @@ def train_step(s: Session, spec, step: int) -> dict[str, float]:
 
 def keep_build(build: Build, run_dir: Path) -> None:
     """A copy of the build (and its trained vocabulary) in the run directory: `--resume` needs only the run."""
-    if build.dir.resolve() != (run_dir / "build").resolve():
+    source, target = build.dir.resolve(), (run_dir / "build").resolve()
+    if source != target and source not in target.parents:  # a run inside its build dir holds the build already
         shutil.copytree(build.dir, run_dir / "build", dirs_exist_ok=True)
 
 
 def resume_build(run_dir: str | Path) -> Build:
     path = Path(run_dir)
-    if not (path / "build" / "manifest.json").is_file():
-        raise ResumeError([Issue((), "not a run directory (no build/ inside)", "give the --run-dir of a run "
-                                 "started by this graphspec", loc=Loc(str(path)))], title="cannot resume this run")
-    return read_build(path / "build")
+    for candidate in (path / "build", path):
+        if (candidate / "manifest.json").is_file():
+            return read_build(candidate)
+    raise ResumeError([Issue((), "not a run directory (no build/ inside)", "give the --run-dir of a run "
+                             "started by this graphspec", loc=Loc(str(path)))], title="cannot resume this run")
 
 
 def run(build: Build, run_dir: Path, show_bar: bool | None = None, resume: bool = False) -> dict:

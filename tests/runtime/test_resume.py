@@ -107,3 +107,16 @@ def test_resume_without_checkpoints_says_how_to_get_them(train_spec, tmp_path, c
 def test_resume_of_a_folder_that_is_no_run_is_refused(tmp_path, capsys):
     assert main(["run", "--resume", str(tmp_path)]) == 2
     assert "not a run directory" in capsys.readouterr().err
+
+
+def test_a_run_written_into_its_own_build_directory_resumes_too(spec_file, tmp_path):
+    """--run-dir equal to --build-dir: the build is not copied into itself, and --resume still finds it."""
+    same = tmp_path / "same"
+    spec = yaml.safe_load(spec_file.read_text())
+    spec["train"].update(steps=2 * EVERY + 2)
+    spec_file.write_text(yaml.safe_dump(spec))
+    assert main(["run", str(spec_file), "--run-dir", str(same), "--build-dir", str(same)]) == 0
+    assert not (same / "build").exists()
+    shutil.rmtree(same / "checkpoints" / f"step-{2 * EVERY:08d}")  # as if killed between the two checkpoints
+    assert main(["run", "--resume", str(same)]) == 0
+    assert sorted(_losses(same)) == list(range(1, 2 * EVERY + 3))
