@@ -32,6 +32,7 @@ from .groups import param_groups
 from .picture import write_pictures
 from .rules import STRUCTURE_RULES, WIDTH_RULES, run_rules
 from .shapes import propagate_shapes
+from .placement import placement, placement_issues
 from .summary import build_summary, format_summary
 
 
@@ -78,10 +79,12 @@ def compile_spec(spec: Spec) -> Compiled:
         issues += more
     groups = param_groups(spec, gm, plan.frozen)
     ds = emit_ds_config(spec, groups)
-    warnings += _raise_if_errors(spec, issues + check_ds_config(ds, spec, groups), "freeze and DeepSpeed checks")
+    placed = placement(spec, gm, plan)
+    warnings += _raise_if_errors(spec, issues + check_ds_config(ds, spec, groups) + placement_issues(spec, placed),
+                                 "freeze and DeepSpeed checks")
     shapes = {n.name: n.meta.get("shape") for n in gm.graph.nodes if n.op == "call_module"}
     shapes = {(f"heads.{k}" if k in spec.heads else k): _brief(v) for k, v in shapes.items()}
-    summary = build_summary(spec, gm, plan, shapes)
+    summary = build_summary(spec, gm, plan, shapes, placed)
     if match is not None:
         summary["init_from"] = {"checkpoint": spec.init_from, **match.as_dict()}
     return Compiled(spec, g, gm, plan, groups, ds, summary, warnings, time.perf_counter() - start)

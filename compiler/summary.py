@@ -7,6 +7,7 @@ from torch import nn
 from graphspec.schema import Spec
 
 from .freeze import FreezePlan
+from .placement import format_placement
 
 
 def param_counts(spec: Spec, model: nn.Module, plan: FreezePlan) -> dict[str, dict[str, int]]:
@@ -26,17 +27,20 @@ def param_counts(spec: Spec, model: nn.Module, plan: FreezePlan) -> dict[str, di
     return rows
 
 
-def memory_per_rank(trainable: int, frozen: int, stage: int, world: int, precision: str) -> dict[str, int]:
+def memory_per_rank(trainable: int, frozen: int, stage: int, world: int, precision: str, outside: int = 0,
+                    outside_bytes: int = 4) -> dict[str, int]:
     """Bytes per process, the usual mixed-precision accounting.
 
     fp32: weights 4 B, grads 4 B, Adam 8 B per trainable parameter. bf16/fp16: weights
     and grads 2 B, plus fp32 master weights and Adam (12 B) in the optimizer. Frozen
     parameters have no grads or optimizer state. ZeRO-1 shards the optimizer, 2 also
-    grads, 3 also the weights (frozen ones included: DeepSpeed shards them too).
+    grads, 3 also the weights (frozen ones in the engine included: DeepSpeed shards
+    them too). `outside` of the frozen parameters run outside the engine, replicated,
+    at `outside_bytes` each.
     """
     half = precision in ("bf16", "fp16")
     w_bytes = 2 if half else 4
-    weights = (trainable + frozen) * w_bytes
+    weights = (trainable + frozen - outside) * w_bytes
     grads = trainable * w_bytes
     optim = trainable * (12 if half else 8)
     if stage >= 1:
@@ -45,18 +49,22 @@ def memory_per_rank(trainable: int, frozen: int, stage: int, world: int, precisi
         grads //= world
     if stage >= 3:
         weights //= world
+    weights += outside * outside_bytes
     return {"weights": weights, "grads": grads, "optimizer": optim, "total": weights + grads + optim}
 
 
-def build_summary(spec: Spec, model: nn.Module, plan: FreezePlan, shapes: dict[str, object]) -> dict:
+def build_summary(spec: Spec, model: nn.Module, plan: FreezePlan, shapes: dict[str, object],
+                  placed: dict[str, dict]) -> dict:
     counts = param_counts(spec, model, plan)
     t = counts["total"]
     d = spec.distributed
-    memory = {f"zero_{s}": memory_per_rank(t["trainable"], t["frozen"], s, d.world_size, spec.train.precision)
-              for s in (0, 1, 2, 3)}
+    outside = sum(counts[n]["total"] for n, r in placed.items() if r["where"] == "outside")
+    memory = {f"zero_{s}": memory_per_rank(t["trainable"], t["frozen"], s, d.world_size, spec.train.precision,
+                                           outside, 2 if d.frozen.dtype == "bf16" else 4) for s in (0, 1, 2, 3)}
     return {"name": spec.name, "params": counts, "memory_per_rank": memory, "zero_stage": d.zero_stage,
             "world_size": d.world_size, "precision": spec.train.precision, "shapes": shapes,
-            "frozen_nodes": list(plan.frozen_nodes)}
+            "frozen_nodes": list(plan.frozen_nodes), "accelerator": d.accelerator, "placement": placed,
+            "cache_outputs": d.frozen.cache_outputs}
 
 
 def _mb(n: int) -> str:
@@ -74,4 +82,7 @@ def format_summary(summary: dict) -> str:
     for stage, m in summary["memory_per_rank"].items():
         mark = " <" if stage == f"zero_{summary['zero_stage']}" else ""
         lines.append(f"{stage:<10}{_mb(m['weights']):>14}{_mb(m['grads']):>14}{_mb(m['optimizer']):>14}{_mb(m['total']):>14}{mark}")
+    if "placement" in summary:
+        lines += ["", format_placement(summary["placement"], summary["zero_stage"], summary["world_size"],
+                                       summary["accelerator"], summary["cache_outputs"])]
     return "\n".join(lines)

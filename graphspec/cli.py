@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -39,6 +40,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="override a field of the spec (only with a spec file)")
     r.add_argument("--run-dir", help="where metrics and checkpoints go (default: runs/NAME/TIMESTAMP)")
     r.add_argument("--build-dir", help="where to compile a spec file to (default: build/NAME)")
+    r.add_argument("--located-in", help=argparse.SUPPRESS)  # a launched rank: the spec file errors point into
+    where = r.add_mutually_exclusive_group()
+    where.add_argument("--nproc", type=_positive, metavar="N", help="train with N data-parallel processes on this "
+                       "machine (sets distributed.world_size), each with an equal share of the cores")
+    where.add_argument("--hostfile", metavar="FILE", help="train on the machines of a DeepSpeed hostfile (`HOST "
+                       "slots=N` lines; world size = total slots), started by DeepSpeed's launcher")
     e = sub.add_parser("eval", help="a checkpoint's metrics on a split, as JSON")
     e.add_argument("target", help="a run directory or its checkpoint/")
     e.add_argument("--split", default="val", choices=["train", "val", "test"], help="which split (default: val)")
@@ -105,34 +112,81 @@ def _schema(args) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number of processes >= 1")
+    return int(text)
+
+
+def _world(args) -> int | None:
+    """The number of ranks the command line asks for, if it does."""
+    if args.hostfile:
+        from runtime.launch import read_hostfile
+
+        return sum(slots for _, slots in read_hostfile(Path(args.hostfile)))
+    return args.nproc
+
+
+def _ranks_match(build, world: int | None, target: Path) -> int:
+    """The build's world size, which must be the one the command line asks for."""
+    compiled = build.spec.distributed.world_size
+    if world is not None and world != compiled:
+        raise SpecError([Issue(("distributed", "world_size"), f"this build was compiled for {compiled} "
+                                    f"processes, the command line asks for {world}",
+                                    f"run the spec file with --nproc {world}, or give --nproc {compiled}",
+                                    loc=Loc(str(target)))])
+    return compiled
+
+
+def _launch(args, world: int, run_args: list[str]) -> int:
+    from runtime.launch import launch
+
+    return launch(world, run_args, Path(args.hostfile) if args.hostfile else None)
+
+
 def _run(args) -> int:
     import graphspec
     from runtime.build import read_build
+    from runtime.launch import launched, share_cores
     from runtime.run import run
 
     target = Path(args.target)
     smap = None
+    world = _world(args)
+    overrides = args.overrides + ([f"distributed.world_size={world}"] if world is not None else [])
+    share_cores()
     if args.resume:
         from runtime.run import resume_build
 
         if args.overrides or args.run_dir or args.build_dir:
             raise GraphspecError([Issue((), "--resume continues a run as it was: it takes no --set, --run-dir or "
                                         "--build-dir", "give only the run directory")])
-        run(resume_build(target), target, resume=True)
+        build = resume_build(target)
+        world = _ranks_match(build, world, target)
+        if world > 1 and not launched():
+            return _launch(args, world, [str(target), "--resume"])
+        run(build, target, resume=True)
         return 0
     if target.is_dir():
-        if args.overrides:
+        if args.overrides and not args.located_in:
             raise GraphspecError([Issue((), "--set needs a spec file: a build directory is already compiled",
                                         "run the spec file, or recompile with the override")])
         build = read_build(target)
+        _ranks_match(build, world, target)
+        if args.located_in:  # as the launching process read it
+            smap = load(Path(args.located_in), args.overrides)._source
     else:
-        spec = load(target, args.overrides)
+        spec = load(target, overrides)
         smap = spec._source
         build_dir = Path(args.build_dir or Path("build") / spec.name)
         compiled = graphspec.compile(spec, out=build_dir)
         _print_warnings(compiled.warnings)
         build = read_build(build_dir)
     run_dir = Path(args.run_dir or Path("runs") / build.spec.name / time.strftime("%Y%m%d-%H%M%S"))
+    if build.spec.distributed.world_size > 1 and not launched():  # every rank gets the same run directory
+        located = [] if smap is None else ["--located-in", str(target)] + [
+            a for o in overrides for a in ("--set", o)]
+        return _launch(args, build.spec.distributed.world_size, [str(build.dir), "--run-dir", str(run_dir), *located])
     try:
         run(build, run_dir)
     except GraphspecError as e:
@@ -227,6 +281,11 @@ def _study(args) -> int:
     return 0
 
 
+def _rank_prefix() -> str:
+    """Which rank speaks, when a launcher started several."""
+    return f"rank {os.environ['RANK']}: " if int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ else ""
+
+
 COMMANDS = {"validate": _validate, "compile": _compile, "run": _run, "eval": _eval, "variants": _variants,
             "study": _study, "schema": _schema}
 
@@ -236,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except GraphspecError as e:
-        print(e.format(), file=sys.stderr)
+        print(_rank_prefix() + e.format(), file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -9,6 +9,7 @@ import torch
 from compiler.ds_config import batch_plan
 from graphspec.schema import DataSource, Spec
 
+from . import ranks
 from .batches import Roles, encode
 from .data.caption_files import CaptionFiles
 from .data.pairs import SceneSet, batched
@@ -58,8 +59,23 @@ class CaptionsTask:
         self.gen.set_state(state)
 
     def train_batch(self, size: int, index: int) -> dict:
-        pairs = self.train_set.train_batch(size, self.negative_prob, self.spec.train.seed, index)
-        return encode(pairs, self.spec, self.roles, self.tokenizer, self.gen)
+        """This rank's `size` rows of the step's global micro batch, which every rank builds alike (masking
+        included), so a batch is a function of the step whatever the number of ranks."""
+        total = size * ranks.world()
+        pairs = self.train_set.train_batch(total, self.negative_prob, self.spec.train.seed, index)
+        batch = encode(pairs, self.spec, self.roles, self.tokenizer, self.gen)
+        return batch if total == size else self._share(batch, ranks.part(total))
+
+    def _share(self, batch: dict, rows: slice) -> dict:
+        """A rank's rows. Its MLM loss is weighted by its share of the masked tokens: the ranks' average
+        (what data parallelism takes) is then the mean over every masked token of the global batch."""
+        mine = {k: v[rows] for k, v in batch.items()}
+        if self.roles.mlm:
+            key = f"{self.spec.objective_head(self.roles.mlm)}_labels"
+            total = int((batch[key] != IGNORE).sum())
+            if total:
+                mine["mlm_weight"] = int((mine[key] != IGNORE).sum()) * ranks.world() / total
+        return mine
 
     def losses(self, out: dict, batch: dict) -> dict[str, torch.Tensor]:
         spec, roles = self.spec, self.roles
@@ -68,7 +84,7 @@ class CaptionsTask:
             parts[roles.itm] = itm_loss(out[spec.objective_head(roles.itm)], batch["match"])
         if roles.mlm:
             head = spec.objective_head(roles.mlm)
-            parts[roles.mlm] = mlm_loss(out[head], batch[f"{head}_labels"])
+            parts[roles.mlm] = mlm_loss(out[head], batch[f"{head}_labels"]) * batch.get("mlm_weight", 1.0)
         if roles.itc:
             parts[roles.itc] = itc_loss(matching(out[spec.objective_head(roles.itc)], batch["match"]))
         parts["loss"] = sum(spec.objectives[k].weight * v for k, v in parts.items())

@@ -14,8 +14,9 @@ import torch
 from safetensors.torch import save_file
 
 
-def _trainable_weights(module: torch.nn.Module, frozen: set[str]) -> dict[str, torch.Tensor]:
-    """Full copies of the trainable weights; under ZeRO-3 each is gathered from its shards first."""
+def trainable_weights(module: torch.nn.Module, frozen: set[str]) -> dict[str, torch.Tensor]:
+    """Full copies of the trainable weights; under ZeRO-3 each is gathered from its shards first (a
+    collective: every rank calls this, rank 0 writes)."""
     named = [(n, p) for n, p in module.named_parameters() if n not in frozen]
     sharded = [p for _, p in named if hasattr(p, "ds_id")]
     if sharded:
@@ -26,13 +27,12 @@ def _trainable_weights(module: torch.nn.Module, frozen: set[str]) -> dict[str, t
     return {n: p.detach().float().cpu().contiguous().clone() for n, p in named}
 
 
-def save_checkpoint(path: Path, module: torch.nn.Module, frozen: set[str], spec_json: dict, freeze: dict,
-                    extra: dict, tokenizer) -> Path:
+def save_checkpoint(path: Path, weights: dict[str, torch.Tensor], spec_json: dict, freeze: dict, extra: dict,
+                    tokenizer) -> Path:
     tmp = path.with_name(path.name + ".partial")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    weights = _trainable_weights(module, frozen)
     save_file(weights, str(tmp / "model.safetensors"))
     (tmp / "spec.resolved.json").write_text(json.dumps(spec_json, indent=2) + "\n")
     (tmp / "freeze.json").write_text(json.dumps(freeze, indent=2) + "\n")

@@ -1,46 +1,47 @@
 """The DeepSpeed engine around the trainable part of a compiled model.
 
 One process needs no launcher: the distributed environment DeepSpeed expects
-is filled in here (gloo on CPU). Only trainable parameters reach DeepSpeed, in
-the compiled groups; frozen modules are pinned to eval mode after every
-`train()`; wholly frozen input towers run outside the engine.
+is filled in here (gloo on CPU); several ranks are started by `runtime.launch`.
+Only trainable parameters reach DeepSpeed, in the compiled groups; frozen
+modules are pinned to eval mode after every `train()`; wholly frozen input
+towers run outside the engine (`runtime.towers`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import socket
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.fx as fx
 
 from compiler.ds_config import resolve_accelerator
+from compiler.freeze import FreezePlan
+from compiler.placement import outside_towers, placement
 from graphspec.errors import Issue, SpecError
 from graphspec.schema import Spec
 
-from .split import Split, outside_towers
+from .launch import free_port
+from .split import Split
+from .tower_cache import default_root
+from .towers import TowerRunner
 
 
-def _free_port() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return str(s.getsockname()[1])
-
-
-def single_process_env(spec: Spec) -> None:
-    """What `deepspeed.initialize` needs when no launcher set it (else it tries MPI)."""
+def distributed_env(spec: Spec) -> None:
+    """What `deepspeed.initialize` needs: a launcher's ranks are checked against the spec's world size; one
+    process without a launcher gets the environment filled in (else DeepSpeed tries MPI)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world != spec.distributed.world_size:
         raise SpecError([Issue(("distributed", "world_size"),
                                f"the spec asks for {spec.distributed.world_size} processes, but this run has {world}",
-                               "`graphspec run` starts one process: set `distributed.world_size: 1`, or start "
-                               f"{spec.distributed.world_size} processes with a launcher")])
+                               f"start it with `graphspec run` (which launches {spec.distributed.world_size}), or "
+                               f"give `--nproc {world}`")])
     os.environ.setdefault("DS_ACCELERATOR", resolve_accelerator(spec))
     for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1")):
         os.environ.setdefault(key, value)
-    os.environ.setdefault("MASTER_PORT", _free_port())
+    os.environ.setdefault("MASTER_PORT", free_port())
 
 
 @dataclass
@@ -50,6 +51,7 @@ class Trainer:
     scheduler: object
     split: Split
     eval_modules: list[str]
+    towers: TowerRunner
 
     @property
     def dtype(self) -> torch.dtype:
@@ -64,14 +66,14 @@ class Trainer:
 
     def pin_eval(self) -> None:
         """engine.train() turns dropout back on everywhere; frozen modules compute a fixed function."""
-        self.split.towers.eval()
+        self.towers.eval()
         for name in self.eval_modules:
             self.engine.module.get_submodule(name).eval()
 
     def forward(self, batch: dict) -> dict:
         device = self.engine.device
         batch = {k: _cast(v, device) for k, v in batch.items()}
-        towers = self.split.run_towers(batch)
+        towers = self.towers(batch)
         inputs = self.split.inner_inputs(batch, towers)
         inputs = {k: _cast(v, device, self.dtype) for k, v in inputs.items()}
         return self.engine(**inputs)
@@ -96,22 +98,30 @@ class _NotBeforeStart(logging.Filter):
         return "before it has started" not in record.getMessage()
 
 
-def make_trainer(spec: Spec, model: fx.GraphModule, freeze: dict, groups: list[dict], ds_config: dict) -> Trainer:
-    single_process_env(spec)
+def make_trainer(spec: Spec, model: fx.GraphModule, freeze: dict, groups: list[dict], ds_config: dict,
+                 outside: bool = True) -> Trainer:
+    """The engine over the trainable part; `outside=False` keeps frozen towers inside it (a baseline to compare)."""
+    distributed_env(spec)
     import deepspeed
     from deepspeed.utils import logger
 
     logger.addFilter(_NotBeforeStart())
 
-    split = Split(model, outside_towers(model, freeze["frozen_nodes"]))
+    split = Split(model, outside_towers(model, freeze["frozen_nodes"]) if outside else [])
     params = dict(split.inner.named_parameters())
     param_groups = [{"params": [params[n] for n in g["params"]], "weight_decay": g["weight_decay"],
                      "lr": spec.train.optimizer.lr * g["lr_scale"], "name": g["name"]} for g in groups]
     engine, optimizer, _, scheduler = deepspeed.initialize(model=split.inner, model_parameters=param_groups,
                                                           config=ds_config)
-    split.towers.to(engine.device)
+    plan = FreezePlan(frozenset(freeze["frozen"]), tuple(freeze["frozen_nodes"]), tuple(freeze["eval_modules"]),
+                      tuple(freeze["train_mode"]))
+    towers = TowerRunner(split, placement(spec, model, plan), spec.distributed.frozen.dtype, engine.device,
+                         plan.train_mode)
+    if spec.distributed.frozen.cache_outputs:
+        towers.use_cache(Path(spec.distributed.frozen.cache_dir) if spec.distributed.frozen.cache_dir
+                         else default_root())
     inside = set(params)
     trainer = Trainer(engine, optimizer, scheduler, split, [m for m in freeze["eval_modules"] if
-                                                            any(p.startswith(m + ".") for p in inside)])
+                                                            any(p.startswith(m + ".") for p in inside)], towers)
     trainer.train()
     return trainer

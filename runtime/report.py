@@ -67,6 +67,24 @@ class Reporter:
             self.tb.close()
 
 
+class Silent:
+    """The reporter of a rank other than 0: every rank trains, rank 0 alone shows and writes."""
+
+    elapsed = 0.0
+
+    def log(self, record: dict) -> None:
+        pass
+
+    def train_step(self, step: int, losses: dict[str, float], lr: float) -> None:
+        pass
+
+    def line(self, text: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def _tensorboard(path: Path):
     try:
         from torch.utils.tensorboard import SummaryWriter
@@ -85,5 +103,8 @@ def format_summary(s: dict) -> str:
     for key, stats in s.get("data", {}).items():
         if stats.get("skipped"):
             lines.append(f"  {key} data: {stats['skipped']} bad samples skipped ({stats.get('read', 0)} read)")
+    for tower, c in s.get("frozen_cache", {}).items():
+        lines.append(f"  {tower} output cache: {c['hits']:,} hits, {c['misses']:,} misses; {c['entries']:,} entries, "
+                     f"{c['size_mb']:,.1f} MB in {c['dir']}")
     lines.append(f"  checkpoint: {s['checkpoint']}")
     return "\n".join(lines)

@@ -17,13 +17,14 @@ from compiler import build_model
 from compiler.ds_config import batch_plan
 from graphspec.errors import EnvironmentProblem, Issue, Loc
 
+from . import ranks
 from .batches import Roles
 from .build import Build, read_build
 from .captions import CaptionsTask
-from .checkpoint import save_checkpoint
+from .checkpoint import save_checkpoint, trainable_weights
 from .engine import Trainer, make_trainer
 from .images import image_transform
-from .report import Reporter, format_summary
+from .report import Reporter, Silent, format_summary
 from .resume import ResumeError, frozen_record, restore
 from .resume import save as save_state
 from .supervised import SupervisedTask
@@ -33,7 +34,7 @@ from .text import load_tokenizer, text_node
 def prepare_run_dir(run_dir: Path) -> Path:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
+        probe = run_dir / f".write-test-{ranks.rank()}"
         probe.write_text("")
         probe.unlink()
     except OSError as e:
@@ -77,7 +78,7 @@ def prepare(build: Build) -> Session:
 
 
 def train_step(s: Session, spec, step: int) -> dict[str, float]:
-    """One optimizer step over `accumulation` micro batches; the losses averaged over them."""
+    """One optimizer step over `accumulation` micro batches; the losses averaged over them and the ranks."""
     micro, accum = batch_plan(spec)
     shown: dict[str, float] = {}
     for m in range(accum):
@@ -87,7 +88,7 @@ def train_step(s: Session, spec, step: int) -> dict[str, float]:
         s.trainer.engine.step()
         for k, v in parts.items():
             shown[k] = shown.get(k, 0.0) + float(v.detach()) / accum
-    return shown
+    return ranks.mean(shown)
 
 
 def keep_build(build: Build, run_dir: Path) -> None:
@@ -107,24 +108,32 @@ def resume_build(run_dir: str | Path) -> Build:
 
 
 def run(build: Build, run_dir: Path, show_bar: bool | None = None, resume: bool = False) -> dict:
-    """Train; with `resume`, continue from the run directory's newest checkpoint on the same trajectory."""
+    """Train; with `resume`, continue from the run directory's newest checkpoint on the same trajectory.
+
+    Under a launcher this is one rank of several: each trains on its slice of every batch, rank 0 reports.
+    """
     spec = build.spec
+    main = ranks.is_main()
     run_dir = prepare_run_dir(run_dir)
     s = prepare(build)
-    keep_build(build, run_dir)
+    if main:
+        keep_build(build, run_dir)
     micro, accum = batch_plan(spec)
-    torch.manual_seed(spec.train.seed)  # dropout: the same run twice gives the same losses
+    torch.manual_seed(spec.train.seed + ranks.rank())  # dropout: the same run twice gives the same losses
     every = spec.train.checkpoint_every
     frozen = frozen_record(spec, s.trainer.engine.module, s.trainer.split.towers, set(s.plan.frozen)) \
         if every or resume else {}
     first = restore(run_dir, s.trainer, s.task, frozen) + 1 if resume else 1
-    if resume:
+    if resume and main:
         trim_metrics(run_dir, first - 1)
     reporter = Reporter(run_dir, spec.train.steps, spec.train.batch_size, spec.train.log_every,
-                        start_step=first - 1, show_bar=show_bar)
+                        start_step=first - 1, show_bar=show_bar) if main else Silent()
+    world = spec.distributed.world_size
     reporter.line(f"{'resuming at step ' + str(first) + ' of' if resume else 'training'} {spec.name}: "
-                  f"{s.task.describe()}, {spec.train.steps} steps of {spec.train.batch_size} ({micro} x {accum}), "
-                  f"run dir {run_dir}")
+                  f"{s.task.describe()}, {spec.train.steps} steps of {spec.train.batch_size} "
+                  f"({micro} x {accum}{f' x {world} ranks' if world > 1 else ''}), run dir {run_dir}")
+    for tower, c in s.trainer.towers.cache_report().items():
+        reporter.line(f"outputs of {tower} cached in {c['dir']} ({c['entries']:,} entries, {c['size_mb']:,.1f} MB)")
     val: dict = {}
     step_times: list[float] = []
     for step in range(first, spec.train.steps + 1):
@@ -142,7 +151,8 @@ def run(build: Build, run_dir: Path, show_bar: bool | None = None, resume: bool 
     return _finish(build, run_dir, s, val, wall, step_times)
 
 
-def validate(s: Session, reporter: Reporter, step: int) -> dict:
+def validate(s: Session, reporter: Reporter | Silent, step: int) -> dict:
+    """Every rank runs the forwards (ZeRO-3 gathers weights in them); the split is not divided among ranks."""
     s.trainer.eval()
     val = s.task.evaluate(s.trainer.forward)
     s.trainer.train()
@@ -172,21 +182,30 @@ def _peak_rss_mb() -> float:
 
 
 def _finish(build: Build, run_dir: Path, s: Session, val: dict, wall: float, step_times: list[float]) -> dict:
-    """The final checkpoint and summary; a resumed run's time and speed are those of its last part."""
+    """The final checkpoint and summary (written by rank 0); a resumed run's time and speed are those of
+    its last part, its peak memory the largest of any rank's."""
     spec, trainer, plan = build.spec, s.trainer, s.plan
-    ckpt = save_checkpoint(run_dir / "checkpoint", trainer.engine.module, set(plan.frozen),
-                           spec.model_dump(mode="json", exclude={"extends"}), build.freeze,
-                           {"step": spec.train.steps, "val": val, **_vocabulary(s.task)}, s.task.tokenizer)
+    weights = trainable_weights(trainer.engine.module, set(plan.frozen))
+    peak = ranks.maximum(_peak_rss_mb())
+    ckpt = run_dir / "checkpoint"
+    if ranks.is_main():
+        save_checkpoint(ckpt, weights, spec.model_dump(mode="json", exclude={"extends"}), build.freeze,
+                        {"step": spec.train.steps, "val": val, **_vocabulary(s.task)}, s.task.tokenizer)
     total = sum(p.numel() for p in trainer.engine.module.parameters()) + sum(
         p.numel() for p in trainer.split.towers.parameters())
     frozen = sum(p.numel() for n, p in trainer.engine.module.named_parameters() if n in plan.frozen) + sum(
         p.numel() for p in trainer.split.towers.parameters())
+    caches = trainer.towers.cache_report()
+    for c in caches.values():  # lookups of all ranks
+        c.update({k: round(v) for k, v in ranks.total({"hits": c["hits"], "misses": c["misses"]}).items()})
+    if not ranks.is_main():
+        return {}
     summary = {"run_dir": str(run_dir), "spec": spec.name, "steps": spec.train.steps, "wall_time_s": round(wall, 1),
                "samples_per_s": round(len(step_times) * spec.train.batch_size / max(wall, 1e-9), 2),
                "step_time_s": round(statistics.median(step_times), 4) if step_times else None,
-               "peak_rss_mb": _peak_rss_mb(),
+               "peak_rss_mb": peak, "ranks": spec.distributed.world_size,
                "params": {"trainable": total - frozen, "frozen": frozen}, "val": val, "checkpoint": str(ckpt),
-               "data": s.task.data_stats}
+               "data": s.task.data_stats, **({"frozen_cache": caches} if caches else {})}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(format_summary(summary), flush=True)
     return summary

@@ -17,6 +17,7 @@ from compiler.ds_config import batch_plan
 from graphspec.errors import Issue, SpecError
 from graphspec.schema import DataSource, Spec
 
+from . import ranks
 from .data import shapes as gen
 from .data import tasks as generators
 from .data.pairs import shapes_config
@@ -147,8 +148,10 @@ class SupervisedTask:
         pass
 
     def train_batch(self, size: int, index: int) -> dict:
+        """This rank's `size` examples of the step's global micro batch (the same draw on every rank)."""
         rng = random.Random(f"train:{self.spec.train.seed}:{index}")
-        return self.rows([self.train[rng.randrange(len(self.train))] for _ in range(size)])
+        drawn = [self.train[rng.randrange(len(self.train))] for _ in range(size * ranks.world())]
+        return self.rows(drawn[ranks.part(len(drawn))])
 
     def losses(self, out: dict, batch: dict) -> dict[str, torch.Tensor]:
         logits = out[self.names.head]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from pathlib import Path
 from typing import Iterable
@@ -38,8 +39,10 @@ def load_tokenizer(spec: Spec, input_name: str, vocab_size: int, cache_dir: Path
         # Fine-tuning: the pretraining run's vocabulary, or its embeddings would read other ids.
         return AutoTokenizer.from_pretrained(str(Path(spec.init_from) / "tokenizer"))
     path = cache_dir / f"tokenizer-{input_name}.json"
-    if not path.is_file():
-        _train_wordpiece(list(texts), vocab_size).save(str(path))
+    if not path.is_file():  # ranks train the same vocabulary; each replaces the file whole, never half-written
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        _train_wordpiece(list(texts), vocab_size).save(str(tmp))
+        os.replace(tmp, path)
     tok = PreTrainedTokenizerFast(tokenizer_file=str(path), unk_token="[UNK]", pad_token="[PAD]",
                                   cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
     if len(tok) > vocab_size:

@@ -91,14 +91,35 @@ class Train(Strict):
     keep_checkpoints: int = Field(2, ge=1, description="How many of the newest training checkpoints to keep.")
 
 
+class FrozenTowers(Strict):
+    """How wholly frozen input-side towers run: outside the DeepSpeed engine, replicated on every rank, under
+    no_grad and in eval mode (see `graphspec compile`'s placement plan)."""
+
+    dtype: Literal["fp32", "bf16"] = Field("fp32", description="Precision of those towers' weights and forward; "
+                                           "their outputs are cast to the training precision.")
+    offload: Literal["none", "cpu"] = Field(
+        "none", description="cpu: on an accelerator, keep those towers' weights in CPU memory and move them one "
+        "layer at a time for the forward. Nothing moves on a CPU-only machine.")
+    cache_outputs: bool = Field(
+        False, description="Store those towers' outputs on disk, keyed by the tower's weights and each sample's "
+        "inputs, and reuse them in later epochs and runs. Only towers whose inputs are the same every time a "
+        "sample comes back are cached (not text that MLM masks anew each step).")
+    cache_dir: str | None = Field(
+        None, description="Where the output cache lives (default: $GRAPHSPEC_CACHE, else "
+        "~/.cache/graphspec/frozen-outputs); runs that share it share outputs.")
+
+
 class Distributed(Strict):
-    world_size: int = Field(1, ge=1, description="Data-parallel processes (`graphspec run` starts one; more "
-                            "need a launcher that starts them).")
+    world_size: int = Field(1, ge=1, description="Data-parallel processes: `graphspec run` starts them (torchrun "
+                            "on this machine; `--nproc N` sets it, `--hostfile` spreads them over machines). The "
+                            "batch size stays global.")
     zero_stage: Literal[0, 1, 2, 3] = Field(0, description="ZeRO stage: 1 shards optimizer state, 2 also grads, 3 also weights.")
     offload_optimizer: Literal["none", "cpu"] = Field("none", description="ZeRO-Offload of optimizer state (stage >= 1).")
     offload_param: Literal["none", "cpu"] = Field("none", description="Offload of weights (ZeRO stage 3 only).")
     accelerator: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train; auto picks cuda when present.")
     reduce_bucket_size: int | None = Field(None, ge=1, description="ZeRO reduce bucket size in elements.")
+    frozen: FrozenTowers = Field(default_factory=FrozenTowers, description="Frozen input towers outside the "
+                                 "engine: precision, offload, output cache.")
     deepspeed: dict[str, Any] = Field(
         default_factory=dict,
         description="Extra DeepSpeed config keys merged over the emitted config; checked like the rest.",

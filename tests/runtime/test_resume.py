@@ -65,7 +65,9 @@ def test_a_killed_run_resumes_on_the_uninterrupted_trajectory(spec_file, tmp_pat
     assert main(["run", "--resume", str(killed)]) == 0
     a, b = _losses(whole), _losses(killed)
     assert sorted(b) == list(range(1, STEPS + 1))
-    assert b == pytest.approx(a, rel=1e-6, abs=1e-7)
+    # Logged to 5 decimals; the killed part ran in a process of its own, where float sums may round otherwise
+    # (seen once in 120 steps after other tests ran ZeRO-3 in this process: 3.18791 against 3.18790).
+    assert b == pytest.approx(a, rel=0, abs=1.5e-5)
     assert [p.name for p in sorted((killed / "checkpoints").iterdir())] == \
         [f"step-{s:08d}" for s in (STEPS - 2 * EVERY, STEPS - EVERY)]  # keep_checkpoints: 2
     assert json.loads((killed / "summary.json").read_text())["steps"] == STEPS

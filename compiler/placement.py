@@ -1,0 +1,111 @@
+"""Where each node runs in training: outside the DeepSpeed engine or inside it, with which precision, weight
+placement and output cache. Decided here from the graph and the freeze plan; printed by `graphspec compile`
+and followed by the runtime.
+
+A node frozen whole that reads only model inputs (an input-side tower) needs no
+gradient and no optimizer state, and under ZeRO-3 DeepSpeed would shard it and
+re-gather its weights every step: it runs outside the engine, replicated. A
+frozen block in the middle of the graph stays in the engine, without gradients.
+"""
+
+from __future__ import annotations
+
+import torch.fx as fx
+
+from graphspec.errors import Issue
+from graphspec.schema import Spec
+
+from .freeze import FreezePlan
+
+
+def outside_towers(gm: fx.GraphModule, frozen_nodes) -> list[str]:
+    """Frozen nodes whose every argument is a model input."""
+    out = []
+    for node in gm.graph.nodes:
+        if node.op == "call_module" and node.target in frozen_nodes:
+            if all(isinstance(a, fx.Node) and a.op == "placeholder" for a in node.all_input_nodes):
+                out.append(node.target)
+    return out
+
+
+def tower_inputs(gm: fx.GraphModule, tower: str) -> list[str]:
+    """The model inputs (placeholder names) a tower reads, in argument order."""
+    call = next(n for n in gm.graph.nodes if n.op == "call_module" and n.target == tower)
+    return [a.name for a in call.args]
+
+
+def _spec_input(spec: Spec, placeholder: str) -> str | None:
+    return next((name for name in spec.inputs if placeholder == name or placeholder.startswith(name + "_")), None)
+
+
+def uncacheable(spec: Spec, gm: fx.GraphModule, plan: FreezePlan, tower: str) -> str | None:
+    """Why an outside tower's outputs cannot be cached (its inputs differ each time a sample returns), or None."""
+    if tower in plan.train_mode:
+        return "it keeps dropout on (freeze.train_mode)"
+    masked = spec.data.train.task == "captions" and any(o.kind == "mlm" for o in spec.objectives.values())
+    for arg in tower_inputs(gm, tower):
+        name = _spec_input(spec, arg)
+        if masked and name and spec.inputs[name].modality == "text":
+            return f"it reads '{name}', which MLM masks anew every step"
+    return None
+
+
+def placement(spec: Spec, gm: fx.GraphModule, plan: FreezePlan) -> dict[str, dict]:
+    """{node: {"where", "frozen", and for outside towers "dtype", "weights", "cache" (bool), "why"}}."""
+    frozen = spec.distributed.frozen
+    outside = set(outside_towers(gm, plan.frozen_nodes))
+    accelerator = spec.distributed.accelerator
+    rows: dict[str, dict] = {}
+    for node in spec.nodes:
+        names = [n for n, _ in gm.get_submodule(node).named_parameters()]
+        held = sum(f"{node}.{n}" in plan.frozen for n in names)
+        state = "whole" if node in plan.frozen_nodes else "part" if held else "no"
+        if node not in outside:
+            rows[node] = {"where": "engine", "frozen": state}
+            continue
+        why = uncacheable(spec, gm, plan, node)
+        weights = "cpu, moved per layer" if frozen.offload == "cpu" and accelerator != "cpu" else "the training device"
+        rows[node] = {"where": "outside", "frozen": state, "dtype": frozen.dtype, "weights": weights,
+                      "cache": frozen.cache_outputs and why is None, "why": why}
+    return rows
+
+
+def placement_issues(spec: Spec, rows: dict[str, dict]) -> list[Issue]:
+    """Warnings for `distributed.frozen` settings that would act on nothing."""
+    f, where = spec.distributed.frozen, ("distributed", "frozen")
+    asked = [k for k, on in (("dtype", f.dtype != "fp32"), ("offload", f.offload != "none"),
+                             ("cache_outputs", f.cache_outputs)) if on]
+    outside = {n: r for n, r in rows.items() if r["where"] == "outside"}
+    if asked and not outside:
+        return [Issue(where + (asked[0],), "no tower is frozen whole and reads only model inputs, so "
+                      f"distributed.frozen.{', '.join(asked)} acts on nothing", "freeze an input tower "
+                      "(`nodes.NAME.freeze: true`), or remove the setting", severity="warning")]
+    issues = []
+    if f.cache_outputs and not any(r["cache"] for r in outside.values()):
+        node, r = next(iter(outside.items()))
+        issues.append(Issue(where + ("cache_outputs",), f"no output is cached: {node} is not cacheable ({r['why']})",
+                            "cache a tower whose inputs repeat (e.g. a frozen vision tower), or remove the setting",
+                            severity="warning"))
+    if f.offload == "cpu" and spec.distributed.accelerator == "cpu":
+        issues.append(Issue(where + ("offload",), "offload: cpu moves weights to an accelerator layer by layer; "
+                            "with accelerator: cpu nothing moves", "remove it, or train on an accelerator",
+                            severity="warning"))
+    return issues
+
+
+def format_placement(rows: dict[str, dict], zero_stage: int, world: int, accelerator: str, cache: bool) -> str:
+    lines = [f"placement (ZeRO-{zero_stage}, {world} rank{'s' if world > 1 else ''}, accelerator {accelerator}):"]
+    for node, r in rows.items():
+        if r["where"] == "outside":
+            text = (f"frozen, outside the engine: replicated, no_grad, eval, {r['dtype']}, weights on {r['weights']}"
+                    + ("; outputs cached" if r["cache"] else f"; outputs not cached: {r['why']}"
+                       if cache and r["why"] else ""))
+        elif r["frozen"] == "whole":
+            text = "frozen, in the engine (reads other nodes' outputs): no grads, no optimizer state" + (
+                ", sharded by ZeRO-3" if zero_stage == 3 else "")
+        elif r["frozen"] == "part":
+            text = "partly frozen, in the engine: frozen parts get no grads and no optimizer state"
+        else:
+            text = "trainable, in the engine"
+        lines.append(f"  {node:<22}{text}")
+    return "\n".join(lines)

@@ -1,0 +1,126 @@
+"""Starting the ranks of a run: torchrun on this machine, DeepSpeed's launcher on the machines of a hostfile.
+
+Each rank gets an even share of the machine's cores (OMP_NUM_THREADS = cores / ranks
+per machine, unless the user set it): DeepSpeed's launcher sets no thread count
+and torchrun sets one, so either alone oversubscribes or starves a CPU machine.
+A rank that fails ends the run with its own message and exit code; the launcher's
+report of the failure is reduced to one line.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import socket
+import sys
+from pathlib import Path
+
+from graphspec.errors import EnvironmentProblem, Issue, Loc, SpecError
+
+
+def launched() -> bool:
+    """Inside a rank that a launcher started (both torchrun and DeepSpeed's set LOCAL_RANK)."""
+    return "LOCAL_RANK" in os.environ
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def threads_per_rank(local_ranks: int) -> int:
+    return max(1, cores() // max(1, local_ranks))
+
+
+def read_hostfile(path: Path) -> list[tuple[str, int]]:
+    """[(host, slots)] from DeepSpeed's hostfile format: a `host slots=N` line per machine, # comments."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as e:
+        raise EnvironmentProblem([Issue((), f"cannot read the hostfile: {e.strerror or e}",
+                                        "give a file with one `HOST slots=N` line per machine", loc=Loc(str(path)))],
+                                 title="the run cannot start") from None
+    hosts: list[tuple[str, int]] = []
+    for number, line in enumerate(lines, 1):
+        text = line.split("#", 1)[0].strip()
+        if not text:
+            continue
+        parts = text.split()
+        slots = parts[1][len("slots="):] if len(parts) == 2 and parts[1].startswith("slots=") else ""
+        problem = None
+        if not slots.isdigit() or int(slots) < 1:
+            problem = f"'{text}' is not `HOST slots=N` with N >= 1"
+        elif parts[0] in (h for h, _ in hosts):
+            problem = f"host '{parts[0]}' is listed twice"
+        if problem:
+            raise SpecError([Issue((), problem, "write one `HOST slots=N` line per machine, e.g. `worker-1 slots=2`",
+                                   loc=Loc(str(path), number))], title="the hostfile is not valid")
+        hosts.append((parts[0], int(slots)))
+    if not hosts:
+        raise SpecError([Issue((), "the hostfile lists no machine", "add a `HOST slots=N` line per machine",
+                               loc=Loc(str(path)))], title="the hostfile is not valid")
+    return hosts
+
+
+def torchrun_args(world: int, run_args: list[str]) -> list[str]:
+    return ["--standalone", "--nnodes", "1", "--nproc_per_node", str(world), "--module", "graphspec.cli", "run",
+            *run_args]
+
+
+def launch(world: int, run_args: list[str], hostfile: Path | None = None) -> int:
+    """Start `graphspec run RUN_ARGS` as `world` ranks; the exit code of the first that failed, else 0."""
+    if hostfile is not None:
+        return _deepspeed(hostfile, run_args)
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args
+    from torch.distributed.run import run as torchrun
+
+    threads = threads_per_rank(world)
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    args = torchrun_args(world, run_args)
+    print(f"launching {world} ranks on this machine ({os.environ['OMP_NUM_THREADS']} threads each): "
+          f"torchrun {shlex.join(args)}", flush=True)
+    try:
+        torchrun(parse_args(args))
+    except ChildFailedError as e:
+        failed = sorted(e.failures.items(), key=lambda item: (item[1].exitcode <= 0, item[1].timestamp, item[0]))
+        rank, failure = failed[0]  # the first to exit with an error; the others were stopped (a signal)
+        print(f"rank {rank} of {world} failed (exit code {failure.exitcode}); its message is above",
+              file=sys.stderr)
+        return failure.exitcode if failure.exitcode > 0 else 1
+    return 0
+
+
+def _deepspeed(hostfile: Path, run_args: list[str]) -> int:
+    """DeepSpeed's launcher over the hostfile's machines (pdsh and passwordless ssh between them, the build
+    and run directories on a shared filesystem); a hostfile of this machine alone needs neither."""
+    from deepspeed.launcher.runner import main as deepspeed_main
+
+    hosts = read_hostfile(hostfile)
+    args = ["--hostfile", str(hostfile), "--no_local_rank"]
+    if len(hosts) == 1 and hosts[0][0] in ("localhost", "127.0.0.1", socket.gethostname()):
+        args += ["--no_ssh_check", "--master_addr", "127.0.0.1", "--master_port", free_port()]
+    args += ["--module", "graphspec.cli", "run", *run_args]
+    world = sum(slots for _, slots in hosts)
+    print(f"launching {world} ranks on {len(hosts)} machine{'s' if len(hosts) > 1 else ''}: "
+          f"deepspeed {shlex.join(args)}", flush=True)
+    try:
+        deepspeed_main(args)
+    except SystemExit as e:  # the launcher exits with the code of a rank that failed
+        return e.code if isinstance(e.code, int) else 1
+    return 0
+
+
+def share_cores() -> None:
+    """In a rank whose launcher set no thread count (DeepSpeed's sets none): this machine's cores split
+    evenly among the ranks it runs."""
+    if launched() and "OMP_NUM_THREADS" not in os.environ:
+        import torch
+
+        local = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("LOCAL_SIZE") or 1)
+        torch.set_num_threads(threads_per_rank(local))
+
+
+def free_port() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])

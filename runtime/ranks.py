@@ -1,0 +1,63 @@
+"""This process's place among the data-parallel ranks of a run, and the few collectives the runtime needs.
+
+Every rank builds the same global micro batch (so data order and MLM masking
+are functions of the step alone, whatever the world size) and trains on its own
+slice; rank 0 alone reports and writes files. With one process these are no-ops.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def world() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def _active() -> bool:
+    return world() > 1 and dist.is_available() and dist.is_initialized()
+
+
+def barrier() -> None:
+    if _active():
+        dist.barrier()
+
+
+def total(values: dict[str, float]) -> dict[str, float]:
+    """The sum of each value over the ranks (in one all-reduce)."""
+    if not _active() or not values:
+        return values
+    keys = list(values)  # the same order on every rank: the same code made them
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
+    dist.all_reduce(t)
+    return {k: float(v) for k, v in zip(keys, t.tolist())}
+
+
+def mean(values: dict[str, float]) -> dict[str, float]:
+    """The average of each value over the ranks."""
+    return {k: v / world() for k, v in total(values).items()} if _active() else values
+
+
+def maximum(value: float) -> float:
+    if not _active():
+        return value
+    t = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
+
+
+def part(size: int) -> slice:
+    """This rank's rows of a global batch of `size` (world x micro) rows."""
+    share = size // world()
+    return slice(rank() * share, (rank() + 1) * share)

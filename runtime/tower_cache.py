@@ -1,0 +1,137 @@
+"""A frozen tower's outputs on disk, computed once per sample and reused by later epochs and later runs.
+
+The key has two parts. The folder: the tower's name, a hash of its frozen
+weights, its precision, and the versions of the libraries that compute it. The
+file: a hash of one sample's inputs to the tower, exactly as the tower receives
+them (transformed pixels, or token ids and mask). Whatever changes an output
+changes its key (other weights, another transform or image size, other text),
+so a stale entry is never read; it only takes space, which the run reports.
+Entries are written whole (a temporary file, then a rename), so ranks and runs
+can share one cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+FORMAT = 1  # bump when the layout or the key changes
+
+
+def default_root() -> Path:
+    env = os.environ.get("GRAPHSPEC_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "graphspec" / "frozen-outputs"
+
+
+def _versions() -> str:
+    import timm
+    import transformers
+
+    return f"torch {torch.__version__}, timm {timm.__version__}, transformers {transformers.__version__}"
+
+
+class TowerCache:
+    """Outputs of one tower: `outputs(tower, args)` computes only the rows it has not stored before."""
+
+    def __init__(self, root: Path, tower: str, weights_sha256: str, dtype: str):
+        ident = f"format {FORMAT}; weights {weights_sha256}; {dtype}; {_versions()}"
+        self.dir = Path(root) / f"{tower}-{hashlib.sha256(ident.encode()).hexdigest()[:16]}"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        about = self.dir / "about.json"
+        if not about.is_file():
+            _write_whole(about, json.dumps({"tower": tower, "key": ident}, indent=2).encode())
+        self.hits = self.misses = 0
+        self.structure = self._read_structure()
+
+    @staticmethod
+    def key(args: list[torch.Tensor], row: int) -> str:
+        h = hashlib.blake2b(digest_size=20)
+        for a in args:
+            t = a[row].detach().cpu().contiguous()
+            h.update(f"{t.dtype} {tuple(t.shape)};".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()
+
+    def _path(self, key: str) -> Path:
+        return self.dir / key[:2] / f"{key}.safetensors"
+
+    def _read_structure(self):
+        path = self.dir / "structure.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def outputs(self, tower, args: list[torch.Tensor]):
+        n = args[0].shape[0]
+        keys = [self.key(args, r) for r in range(n)]
+        rows: list[dict | None] = [None] * n
+        if self.structure is not None:
+            for r, k in enumerate(keys):
+                path = self._path(k)
+                rows[r] = load_file(str(path)) if path.is_file() else None
+        missing = [r for r in range(n) if rows[r] is None]
+        if missing:
+            pick = torch.tensor(missing, device=args[0].device)
+            out = tower(*[a.index_select(0, pick) for a in args])
+            structure, flat = _flatten(out)
+            if self.structure is None:
+                self.structure = structure
+                _write_whole(self.dir / "structure.json", json.dumps(structure).encode())
+            for j, r in enumerate(missing):
+                rows[r] = {p: t[j].detach().cpu().contiguous().clone() for p, t in flat.items()}
+                path = self._path(keys[r])
+                path.parent.mkdir(exist_ok=True)
+                tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+                save_file(rows[r], str(tmp))
+                os.replace(tmp, path)
+        self.hits += n - len(missing)
+        self.misses += len(missing)
+        device = args[0].device
+        return _unflatten(self.structure, {p: torch.stack([row[p] for row in rows]).to(device)
+                                           for p in rows[0]})
+
+    def size(self) -> tuple[int, int]:
+        """(entries, bytes) stored for this tower."""
+        entries = total = 0
+        for sub in os.scandir(self.dir):
+            if sub.is_dir():
+                for f in os.scandir(sub.path):
+                    if f.name.endswith(".safetensors"):
+                        entries += 1
+                        total += f.stat().st_size
+        return entries, total
+
+    def report(self) -> dict:
+        entries, total = self.size()
+        return {"dir": str(self.dir), "hits": self.hits, "misses": self.misses, "entries": entries,
+                "size_mb": round(total / 2**20, 1)}
+
+
+def _flatten(out, prefix: str = ""):
+    """(structure, {path: batch-first tensor}) of a tower's output: tensors in dicts and tuples."""
+    if isinstance(out, torch.Tensor):
+        return "tensor", {prefix or "out": out}
+    if isinstance(out, dict):
+        parts = {k: _flatten(v, f"{prefix}{k}/") for k, v in out.items()}
+        return {"dict": {k: s for k, (s, _) in parts.items()}}, {p: t for _, f in parts.values() for p, t in f.items()}
+    if isinstance(out, (tuple, list)):
+        parts = [_flatten(v, f"{prefix}{i}/") for i, v in enumerate(out)]
+        return {"tuple": [s for s, _ in parts]}, {p: t for _, f in parts for p, t in f.items()}
+    raise TypeError(f"a cached tower returned {type(out).__name__}, not tensors in dicts and tuples")
+
+
+def _unflatten(structure, flat: dict, prefix: str = ""):
+    if structure == "tensor":
+        return flat[prefix or "out"]
+    if "dict" in structure:
+        return {k: _unflatten(s, flat, f"{prefix}{k}/") for k, s in structure["dict"].items()}
+    return tuple(_unflatten(s, flat, f"{prefix}{i}/") for i, s in enumerate(structure["tuple"]))
+
+
+def _write_whole(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)

@@ -1,0 +1,113 @@
+"""Running the frozen towers that sit outside the engine: under no_grad, in their own precision, with weights
+optionally streamed from CPU memory one layer at a time, and outputs optionally served from the disk cache.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .resume import digest
+from .split import Split
+from .tower_cache import TowerCache
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+class LayerStream:
+    """A module whose weights live in CPU memory and visit `device` only while they compute.
+
+    Each layer of the tower's stack (its transformer blocks or CNN stages) is
+    copied to the device before its forward and dropped after; the tower's other
+    weights (embeddings, norms) for the whole tower forward. The CPU tensors stay
+    the masters, untouched: frozen weights never change, so nothing is copied back.
+    """
+
+    def __init__(self, tower: nn.Module, device: torch.device):
+        self.device = device
+        stack = getattr(tower, "stack", None)
+        self.layers = list(tower.get_submodule(stack)) if stack else []
+        inside = {id(m) for layer in self.layers for m in layer.modules()}
+        self.rest = [m for m in tower.modules() if id(m) not in inside]
+        if device.type == "cuda":  # pinned pages copy to the device asynchronously
+            for m in tower.modules():
+                for name, t in _own(m):
+                    _put(m, name, t.detach().pin_memory())
+        self.masters = {id(m): dict(_own(m)) for m in tower.modules()}
+        self.handles = [tower.register_forward_pre_hook(lambda *_: self._move(self.rest)),
+                        tower.register_forward_hook(lambda *_: self._drop(self.rest))]
+        for layer in self.layers:
+            held = list(layer.modules())
+            self.handles += [layer.register_forward_pre_hook(lambda *_, held=held: self._move(held)),
+                             layer.register_forward_hook(lambda *_, held=held: self._drop(held))]
+
+    def _move(self, modules: list[nn.Module]) -> None:
+        for m in modules:
+            for name, t in self.masters[id(m)].items():
+                _put(m, name, t.detach().to(self.device, non_blocking=True))
+
+    def _drop(self, modules: list[nn.Module]) -> None:
+        for m in modules:
+            for name, t in self.masters[id(m)].items():
+                _put(m, name, t)
+
+
+def _own(module: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """A module's own (not its children's) parameters and buffers."""
+    return [(n, t) for n, t in [*module._parameters.items(), *module._buffers.items()] if t is not None]
+
+
+def _put(module: nn.Module, name: str, tensor: torch.Tensor) -> None:
+    """Swap in a tensor: a frozen parameter's device copy is a new parameter, the master stays as it was."""
+    if name in module._parameters:
+        module._parameters[name] = tensor if isinstance(tensor, nn.Parameter) else nn.Parameter(
+            tensor, requires_grad=False)
+    else:
+        module._buffers[name] = tensor
+
+
+class TowerRunner:
+    """The outside towers of a split, placed as the compiled placement plan says."""
+
+    def __init__(self, split: Split, rows: dict[str, dict], dtype: str, device: torch.device, train_mode=()):
+        self.split, self.rows, self.dtype_name, self.dtype, self.device = split, rows, dtype, DTYPES[dtype], device
+        self.train_mode = set(train_mode)
+        self.streams: dict[str, LayerStream] = {}
+        self.caches: dict[str, TowerCache] = {}
+        for name, tower in split.towers.items():
+            tower.to(self.dtype)
+            if rows.get(name, {}).get("weights") == "cpu, moved per layer" and device.type != "cpu":
+                self.streams[name] = LayerStream(tower, device)
+            else:
+                tower.to(device)
+
+    def use_cache(self, root: Path) -> None:
+        """Serve the outputs of the towers the placement plan marks cacheable from `root`."""
+        for name, tower in self.split.towers.items():
+            if self.rows.get(name, {}).get("cache"):
+                sha = digest((f"{name}.{n}", p) for n, p in tower.named_parameters())
+                self.caches[name] = TowerCache(root, name, sha, self.dtype_name)
+
+    def cache_report(self) -> dict:
+        return {name: cache.report() for name, cache in self.caches.items()}
+
+    def eval(self) -> None:
+        """Eval mode (dropout off) except where the spec keeps a frozen tower in train mode."""
+        for name, tower in self.split.towers.items():
+            tower.train(name in self.train_mode)
+
+    @torch.no_grad()
+    def __call__(self, batch: dict) -> dict:
+        out = {}
+        for name, tower in self.split.towers.items():
+            args = [_to(batch[a], self.device, self.dtype) for a in self.split.tower_args[name]]
+            cache = self.caches.get(name)
+            out[name] = cache.outputs(tower, args) if cache is not None else tower(*args)
+        return out
+
+
+def _to(value: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    value = value.to(device)
+    return value.to(dtype) if value.is_floating_point() else value

@@ -1,0 +1,163 @@
+"""Data parallelism: 2 ranks over gloo follow the loss trajectory of 1 rank with the same global batch (ZeRO-2
+and ZeRO-3), end with the same weights, checkpoint collectively and resume; a launch that cannot match its
+build, or a bad hostfile, is refused clearly."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from graphspec.cli import main
+from runtime.batches import Roles
+from runtime.captions import CaptionsTask
+from runtime.supervised import SupervisedTask
+from runtime.text import load_tokenizer
+
+STEPS = 12
+TOLERANCE = 2e-4  # per logged loss (which metrics.jsonl rounds to 5 decimals); measured: equal to all 5
+
+
+@pytest.fixture
+def spec_file(train_spec, tmp_path):
+    """No dropout anywhere: with it, each rank would draw masks for its half of the batch, one rank for all of it.
+    Batch 8: 8 x 1 on one rank, 4 x 1 on each of two."""
+    for name in ("text_tower", "vision_tower"):
+        train_spec["nodes"][name]["dropout"] = 0.0
+    train_spec["train"].update(steps=STEPS, log_every=1, val_every=None, checkpoint_every=6, keep_checkpoints=1)
+    train_spec["data"]["val"] = None
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(train_spec))
+    return path
+
+
+def _ranks(args: list[str]) -> subprocess.CompletedProcess:
+    from runtime.study import fresh_env
+
+    return subprocess.run([sys.executable, "-m", "graphspec.cli", "run", *args], capture_output=True, text=True,
+                          env=fresh_env(), timeout=300)
+
+
+def _losses(run_dir) -> list[dict]:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: r[k] for k in ("step", "loss", "itm", "mlm")} for r in records if r.get("split", "train") == "train"]
+
+
+def _close(a: list[dict], b: list[dict]) -> None:
+    assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, STEPS + 1))
+    for x, y in zip(a, b):
+        for key in ("loss", "itm", "mlm"):
+            assert x[key] == pytest.approx(y[key], abs=TOLERANCE), (x["step"], key)
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_two_ranks_follow_the_one_rank_trajectory(spec_file, tmp_path, stage):
+    """ZeRO-2 through DeepSpeed's launcher (a hostfile of this machine), ZeRO-3 through torchrun (--nproc)."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    zero = f"distributed.zero_stage={stage}"
+    assert main(["run", str(spec_file), "--set", zero, "--run-dir", str(one), "--build-dir",
+                 str(tmp_path / "b1")]) == 0
+    (tmp_path / "hostfile").write_text("localhost slots=2\n")
+    ranks = ["--hostfile", str(tmp_path / "hostfile")] if stage == 2 else ["--nproc", "2"]
+    done = _ranks([str(spec_file), *ranks, "--set", zero, "--run-dir", str(two), "--build-dir",
+                   str(tmp_path / "b2")])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "launching 2 ranks" in done.stdout and "4 x 1 x 2 ranks" in done.stdout
+    assert ("deepspeed --hostfile" if stage == 2 else "torchrun --standalone") in done.stdout
+    _close(_losses(one), _losses(two))
+    assert json.loads((two / "summary.json").read_text())["ranks"] == 2
+    a, b = (load_file(str(d / "checkpoint" / "model.safetensors")) for d in (one, two))
+    assert a.keys() == b.keys()  # ZeRO-3's shards were gathered into whole weights
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-3
+    if stage == 3:  # collective checkpoints: each rank's shards and random state, then a resume on 2 ranks
+        kept = sorted(p.name for p in (two / "checkpoints").iterdir())
+        assert kept == ["step-00000006"]
+        assert {"state.pt", "state-1.pt", "frozen.json"} <= {p.name for p in (two / "checkpoints" / kept[0]).iterdir()}
+        before = _losses(two)
+        resumed = _ranks([str(two), "--resume"])
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        assert "resuming at step 7" in resumed.stdout
+        _close(before, _losses(two))
+
+
+def _as_rank(monkeypatch, rank: int, world: int) -> None:
+    monkeypatch.setenv("RANK", str(rank))
+    monkeypatch.setenv("WORLD_SIZE", str(world))
+
+
+def test_each_rank_trains_on_its_own_slice_of_the_global_batch(train_spec, compile_build, monkeypatch):
+    """The trajectory test alone would pass if every rank trained on the whole batch; this one would not."""
+    build = compile_build(train_spec)
+    spec = build.spec
+    task = CaptionsTask(spec, Roles.of(spec), lambda img: torch.rand(3, 32, 32))
+    task.tokenizer = load_tokenizer(spec, "text", 128, build.dir, task.texts())
+    whole = task.train_batch(8, 5)
+    parts = []
+    for rank in (0, 1):
+        _as_rank(monkeypatch, rank, 2)
+        task.set_rng_state(torch.Generator().manual_seed(spec.train.seed).get_state())  # masking as for `whole`
+        parts.append(task.train_batch(4, 5))
+    for key, value in whole.items():
+        assert torch.equal(torch.cat([p[key] for p in parts]), value), key
+    labels = whole["mlm_labels"]
+    assert sum(p["mlm_weight"] for p in parts) / 2 == pytest.approx(1.0)  # the mean over every masked token
+    assert parts[0]["mlm_weight"] == pytest.approx(2 * int((labels[:4] != -100).sum()) / int((labels != -100).sum()))
+
+    train_spec.update(heads={"nli": {"kind": "classify", "input": "pooled", "classes": 3}},
+                      objectives={"nli": {"kind": "classify"}}, data={"train": {"task": "snli_ve", "samples": 24}})
+    spec = compile_build(train_spec).spec
+    _as_rank(monkeypatch, 0, 1)
+    supervised = SupervisedTask(spec, lambda img: torch.rand(3, 32, 32))
+    supervised.tokenizer = task.tokenizer
+    whole = supervised.train_batch(6, 2)
+    parts = []
+    for rank in (0, 1):
+        _as_rank(monkeypatch, rank, 2)
+        parts.append(supervised.train_batch(3, 2))
+    assert torch.equal(torch.cat([p["label"] for p in parts]), whole["label"])
+    assert torch.equal(torch.cat([p["text_ids"] for p in parts]), whole["text_ids"])
+
+
+def test_a_mistake_found_by_the_ranks_is_located_in_the_spec_file(spec_file, tmp_path, line_of):
+    done = _ranks([str(spec_file), "--nproc", "2", "--set", "data.train.task=snli_ve", "--run-dir",
+                   str(tmp_path / "r"), "--build-dir", str(tmp_path / "b")])
+    assert done.returncode == 2
+    assert f"rank 1: error: {spec_file}:{line_of(spec_file, 'objectives:')}:1: objectives: the snli_ve task" \
+        in done.stderr
+    assert "of 2 failed (exit code 2)" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_checkpoint_resumes_only_with_its_world_size(spec_file, tmp_path, capsys):
+    run_dir = tmp_path / "one"
+    assert main(["run", str(spec_file), "--run-dir", str(run_dir), "--build-dir", str(tmp_path / "b")]) == 0
+    capsys.readouterr()
+    assert main(["run", str(run_dir), "--resume", "--nproc", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "compiled for 1 processes, the command line asks for 2" in err and "--nproc 1" in err
+
+
+def test_a_build_for_one_rank_is_not_launched_on_two(spec_file, tmp_path, capsys):
+    assert main(["compile", str(spec_file), "-o", str(tmp_path / "b")]) == 0
+    assert main(["run", str(tmp_path / "b"), "--nproc", "2", "--run-dir", str(tmp_path / "r")]) == 2
+    assert "run the spec file with --nproc 2" in capsys.readouterr().err
+
+
+def test_bad_hostfiles_are_located(spec_file, tmp_path, capsys):
+    hosts = tmp_path / "hostfile"
+    hosts.write_text("# two workers\nworker-1 slots=2\nworker-2 slots=two\n")
+    assert main(["run", str(spec_file), "--hostfile", str(hosts)]) == 2
+    err = capsys.readouterr().err
+    assert f"{hosts}:3" in err and "'worker-2 slots=two' is not `HOST slots=N`" in err
+    assert main(["run", str(spec_file), "--hostfile", str(tmp_path / "missing")]) == 3
+    assert "cannot read the hostfile" in capsys.readouterr().err
+
+
+def test_nproc_and_hostfile_exclude_each_other(spec_file, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["run", str(spec_file), "--nproc", "2", "--hostfile", str(tmp_path / "h")])
+    assert "not allowed with argument" in capsys.readouterr().err
