@@ -50,6 +50,12 @@ def uncacheable(spec: Spec, gm: fx.GraphModule, plan: FreezePlan, tower: str) ->
     return None
 
 
+def frozen_dtype(spec: Spec) -> str:
+    """The outside towers' precision: as asked, else bf16 when training in bf16 (as they would be inside the
+    engine), else fp32."""
+    return spec.distributed.frozen.dtype or ("bf16" if spec.train.precision == "bf16" else "fp32")
+
+
 def placement(spec: Spec, gm: fx.GraphModule, plan: FreezePlan) -> dict[str, dict]:
     """{node: {"where", "frozen", and for outside towers "dtype", "weights", "cache" (bool), "why"}}."""
     frozen = spec.distributed.frozen
@@ -65,7 +71,7 @@ def placement(spec: Spec, gm: fx.GraphModule, plan: FreezePlan) -> dict[str, dic
             continue
         why = uncacheable(spec, gm, plan, node)
         weights = "cpu, moved per layer" if frozen.offload == "cpu" and accelerator != "cpu" else "the training device"
-        rows[node] = {"where": "outside", "frozen": state, "dtype": frozen.dtype, "weights": weights,
+        rows[node] = {"where": "outside", "frozen": state, "dtype": frozen_dtype(spec), "weights": weights,
                       "cache": frozen.cache_outputs and why is None, "why": why}
     return rows
 
@@ -73,7 +79,7 @@ def placement(spec: Spec, gm: fx.GraphModule, plan: FreezePlan) -> dict[str, dic
 def placement_issues(spec: Spec, rows: dict[str, dict]) -> list[Issue]:
     """Warnings for `distributed.frozen` settings that would act on nothing."""
     f, where = spec.distributed.frozen, ("distributed", "frozen")
-    asked = [k for k, on in (("dtype", f.dtype != "fp32"), ("offload", f.offload != "none"),
+    asked = [k for k, on in (("dtype", f.dtype is not None), ("offload", f.offload != "none"),
                              ("cache_outputs", f.cache_outputs)) if on]
     outside = {n: r for n, r in rows.items() if r["where"] == "outside"}
     if asked and not outside:

@@ -7,7 +7,7 @@ from torch import nn
 from graphspec.schema import Spec
 
 from .freeze import FreezePlan
-from .placement import format_placement
+from .placement import format_placement, frozen_dtype
 
 
 def param_counts(spec: Spec, model: nn.Module, plan: FreezePlan) -> dict[str, dict[str, int]]:
@@ -60,7 +60,7 @@ def build_summary(spec: Spec, model: nn.Module, plan: FreezePlan, shapes: dict[s
     d = spec.distributed
     outside = sum(counts[n]["total"] for n, r in placed.items() if r["where"] == "outside")
     memory = {f"zero_{s}": memory_per_rank(t["trainable"], t["frozen"], s, d.world_size, spec.train.precision,
-                                           outside, 2 if d.frozen.dtype == "bf16" else 4) for s in (0, 1, 2, 3)}
+                                           outside, 2 if frozen_dtype(spec) == "bf16" else 4) for s in (0, 1, 2, 3)}
     return {"name": spec.name, "params": counts, "memory_per_rank": memory, "zero_stage": d.zero_stage,
             "world_size": d.world_size, "precision": spec.train.precision, "shapes": shapes,
             "frozen_nodes": list(plan.frozen_nodes), "accelerator": d.accelerator, "placement": placed,

@@ -19,7 +19,7 @@ import torch.fx as fx
 
 from compiler.ds_config import resolve_accelerator
 from compiler.freeze import FreezePlan
-from compiler.placement import outside_towers, placement
+from compiler.placement import frozen_dtype, outside_towers, placement
 from graphspec.errors import Issue, SpecError
 from graphspec.schema import Spec
 
@@ -115,7 +115,7 @@ def make_trainer(spec: Spec, model: fx.GraphModule, freeze: dict, groups: list[d
                                                           config=ds_config)
     plan = FreezePlan(frozenset(freeze["frozen"]), tuple(freeze["frozen_nodes"]), tuple(freeze["eval_modules"]),
                       tuple(freeze["train_mode"]))
-    towers = TowerRunner(split, placement(spec, model, plan), spec.distributed.frozen.dtype, engine.device,
+    towers = TowerRunner(split, placement(spec, model, plan), frozen_dtype(spec), engine.device,
                          plan.train_mode)
     if spec.distributed.frozen.cache_outputs:
         towers.use_cache(Path(spec.distributed.frozen.cache_dir) if spec.distributed.frozen.cache_dir

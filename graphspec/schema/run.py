@@ -95,8 +95,9 @@ class FrozenTowers(Strict):
     """How wholly frozen input-side towers run: outside the DeepSpeed engine, replicated on every rank, under
     no_grad and in eval mode (see `graphspec compile`'s placement plan)."""
 
-    dtype: Literal["fp32", "bf16"] = Field("fp32", description="Precision of those towers' weights and forward; "
-                                           "their outputs are cast to the training precision.")
+    dtype: Literal["fp32", "bf16"] | None = Field(
+        None, description="Precision of those towers' weights and forward (default: bf16 when training in bf16, "
+        "else fp32); their outputs are cast to the training precision.")
     offload: Literal["none", "cpu"] = Field(
         "none", description="cpu: on an accelerator, keep those towers' weights in CPU memory and move them one "
         "layer at a time for the forward. Nothing moves on a CPU-only machine.")

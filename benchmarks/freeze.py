@@ -1,0 +1,234 @@
+"""The freeze benchmark: what freezing saves per training step of the paper's Experiment 1 model.
+
+    python benchmarks/freeze.py [--steps 5] [--warmup 2] [--only none,vision,...] [--json FILE]
+
+Experiment 1's two-tower model (ELECTRA-small + DeiT-tiny, 6 co-attention layers
+of width 256, text 40, images 224, bf16, ZeRO-2) trains MLM + ITM at micro-batch
+32 under each configuration below, each in a process of its own (so its peak
+memory is its own), one after the other in this one run of the script: compare
+the ratios it prints, not figures from elsewhere. Towers are randomly
+initialised: a step's cost does not depend on the weights' values.
+
+Per configuration: median step time (batch building included, as `graphspec run`
+counts it) and its parts (frozen towers outside the engine, engine forward with
+the losses, backward, optimizer step), peak resident memory, optimizer-state
+bytes (Adam moments and fp32 master weights), the FLOPs a step executes and the
+FLOP/s achieved against this machine's bf16 matmul peak, measured here first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BASE = ROOT / "specs" / "paper" / "exp1_two_tower.yaml"
+MICRO = 32
+COMMON = ["nodes.text_tower.init=random", "nodes.text_tower.source=null", "nodes.vision_tower.init=random",
+          f"train.batch_size={MICRO}", f"train.micro_batch_size={MICRO}", "train.steps=1000",
+          "data.train.samples=64", "data.val=null"]
+VISION, TEXT = "nodes.vision_tower.freeze=true", "nodes.text_tower.freeze=true"
+CACHE = "distributed.frozen.cache_outputs=true"
+
+# name: (overrides, towers outside the engine, frozen modules pinned to eval mode)
+CONFIGS = {
+    "none": ([], True, True),
+    "vision": ([VISION], True, True),
+    "text": ([TEXT], True, True),
+    "both": ([VISION, TEXT], True, True),
+    "both+cache": ([VISION, TEXT, CACHE], True, True),
+    "renaissance-vision": ([VISION], False, False),  # grads off only: in the engine, dropout on
+    "vision+cache": ([VISION, CACHE], True, True),
+    "vision-fp32-tower": ([VISION, "distributed.frozen.dtype=fp32"], True, True),
+    "vision@zero3": ([VISION, "distributed.zero_stage=3"], True, True),
+    "renaissance-vision@zero3": ([VISION, "distributed.zero_stage=3"], False, False),
+}
+TARGETS = [("vision", "none", 0.55), ("both+cache", "none", 0.15), ("vision", "renaissance-vision", 0.70),
+           ("vision+cache", "renaissance-vision", 0.70), ("vision@zero3", "renaissance-vision@zero3", 0.70)]
+
+
+def matmul_peak(dtype_name: str, n: int = 2048, reps: int = 10) -> float:
+    """GFLOP/s of a square matmul on all of this process's threads."""
+    import torch
+
+    dtype = getattr(torch, dtype_name)
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    start = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n**3 * reps / (time.perf_counter() - start) / 1e9
+
+
+class _Timed:
+    """The outside towers, with the time they take."""
+
+    def __init__(self, towers):
+        self.towers, self.seconds = towers, 0.0
+
+    def __call__(self, batch):
+        start = time.perf_counter()
+        out = self.towers(batch)
+        self.seconds += time.perf_counter() - start
+        return out
+
+    def __getattr__(self, name):
+        return getattr(self.towers, name)
+
+
+def _optimizer_bytes(optimizer) -> int:
+    import torch
+
+    inner = getattr(optimizer, "optimizer", optimizer)
+    total = sum(t.numel() * t.element_size() for s in inner.state.values() for t in s.values()
+                if torch.is_tensor(t))
+    masters = getattr(optimizer, "single_partition_of_fp32_groups", [])
+    return total + sum(t.numel() * t.element_size() for t in masters)
+
+
+def measure(name: str, steps: int, warmup: int, cache_dir: str, base: Path = BASE) -> dict:
+    """One configuration, in this process."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    import graphspec
+    from compiler import build_model
+    from runtime.build import read_build
+    from runtime.engine import make_trainer
+    from runtime.run import make_task
+    from runtime.text import load_tokenizer, text_node
+
+    overrides, outside, pin = CONFIGS[name]
+    extra = [f"distributed.frozen.cache_dir={cache_dir}"] if CACHE in overrides else []
+    spec = graphspec.load(base, overrides=COMMON + overrides + extra)
+    with tempfile.TemporaryDirectory() as build_dir:
+        graphspec.compile(spec, out=build_dir)
+        build = read_build(Path(build_dir))
+        model, _ = build_model(spec)
+        task = make_task(spec, model)
+        vocab = model.get_submodule(text_node(spec, "text")[0]).vocab_size
+        task.tokenizer = load_tokenizer(spec, "text", vocab, build.dir, task.texts())
+        trainer = make_trainer(spec, model, build.freeze, build.groups, build.ds_config, outside=outside)
+    if not pin:
+        trainer.engine.train()  # dropout back on in the frozen tower, as when freezing only flips requires_grad
+    trainer.towers = timed = _Timed(trainer.towers)
+    torch.manual_seed(0)
+    if CACHE in overrides:  # later epochs: every image's outputs already on disk
+        for i in range(10):
+            timed(task.train_batch(MICRO, 10_000 + i))
+    parts: dict[str, list[float]] = {k: [] for k in ("step", "towers", "forward", "backward", "optimizer")}
+
+    def step(index: int) -> None:
+        timed.seconds = 0.0
+        t0 = time.perf_counter()
+        batch = task.train_batch(MICRO, index)
+        t1 = time.perf_counter()
+        loss = task.losses(trainer.forward(batch), batch)["loss"]
+        t2 = time.perf_counter()
+        trainer.engine.backward(loss)
+        t3 = time.perf_counter()
+        trainer.engine.step()
+        t4 = time.perf_counter()
+        for key, value in (("step", t4 - t0), ("towers", timed.seconds), ("forward", t2 - t1 - timed.seconds),
+                           ("backward", t3 - t2), ("optimizer", t4 - t3)):
+            parts[key].append(value)
+
+    for i in range(warmup):
+        step(i)
+    for k in parts:
+        parts[k].clear()
+    caches = timed.towers.caches
+    before = {n: (c.hits, c.misses) for n, c in caches.items()}
+    for i in range(warmup, warmup + steps):
+        step(i)
+    hits = {n: (c.hits - before[n][0], c.misses - before[n][1]) for n, c in caches.items()}
+    with FlopCounterMode(display=False) as counter:
+        step(warmup + steps)
+    trainable = sum(getattr(p, "ds_numel", p.numel()) for p in trainer.engine.module.parameters()
+                    if p.requires_grad)  # ZeRO-3 keeps only a shard: ds_numel is the whole
+    return {"config": name, **{f"{k}_s": statistics.median(v) for k, v in parts.items()},
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "optimizer_mb": _optimizer_bytes(trainer.optimizer) / 2**20, "trainable": trainable,
+            "gflop_per_step": counter.get_total_flops() / 1e9,
+            "cache": {n: {"hits": h, "misses": m} for n, (h, m) in hits.items()}}
+
+
+def _row(r: dict, base: dict, peak: float) -> str:
+    gflops = r["gflop_per_step"] / r["step_s"]
+    return (f"| {r['config']} | {r['step_s']:.3f} | {r['step_s'] / base['step_s']:.2f}x | {r['towers_s']:.3f} | "
+            f"{r['forward_s']:.3f} | {r['backward_s']:.3f} | {r['optimizer_s']:.3f} | {r['peak_rss_mb']:,.0f} | "
+            f"{r['optimizer_mb']:,.1f} | {r['trainable'] / 1e6:.1f}M | {r['gflop_per_step']:,.0f} | {gflops:,.0f} | "
+            f"{100 * gflops / peak:.0f}% |")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--steps", type=int, default=5, help="measured steps per configuration (default 5)")
+    p.add_argument("--warmup", type=int, default=2, help="unmeasured steps first (default 2)")
+    p.add_argument("--only", help="comma-separated configurations (default: all; 'none' is always run)")
+    p.add_argument("--json", help="also write the figures here")
+    p.add_argument("--spec", default=str(BASE), help="another two-tower spec (nodes text_tower and vision_tower) "
+                   "to measure instead of Experiment 1's")
+    p.add_argument("--one", help=argparse.SUPPRESS)
+    p.add_argument("--cache-dir", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.one:  # a worker: one configuration, its figures as JSON on the last line
+        print(json.dumps(measure(args.one, args.steps, args.warmup, args.cache_dir, Path(args.spec))))
+        return 0
+    names = ["none"] + [n for n in (args.only.split(",") if args.only else CONFIGS) if n != "none"]
+    unknown = [n for n in names if n not in CONFIGS]
+    if unknown:
+        p.error(f"unknown configuration {unknown[0]!r}; choose from {', '.join(CONFIGS)}")
+    peaks = {d: matmul_peak(d) for d in ("bfloat16", "float32")}
+    print(f"matmul peak on this machine: bf16 {peaks['bfloat16']:,.0f} GFLOP/s, fp32 {peaks['float32']:,.0f} GFLOP/s")
+    results = []
+    with tempfile.TemporaryDirectory() as cache_dir:
+        for name in names:
+            start = time.perf_counter()
+            done = subprocess.run([sys.executable, __file__, "--one", name, "--steps", str(args.steps), "--warmup",
+                                   str(args.warmup), "--cache-dir", cache_dir, "--spec", str(Path(args.spec).resolve())],
+                                  capture_output=True, text=True, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+            if done.returncode:
+                print(done.stderr[-4000:], file=sys.stderr)
+                return done.returncode
+            results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+            print(f"  {name}: {results[-1]['step_s']:.3f} s/step ({time.perf_counter() - start:.0f} s)", flush=True)
+    base = results[0]
+    by = {r["config"]: r for r in results}
+    print(f"\n{Path(args.spec).name} at micro-batch {MICRO}, median of {args.steps} steps after {args.warmup}:\n")
+    print("| config | step s | vs none | towers s | forward s | backward s | optimizer s | peak MB | optimizer "
+          "state MB | trainable | GFLOP/step | GFLOP/s | of bf16 peak |")
+    print("|---" * 13 + "|")
+    for r in results:
+        print(_row(r, base, peaks["bfloat16"]))
+    for r in results:
+        for tower, c in r["cache"].items():
+            print(f"{r['config']}: {tower} cache {c['hits']} hits, {c['misses']} misses in the measured steps")
+    if "both+cache" in by:
+        r = by["both+cache"]
+        floor = r["step_s"] - r["towers_s"]
+        print(f"\nwith no tower cost at all, a step would still take {floor:.3f} s ({floor / base['step_s']:.2f}x): "
+              f"the trainable part's forward {r['forward_s']:.3f} s, backward {r['backward_s']:.3f} s and "
+              f"optimizer step {r['optimizer_s']:.3f} s")
+    print("\ntargets:")
+    for a, b, limit in TARGETS:
+        if a in by and b in by:
+            ratio = by[a]["step_s"] / by[b]["step_s"]
+            print(f"  {a} / {b}: {ratio:.2f}x (target <= {limit}x) {'met' if ratio <= limit else 'MISSED'}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"peaks_gflops": peaks, "results": results}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
