@@ -132,9 +132,9 @@ def _ranks_match(build, world: int | None, target: Path) -> int:
     compiled = build.spec.distributed.world_size
     if world is not None and world != compiled:
         raise SpecError([Issue(("distributed", "world_size"), f"this build was compiled for {compiled} "
-                                    f"processes, the command line asks for {world}",
-                                    f"run the spec file with --nproc {world}, or give --nproc {compiled}",
-                                    loc=Loc(str(target)))])
+                               f"processes, the command line asks for {world}",
+                               f"run the spec file with --nproc {world}, or give --nproc {compiled}",
+                               loc=Loc(str(target)))])
     return compiled
 
 

@@ -23,7 +23,7 @@ from compiler.placement import frozen_dtype, outside_towers, placement
 from graphspec.errors import Issue, SpecError
 from graphspec.schema import Spec
 
-from .launch import free_port
+from .launch import SELF_STARTED, free_port
 from .split import Split
 from .tower_cache import default_root
 from .towers import TowerRunner
@@ -39,6 +39,8 @@ def distributed_env(spec: Spec) -> None:
                                f"start it with `graphspec run` (which launches {spec.distributed.world_size}), or "
                                f"give `--nproc {world}`")])
     os.environ.setdefault("DS_ACCELERATOR", resolve_accelerator(spec))
+    if "LOCAL_RANK" not in os.environ:
+        os.environ[SELF_STARTED] = "1"  # not a launcher's rank: `launched()` must stay false in this process
     for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1")):
         os.environ.setdefault(key, value)
     os.environ.setdefault("MASTER_PORT", free_port())

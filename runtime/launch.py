@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import socket
 import sys
 from pathlib import Path
@@ -18,9 +19,12 @@ from pathlib import Path
 from graphspec.errors import EnvironmentProblem, Issue, Loc, SpecError
 
 
+SELF_STARTED = "GRAPHSPEC_SINGLE_PROCESS"  # set where a single-process run filled in the rank variables itself
+
+
 def launched() -> bool:
     """Inside a rank that a launcher started (both torchrun and DeepSpeed's set LOCAL_RANK)."""
-    return "LOCAL_RANK" in os.environ
+    return "LOCAL_RANK" in os.environ and SELF_STARTED not in os.environ
 
 
 def cores() -> int:
@@ -68,8 +72,16 @@ def torchrun_args(world: int, run_args: list[str]) -> list[str]:
 
 def launch(world: int, run_args: list[str], hostfile: Path | None = None) -> int:
     """Start `graphspec run RUN_ARGS` as `world` ranks; the exit code of the first that failed, else 0."""
-    if hostfile is not None:
-        return _deepspeed(hostfile, run_args)
+    saved = dict(os.environ)
+    os.environ.pop(SELF_STARTED, None)  # a single-process run in this process: not the ranks' business
+    try:
+        return _deepspeed(hostfile, run_args) if hostfile is not None else _torchrun(world, run_args)
+    finally:  # the thread budget was the ranks', not this process's later children's
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def _torchrun(world: int, run_args: list[str]) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args
     from torch.distributed.run import run as torchrun
@@ -99,6 +111,10 @@ def _deepspeed(hostfile: Path, run_args: list[str]) -> int:
     args = ["--hostfile", str(hostfile), "--no_local_rank"]
     if len(hosts) == 1 and hosts[0][0] in ("localhost", "127.0.0.1", socket.gethostname()):
         args += ["--no_ssh_check", "--master_addr", "127.0.0.1", "--master_port", free_port()]
+    elif shutil.which("pdsh") is None:
+        raise _cannot_start(hostfile, "DeepSpeed's launcher starts ranks on other machines with pdsh, which this "
+                            "machine lacks", "install pdsh (e.g. `apt install pdsh`) and passwordless ssh to every "
+                            "host, or list only this machine")
     args += ["--module", "graphspec.cli", "run", *run_args]
     world = sum(slots for _, slots in hosts)
     print(f"launching {world} ranks on {len(hosts)} machine{'s' if len(hosts) > 1 else ''}: "
@@ -107,7 +123,14 @@ def _deepspeed(hostfile: Path, run_args: list[str]) -> int:
         deepspeed_main(args)
     except SystemExit as e:  # the launcher exits with the code of a rank that failed
         return e.code if isinstance(e.code, int) else 1
+    except (RuntimeError, ValueError) as e:  # e.g. a host that ssh cannot reach
+        raise _cannot_start(hostfile, f"DeepSpeed's launcher refused: {e}", "check the hostfile's hosts and "
+                            "passwordless ssh to each") from None
     return 0
+
+
+def _cannot_start(hostfile: Path, message: str, hint: str) -> EnvironmentProblem:
+    return EnvironmentProblem([Issue((), message, hint, loc=Loc(str(hostfile)))], title="the run cannot start")
 
 
 def share_cores() -> None:

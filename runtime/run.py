@@ -175,6 +175,11 @@ def _vocabulary(task) -> dict:
     return {"answers": answers} if answers else {}
 
 
+def _numel(p: torch.nn.Parameter) -> int:
+    """A parameter's size, also where ZeRO-3 keeps only a shard of it here."""
+    return getattr(p, "ds_numel", p.numel())
+
+
 def _peak_rss_mb() -> float:
     """This process's peak resident memory so far (Linux reports KiB, macOS bytes)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -191,9 +196,9 @@ def _finish(build: Build, run_dir: Path, s: Session, val: dict, wall: float, ste
     if ranks.is_main():
         save_checkpoint(ckpt, weights, spec.model_dump(mode="json", exclude={"extends"}), build.freeze,
                         {"step": spec.train.steps, "val": val, **_vocabulary(s.task)}, s.task.tokenizer)
-    total = sum(p.numel() for p in trainer.engine.module.parameters()) + sum(
+    total = sum(_numel(p) for p in trainer.engine.module.parameters()) + sum(
         p.numel() for p in trainer.split.towers.parameters())
-    frozen = sum(p.numel() for n, p in trainer.engine.module.named_parameters() if n in plan.frozen) + sum(
+    frozen = sum(_numel(p) for n, p in trainer.engine.module.named_parameters() if n in plan.frozen) + sum(
         p.numel() for p in trainer.split.towers.parameters())
     caches = trainer.towers.cache_report()
     for c in caches.values():  # lookups of all ranks

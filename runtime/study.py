@@ -29,8 +29,9 @@ from graphspec.study import StageRun, Study
 from graphspec.variants import write_variants
 
 from .compare import write_comparison
+from .launch import SELF_STARTED
 
-DIST_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+DIST_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", SELF_STARTED)
 
 
 def fresh_env() -> dict[str, str]:

@@ -1,5 +1,5 @@
-"""Data parallelism: 2 ranks over gloo follow the loss trajectory of 1 rank with the same global batch (ZeRO-2
-and ZeRO-3), end with the same weights, checkpoint collectively and resume; a launch that cannot match its
+"""Data parallelism: 2 ranks over gloo follow the loss trajectory of 1 rank with the same global batch (ZeRO 0
+to 3), end with the same weights, checkpoint collectively and resume; a launch that cannot match its
 build, or a bad hostfile, is refused clearly."""
 
 from __future__ import annotations
@@ -55,22 +55,27 @@ def _close(a: list[dict], b: list[dict]) -> None:
             assert x[key] == pytest.approx(y[key], abs=TOLERANCE), (x["step"], key)
 
 
-@pytest.mark.parametrize("stage", [2, 3])
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
 def test_two_ranks_follow_the_one_rank_trajectory(spec_file, tmp_path, stage):
-    """ZeRO-2 through DeepSpeed's launcher (a hostfile of this machine), ZeRO-3 through torchrun (--nproc)."""
+    """ZeRO-2 through DeepSpeed's launcher (a hostfile of this machine), the others through torchrun (--nproc)."""
     one, two = tmp_path / "one", tmp_path / "two"
     zero = f"distributed.zero_stage={stage}"
     assert main(["run", str(spec_file), "--set", zero, "--run-dir", str(one), "--build-dir",
                  str(tmp_path / "b1")]) == 0
     (tmp_path / "hostfile").write_text("localhost slots=2\n")
     ranks = ["--hostfile", str(tmp_path / "hostfile")] if stage == 2 else ["--nproc", "2"]
-    done = _ranks([str(spec_file), *ranks, "--set", zero, "--run-dir", str(two), "--build-dir",
-                   str(tmp_path / "b2")])
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "launching 2 ranks" in done.stdout and "4 x 1 x 2 ranks" in done.stdout
-    assert ("deepspeed --hostfile" if stage == 2 else "torchrun --standalone") in done.stdout
+    args = [str(spec_file), *ranks, "--set", zero, "--run-dir", str(two), "--build-dir", str(tmp_path / "b2")]
+    if stage == 0:  # launched from this process, which has just trained in one process itself
+        assert main(["run", *args]) == 0
+    else:
+        done = _ranks(args)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "launching 2 ranks" in done.stdout and "4 x 1 x 2 ranks" in done.stdout
+        assert ("deepspeed --hostfile" if stage == 2 else "torchrun --standalone") in done.stdout
     _close(_losses(one), _losses(two))
-    assert json.loads((two / "summary.json").read_text())["ranks"] == 2
+    summaries = [json.loads((d / "summary.json").read_text()) for d in (one, two)]
+    assert summaries[1]["ranks"] == 2
+    assert summaries[0]["params"] == summaries[1]["params"] and summaries[1]["params"]["trainable"] > 0
     a, b = (load_file(str(d / "checkpoint" / "model.safetensors")) for d in (one, two))
     assert a.keys() == b.keys()  # ZeRO-3's shards were gathered into whole weights
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-3
@@ -155,6 +160,18 @@ def test_bad_hostfiles_are_located(spec_file, tmp_path, capsys):
     assert f"{hosts}:3" in err and "'worker-2 slots=two' is not `HOST slots=N`" in err
     assert main(["run", str(spec_file), "--hostfile", str(tmp_path / "missing")]) == 3
     assert "cannot read the hostfile" in capsys.readouterr().err
+
+
+def test_other_machines_without_pdsh_are_a_clear_error(spec_file, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    hosts = tmp_path / "hostfile"
+    hosts.write_text("worker-1 slots=1\nworker-2 slots=1\n")
+    assert main(["run", str(spec_file), "--hostfile", str(hosts), "--run-dir", str(tmp_path / "r"),
+                 "--build-dir", str(tmp_path / "b")]) == 3
+    err = capsys.readouterr().err
+    assert "starts ranks on other machines with pdsh, which this machine lacks" in err and str(hosts) in err
 
 
 def test_nproc_and_hostfile_exclude_each_other(spec_file, tmp_path, capsys):

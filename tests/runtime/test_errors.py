@@ -61,13 +61,17 @@ def test_unknown_colour_is_reported_by_the_generator(train_spec, compile_build, 
     assert "data.train.shapes: colors: unknown colour 'pink'" in info.value.format()
 
 
-def test_more_processes_than_this_run_has(train_spec, write_spec, tmp_path, capsys, monkeypatch):
+def test_a_launcher_with_another_number_of_processes(train_spec, write_spec, tmp_path, capsys, monkeypatch):
+    """A rank that someone else's launcher started 3 of, for a spec of 2."""
     monkeypatch.chdir(tmp_path)
+    for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "3")):
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("GRAPHSPEC_SINGLE_PROCESS", raising=False)
     train_spec["distributed"] = {"world_size": 2}
     assert main(["run", str(write_spec(train_spec)), "--run-dir", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
-    assert "distributed.world_size: the spec asks for 2 processes, but this run has 1" in err
-    assert "Traceback" not in err
+    assert "distributed.world_size: the spec asks for 2 processes, but this run has 3" in err
+    assert "give `--nproc 3`" in err and "Traceback" not in err
 
 
 def test_an_objective_the_task_does_not_train(train_spec, compile_build, tmp_path):

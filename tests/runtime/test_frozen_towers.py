@@ -117,7 +117,7 @@ def test_bf16_towers_train_close_to_fp32(train_spec, compile_build, tmp_path):
     run(compile_build(train_spec, ["distributed.frozen.dtype=bf16"]), tmp_path / "bf16", show_bar=False)
     fp32, bf16 = _losses(tmp_path / "fp32"), _losses(tmp_path / "bf16")
     assert fp32 != bf16  # the tower really ran in bf16
-    assert bf16 == pytest.approx(fp32, rel=0.02)  # measured: within 0.3%
+    assert bf16 == pytest.approx(fp32, rel=0.01)  # measured: at most 0.02% apart over 12 steps
 
 
 def test_layers_visit_the_device_one_at_a_time(train_spec, compile_build):
