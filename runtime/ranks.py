@@ -61,3 +61,11 @@ def part(size: int) -> slice:
     """This rank's rows of a global batch of `size` (world x micro) rows."""
     share = size // world()
     return slice(rank() * share, (rank() + 1) * share)
+
+
+def finish() -> None:
+    """Leave the process group together: a rank that exits while another still talks to it can abort in gloo's
+    teardown (seen once: 'terminate called without an active exception' after all work was done)."""
+    if _active():
+        dist.barrier()
+        dist.destroy_process_group()

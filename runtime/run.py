@@ -148,7 +148,9 @@ def run(build: Build, run_dir: Path, show_bar: bool | None = None, resume: bool 
             save_state(run_dir, step, s.trainer, s.task, frozen, spec.train.keep_checkpoints)
     wall = reporter.elapsed
     reporter.close()
-    return _finish(build, run_dir, s, val, wall, step_times)
+    summary = _finish(build, run_dir, s, val, wall, step_times)
+    ranks.finish()
+    return summary
 
 
 def validate(s: Session, reporter: Reporter | Silent, step: int) -> dict:
