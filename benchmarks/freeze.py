@@ -115,24 +115,17 @@ def measure(name: str, steps: int, warmup: int, cache_dir: str, base: Path = BAS
     from torch.utils.flop_counter import FlopCounterMode
 
     import graphspec
-    from compiler import build_model
     from runtime.build import read_build
     from runtime import ranks
-    from runtime.engine import make_trainer
-    from runtime.run import make_task
-    from runtime.text import load_tokenizer, text_node
+    from runtime.run import prepare
 
     overrides, outside, pin = CONFIGS[name]
     extra = [f"distributed.frozen.cache_dir={cache_dir}"] if CACHE in overrides else []
     spec = graphspec.load(base, overrides=COMMON + overrides + extra)
     with tempfile.TemporaryDirectory() as build_dir:
         graphspec.compile(spec, out=build_dir)
-        build = read_build(Path(build_dir))
-        model, _ = build_model(spec)
-        task = make_task(spec, model)
-        vocab = model.get_submodule(text_node(spec, "text")[0]).vocab_size
-        task.tokenizer = load_tokenizer(spec, "text", vocab, build.dir, task.texts())
-        trainer = make_trainer(spec, model, build.freeze, build.groups, build.ds_config, outside=outside)
+        session = prepare(read_build(Path(build_dir)), outside)
+    task, trainer = session.task, session.trainer
     if not pin:
         trainer.engine.train()  # dropout back on in the frozen tower, as when freezing only flips requires_grad
     trainer.towers = timed = _Timed(trainer.towers)
@@ -189,10 +182,12 @@ def _row(r: dict, base: dict, peak: float) -> str:
 
 def _run_one(name: str, args, cache_dir: str) -> dict | None:
     """One configuration in a process of its own (two ranks through torchrun for the x2 ones)."""
+    from runtime.launch import threads_per_rank
+
     world = _world(name)
     launcher = [sys.executable] if world == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
                                                      "--nproc_per_node", str(world)]
-    threads = {} if world == 1 else {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // world))}
+    threads = {} if world == 1 else {"OMP_NUM_THREADS": str(threads_per_rank(world))}
     done = subprocess.run([*launcher, __file__, "--one", name, "--steps", str(args.steps), "--warmup",
                            str(args.warmup), "--cache-dir", cache_dir, "--spec", str(Path(args.spec).resolve())],
                           capture_output=True, text=True, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1", **threads})

@@ -66,14 +66,15 @@ class Session:
     trainer: Trainer
 
 
-def prepare(build: Build) -> Session:
+def prepare(build: Build, outside: bool = True) -> Session:
+    """`outside=False` keeps frozen towers inside the engine (the benchmark's grads-off-only baseline)."""
     spec = build.spec
     model, plan = build_model(spec)
     task = make_task(spec, model)
     text = next(n for n, i in spec.inputs.items() if i.modality == "text")
     vocab = model.get_submodule(text_node(spec, text)[0]).vocab_size
     task.tokenizer = load_tokenizer(spec, text, vocab, build.dir, task.texts())
-    trainer = make_trainer(spec, model, build.freeze, build.groups, build.ds_config)
+    trainer = make_trainer(spec, model, build.freeze, build.groups, build.ds_config, outside)
     return Session(task, plan, trainer)
 
 
