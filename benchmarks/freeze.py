@@ -115,9 +115,9 @@ def measure(name: str, steps: int, warmup: int, cache_dir: str, base: Path = BAS
     from torch.utils.flop_counter import FlopCounterMode
 
     import graphspec
-    from runtime.build import read_build
-    from runtime import ranks
-    from runtime.run import prepare
+    from graphspec.runtime.build import read_build
+    from graphspec.runtime import ranks
+    from graphspec.runtime.run import prepare
 
     overrides, outside, pin = CONFIGS[name]
     extra = [f"distributed.frozen.cache_dir={cache_dir}"] if CACHE in overrides else []
@@ -182,7 +182,7 @@ def _row(r: dict, base: dict, peak: float) -> str:
 
 def _run_one(name: str, args, cache_dir: str) -> dict | None:
     """One configuration in a process of its own (two ranks through torchrun for the x2 ones)."""
-    from runtime.launch import threads_per_rank
+    from graphspec.runtime.launch import threads_per_rank
 
     world = _world(name)
     launcher = [sys.executable] if world == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
@@ -214,7 +214,7 @@ def main() -> int:
         figures = measure(args.one, args.steps, args.warmup, args.cache_dir, Path(args.spec))
         if os.environ.get("RANK", "0") == "0":
             print(json.dumps(figures), flush=True)
-        from runtime import ranks
+        from graphspec.runtime import ranks
 
         ranks.finish()
         return 0

@@ -11,7 +11,8 @@ from torch import nn
 from graphspec.errors import EnvironmentProblem, Issue, SpecError
 from graphspec.schema import Spec
 
-from .builders import BUILDERS, BuildContext
+from .builders import BuildContext
+from .kinds import KINDS
 from .graph import resolve_port
 
 
@@ -35,7 +36,7 @@ def build_modules(spec: Spec, g: nx.MultiDiGraph, meta: bool) -> tuple[dict[str,
             continue
         try:
             with torch.device("meta") if meta else contextlib.nullcontext():
-                module = BUILDERS[attrs["kind"]](attrs["spec"], attrs["path"], ins, ctx)
+                module = KINDS[attrs["kind"]].build(attrs["spec"], attrs["path"], ins, ctx)
         except EnvironmentProblem as e:
             env.extend(e.issues)
             continue

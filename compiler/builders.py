@@ -1,27 +1,44 @@
 """One builder per kind: spec object + input ports -> an nn.Module with flat arguments.
 
-A registry is a dict and a decorator; the key is the kind's name. Builders are
-the only place that reads spec objects; the modules they return never see one.
+Each builder is registered (`graphspec.compiler.kinds.register`) with the ports its kind reads and gives and, for an
+encoder, how its inputs are prepared (tokenizer, image transform): adding a kind is its spec class, its builder
+here and its layer. Builders are the only place that reads spec objects; the modules they return never see one.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
 import networkx as nx
-from torch import nn
 
 from graphspec.errors import Issue, SpecError
 from graphspec.schema import Spec, ref_node
 
 from . import backbones
+from .kinds import (
+    BOXES,
+    EITHER,
+    LAYER_PORT,
+    PIXELS,
+    SEQ,
+    TOKENS,
+    Port,
+    Want,
+    register,
+    seq,
+)
 from .layers import heads as H
 from .layers.encoders import HFTextEncoder, HFVisionEncoder, TimmVisionEncoder
 from .layers.fusion import MergedAttention, TwoStreamFusion
-from .layers.one_tower import HFTextBackbone, OneTower, PatchEmbed, TimmViTBackbone, TokenEmbed
+from .layers.one_tower import (
+    HFTextBackbone,
+    OneTower,
+    PatchEmbed,
+    TimmViTBackbone,
+    TokenEmbed,
+)
 from .layers.pooling import ClsPool, MeanPool, Projection
-from .ports import LAYER_PORT, Port
+from .preprocess import hf_tokenizer, hf_transform, timm_transform
 
 
 @dataclass(frozen=True)
@@ -33,17 +50,20 @@ class BuildContext:
     warnings: list  # compile-time notes (Issue, severity "warning")
 
 
-Builder = Callable[[object, tuple, dict[str, Port], BuildContext], nn.Module]
-BUILDERS: dict[str, Builder] = {}
+def _pooled(ins: dict[str, Port | None]) -> dict[str, Port]:
+    mods = {p.modality for p in ins.values() if p is not None}
+    return {"pooled": Port("vector", mods.pop() if len(mods) == 1 else "joint")}
 
 
-def register(kind: str):
-    def deco(fn: Builder) -> Builder:
-        if kind in BUILDERS:
-            raise ValueError(f"a builder for '{kind}' is already registered")
-        BUILDERS[kind] = fn
-        return fn
-    return deco
+def _projected(ins: dict[str, Port | None]) -> dict[str, Port]:
+    src = ins.get("input")
+    form = src.form if src is not None and src.form in ("sequence", "vector") else "sequence"
+    return {"out": Port(form, src.modality if src is not None else "joint")}
+
+
+TWO_STREAMS = {"inputs.text": Want(SEQ, "text"), "inputs.image": Want(SEQ, "image")}
+LOGITS = {"logits": Port("vector", "joint")}
+VECTOR = {"input": Want(("vector",))}
 
 
 def _image_size(ref: str, ctx: BuildContext) -> int:
@@ -66,7 +86,8 @@ def _check_layers(module, path: tuple, ctx: BuildContext) -> None:
                                f"use layer_1 .. layer_{module.num_layers}")])
 
 
-@register("hf_text")
+@register("hf_text", reads={"input": TOKENS}, gives={"seq": seq("text")}, main="seq", layers=True,
+          tokenizer=hf_tokenizer)
 def build_hf_text(node, path, ins, ctx):
     cfg = backbones.hf_config(node, path, meta=ctx.meta, warnings=ctx.warnings)
     module = HFTextEncoder(backbones.hf_model(node, cfg, path, ctx.meta), _layers(path, ctx))
@@ -74,7 +95,8 @@ def build_hf_text(node, path, ins, ctx):
     return module
 
 
-@register("hf_vision")
+@register("hf_vision", reads={"input": PIXELS}, gives={"seq": seq("image")}, main="seq", layers=True,
+          image_transform=hf_transform)
 def build_hf_vision(node, path, ins, ctx):
     size = _image_size(node.input, ctx)
     cfg = backbones.hf_config(node, path, image_size=size, meta=ctx.meta, warnings=ctx.warnings)
@@ -84,7 +106,8 @@ def build_hf_vision(node, path, ins, ctx):
     return module
 
 
-@register("timm_vision")
+@register("timm_vision", reads={"input": PIXELS}, gives={"seq": seq("image")}, main="seq", layers=True,
+          image_transform=timm_transform)
 def build_timm_vision(node, path, ins, ctx):
     model = backbones.timm_model(node, _image_size(node.input, ctx), path, ctx.meta)
     module = TimmVisionEncoder(model, _layers(path, ctx))
@@ -92,7 +115,8 @@ def build_timm_vision(node, path, ins, ctx):
     return module
 
 
-@register("one_tower")
+@register("one_tower", reads={"inputs.text": TOKENS, "inputs.image": PIXELS},
+          gives={"text": seq("text"), "image": seq("image"), "seq": seq("joint")}, main="seq", tokenizer=hf_tokenizer)
 def build_one_tower(node, path, ins, ctx):
     image = ctx.spec.inputs[ref_node(node.inputs.image)]
     if node.backbone == "text":
@@ -107,7 +131,7 @@ def build_one_tower(node, path, ins, ctx):
     return OneTower(backbone, other, False, node.vocab_size, node.max_text_positions, patch[0])
 
 
-@register("projection")
+@register("projection", reads={"input": Want(EITHER)}, gives=_projected)
 def build_projection(node, path, ins, ctx):
     return Projection(ins["input"].width, node.width)
 
@@ -117,40 +141,41 @@ def _fusion_widths(node, ins) -> tuple[int, int, int]:
     return text_w, image_w, node.width or text_w
 
 
-@register("co_attention")
+@register("co_attention", reads=TWO_STREAMS, gives={"text": seq("text"), "image": seq("image")})
 def build_co_attention(node, path, ins, ctx):
     return TwoStreamFusion(*_fusion_widths(node, ins), node.layers, node.heads, node.mlp_ratio, node.dropout,
                            cross_first=True)
 
 
-@register("cross_attention")
+@register("cross_attention", reads=TWO_STREAMS, gives={"text": seq("text"), "image": seq("image")})
 def build_cross_attention(node, path, ins, ctx):
     return TwoStreamFusion(*_fusion_widths(node, ins), node.layers, node.heads, node.mlp_ratio, node.dropout,
                            cross_first=False, text=node.direction in ("both", "text"),
                            image=node.direction in ("both", "image"))
 
 
-@register("merged_attention")
+@register("merged_attention", reads=TWO_STREAMS,
+          gives={"text": seq("text"), "image": seq("image"), "seq": seq("joint")}, main="seq")
 def build_merged_attention(node, path, ins, ctx):
     return MergedAttention(*_fusion_widths(node, ins), node.layers, node.heads, node.mlp_ratio, node.dropout)
 
 
-@register("cls_pool")
+@register("cls_pool", reads={"inputs.0": Want(SEQ), "inputs.1": Want(SEQ)}, gives=_pooled)
 def build_cls_pool(node, path, ins, ctx):
     return ClsPool([ins[f"inputs.{i}"].width for i in range(len(node.inputs))], node.dense)
 
 
-@register("mean_pool")
+@register("mean_pool", reads={"input": Want(SEQ)}, gives=_pooled)
 def build_mean_pool(node, path, ins, ctx):
     return MeanPool(ins["input"].width)
 
 
-@register("itm")
+@register("itm", reads=VECTOR, gives=LOGITS)
 def build_itm(node, path, ins, ctx):
     return H.ITMHead(ins["input"].width, node.hidden)
 
 
-@register("mlm")
+@register("mlm", reads={"input": Want(SEQ, "text"), "vocab_from": Want(SEQ)}, gives={"logits": seq("text")})
 def build_mlm(node, path, ins, ctx):
     if node.vocab_from is None:
         return H.MLMHead(ins["input"].width, node.vocab_size)
@@ -159,26 +184,27 @@ def build_mlm(node, path, ins, ctx):
     return H.MLMHead(ins["input"].width, source.vocab_size, tied)
 
 
-@register("itc")
+@register("itc", reads={"inputs.text": Want(EITHER), "inputs.image": Want(EITHER)}, gives=LOGITS)
 def build_itc(node, path, ins, ctx):
     return H.ITCHead(ins["inputs.text"].width, ins["inputs.image"].width, node.dim, node.temperature)
 
 
-@register("classify")
+@register("classify", reads=VECTOR, gives=LOGITS)
 def build_classify(node, path, ins, ctx):
     return H.ClassifyHead(ins["input"].width, node.classes, node.hidden)
 
 
-@register("pair_classify")
+@register("pair_classify", reads=VECTOR, gives=LOGITS)
 def build_pair_classify(node, path, ins, ctx):
     return H.PairClassifyHead(ins["input"].width, node.classes, node.hidden)
 
 
-@register("vqa")
+@register("vqa", reads=VECTOR, gives=LOGITS)
 def build_vqa(node, path, ins, ctx):
     return H.VQAHead(ins["input"].width, node.answers, node.hidden)
 
 
-@register("ref")
+@register("ref", reads={"inputs.image": Want(SEQ, "image"), "inputs.text": Want(EITHER), "inputs.boxes": BOXES},
+          gives=LOGITS)
 def build_ref(node, path, ins, ctx):
     return H.RefHead(ins["inputs.image"].width, ins["inputs.text"].width, node.heads)

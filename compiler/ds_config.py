@@ -19,13 +19,6 @@ _ENGINE_KEYS = {"optimizer", "scheduler", "zero_allow_untested_optimizer", "comp
                 "data_efficiency", "curriculum_learning", "autotuning", "elasticity", "flops_profiler"}
 
 
-def batch_plan(spec: Spec) -> tuple[int, int]:
-    """(micro batch per process, gradient accumulation steps)."""
-    world = spec.distributed.world_size
-    micro = spec.train.micro_batch_size or max(1, spec.train.batch_size // world)
-    return micro, max(1, spec.train.batch_size // (micro * world))
-
-
 def warmup_steps(spec: Spec) -> int:
     w = spec.train.schedule.warmup
     return int(w) if w >= 1 else int(math.ceil(w * spec.train.steps))
@@ -68,7 +61,7 @@ def _scheduler(spec: Spec, groups: list[dict]) -> dict:
 
 def emit_ds_config(spec: Spec, groups: list[dict]) -> dict:
     d, t = spec.distributed, spec.train
-    micro, accum = batch_plan(spec)
+    micro, accum = spec.batch_plan()
     zero: dict[str, Any] = {"stage": d.zero_stage}
     if d.offload_optimizer != "none":
         zero["offload_optimizer"] = {"device": d.offload_optimizer, "pin_memory": False}

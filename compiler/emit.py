@@ -20,17 +20,13 @@ from .graph import port_name, references
 
 
 def input_names(spec: Spec) -> list[str]:
-    """The model's forward arguments, in order: ids and mask per text input, pixels per image input,
-    boxes and their mask per boxes input."""
-    names = []
-    for name, inp in spec.inputs.items():
-        names += {"text": [f"{name}_ids", f"{name}_mask"], "boxes": [name, f"{name}_mask"]}.get(inp.modality, [name])
-    return names
+    """The model's forward arguments, in order: each input's tensors (`Input.tensors` names them)."""
+    return [n for names in spec.input_tensors().values() for n in names]
 
 
 def label_names(spec: Spec) -> list[str]:
     """Optional arguments: labels for mlm heads, so only labelled positions are decoded."""
-    return [f"{name}_labels" for name, head in spec.heads.items() if head.kind == "mlm"]
+    return [spec.labels_of(name) for name, head in spec.heads.items() if head.kind == "mlm"]
 
 
 def class_name(spec: Spec) -> str:
@@ -48,9 +44,8 @@ class _Root(nn.Module):
 def emit_module(spec: Spec, g: nx.MultiDiGraph, modules: dict[str, nn.Module]) -> fx.GraphModule:
     graph = fx.Graph()
     values: dict[tuple[str, str | None], object] = {}
-    names = input_names(spec)
-    for name in spec.inputs:
-        values[(name, None)] = tuple(graph.placeholder(n) for n in names if n == name or n.rsplit("_", 1)[0] == name)
+    for name, tensors in spec.input_tensors().items():
+        values[(name, None)] = tuple(graph.placeholder(n) for n in tensors)
     labels = {n: graph.placeholder(n, default_value=None) for n in label_names(spec)}
     calls: dict[str, fx.Node] = {}
     outputs = {}
@@ -59,11 +54,11 @@ def emit_module(spec: Spec, g: nx.MultiDiGraph, modules: dict[str, nn.Module]) -
         if attrs["section"] == "inputs":
             continue
         args: list = []
-        for dst_port, ref, _ in references(attrs["kind"], attrs["spec"]):
+        for dst_port, ref, _ in references(attrs["spec"]):
             if dst_port != "vocab_from":
                 args += _value(graph, g, values, calls, ref)
         target = f"heads.{name}" if attrs["section"] == "heads" else name
-        kwargs = {"labels": labels[f"{name}_labels"]} if f"{name}_labels" in labels else {}
+        kwargs = {"labels": labels[spec.labels_of(name)]} if spec.labels_of(name) in labels else {}
         calls[name] = graph.create_node("call_module", target, tuple(args), kwargs, name=name)
         if attrs["section"] == "heads":
             outputs[name] = calls[name]

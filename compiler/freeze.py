@@ -22,6 +22,16 @@ class FreezePlan:
     eval_modules: tuple[str, ...]  # maximal submodules whose parameters are all frozen: kept in eval mode
     train_mode: tuple[str, ...]  # nodes whose spec asks to keep frozen parts in train mode
 
+    def to_json(self) -> dict:
+        """The plan as written to a build's and a checkpoint's freeze.json."""
+        return {"frozen": sorted(self.frozen), "frozen_nodes": list(self.frozen_nodes),
+                "eval_modules": list(self.eval_modules), "train_mode": list(self.train_mode)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "FreezePlan":
+        return cls(frozenset(data["frozen"]), tuple(data["frozen_nodes"]), tuple(data["eval_modules"]),
+                   tuple(data["train_mode"]))
+
 
 def _node_params(module: nn.Module) -> list[str]:
     return [n for n, _ in module.named_parameters()]

@@ -2,7 +2,7 @@
 
 Vertex attributes: `section` ('inputs' | 'nodes' | 'heads'), `kind`, `spec` (the
 Pydantic object), `path` (its field path), `out` (name -> Port; widths filled in
-by compiler.assemble). Edge attributes: `field` (the consumer's field path holding
+by graphspec.compiler.assemble). Edge attributes: `field` (the consumer's field path holding
 the reference), `dst_port` (the consumer's input port), `src_port` (the
 producer's port, resolved when the reference names a known port).
 """
@@ -13,10 +13,10 @@ import networkx as nx
 
 from graphspec.schema import Spec, ref_node, ref_port
 
-from .ports import DEFAULT_PORT, ENCODERS, LAYER_PORT, input_port_for, output_ports
+from .kinds import KINDS, LAYER_PORT, input_port_for
 
 
-def references(kind: str, spec_obj) -> list[tuple[str, str, tuple]]:
+def references(spec_obj) -> list[tuple[str, str, tuple]]:
     """(input port, reference, field path relative to the node) for every reference a node makes.
 
     References live in `input`, in `inputs` (a list, or an object of named streams)
@@ -45,7 +45,7 @@ def build_graph(spec: Spec) -> nx.MultiDiGraph:
             g.add_node(name, section=section, kind=obj.kind, spec=obj, path=(section, name), out={})
     for section in ("nodes", "heads"):
         for name, obj in getattr(spec, section).items():
-            for dst_port, ref, rel in references(obj.kind, obj):
+            for dst_port, ref, rel in references(obj):
                 src = ref_node(ref)
                 if src not in g:
                     continue  # reported by rules.unknown_reference
@@ -62,8 +62,8 @@ def _fill_outputs(g: nx.MultiDiGraph) -> None:
         attrs = g.nodes[name]
         if attrs["section"] != "inputs":
             ins = {e["dst_port"]: resolve_port(g, src, e["src_port"]) for src, _, e in g.in_edges(name, data=True)}
-            attrs["out"] = output_ports(attrs["kind"], ins)
-            if attrs["kind"] in ENCODERS:  # intermediate layers that consumers ask for: `tower.layer_6`
+            attrs["out"] = KINDS[attrs["kind"]].outputs(ins)
+            if KINDS[attrs["kind"]].layers:  # intermediate layers that consumers ask for: `tower.layer_6`
                 for _, _, e in g.out_edges(name, data=True):
                     if LAYER_PORT.match(e["src_port"] or ""):
                         attrs["out"][e["src_port"]] = attrs["out"]["seq"]
@@ -74,7 +74,10 @@ def port_name(g: nx.MultiDiGraph, node: str, port: str | None) -> str | None:
     out = g.nodes[node]["out"]
     if port is not None:
         return port
-    return next(iter(out)) if len(out) == 1 else DEFAULT_PORT.get(g.nodes[node]["kind"])
+    if len(out) == 1:
+        return next(iter(out))
+    kind = KINDS.get(g.nodes[node]["kind"])
+    return kind.main if kind is not None else None
 
 
 def resolve_port(g: nx.MultiDiGraph, node: str, port: str | None):

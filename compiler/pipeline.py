@@ -20,7 +20,6 @@ from graphspec.errors import Issue, SpecError
 from graphspec.loader import source_map, spec_warnings
 from graphspec.schema import Spec
 
-from . import FORMAT_VERSION
 from .assemble import build_modules
 from .ds_check import check_ds_config
 from .ds_config import emit_ds_config
@@ -31,9 +30,12 @@ from .graph import build_graph
 from .groups import param_groups
 from .picture import write_pictures
 from .rules import STRUCTURE_RULES, WIDTH_RULES, run_rules
-from .shapes import propagate_shapes
+from .meta_shapes import propagate_shapes
 from .placement import placement, placement_issues
 from .summary import build_summary, format_summary
+
+
+FORMAT_VERSION = 2  # of the build directory; the runtime refuses other versions (2: graphspec 0.2's names)
 
 
 @dataclass
@@ -113,8 +115,7 @@ def write_artifacts(c: Compiled, out: Path) -> list[Path]:
         "spec.resolved.json": c.spec.model_dump(mode="json", exclude={"extends"}),
         "ds_config.json": c.ds_config,
         "param_groups.json": c.groups,
-        "freeze.json": {"frozen": sorted(c.plan.frozen), "frozen_nodes": list(c.plan.frozen_nodes),
-                        "eval_modules": list(c.plan.eval_modules), "train_mode": list(c.plan.train_mode)},
+        "freeze.json": c.plan.to_json(),
         "summary.json": c.summary,
     }
     written = []
@@ -134,7 +135,7 @@ def _manifest(c: Compiled) -> dict:
     import torch
     import transformers
 
-    from graphspec import __version__
+    from graphspec.version import __version__
 
     return {"format_version": FORMAT_VERSION, "graphspec": __version__, "torch": torch.__version__,
             "transformers": transformers.__version__, "timm": timm.__version__, "spec_name": c.spec.name,
@@ -147,18 +148,26 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def build_model(spec: Spec) -> tuple[fx.GraphModule, FreezePlan]:
+def build_model(spec: Spec, plan: FreezePlan | None = None) -> tuple[fx.GraphModule, FreezePlan]:
     """The model with real weights (random init seeded by `train.seed`, or loaded), freezing applied.
 
-    Runs the same checks as `compile_spec` first, so a spec that would not
-    compile never allocates weights.
+    Runs the same checks as `compile_spec` first, so a spec that would not compile never allocates weights.
+    `plan`: the freeze plan a build or checkpoint recorded, applied as it is (it must name parameters of this
+    model); without one, the spec's annotations are resolved as `compile_spec` does.
     """
     g, _ = build_checked_graph(spec)
     modules, issues = build_modules(spec, g, meta=False)
     _raise_if_errors(spec, issues, "building the nodes")
     gm = emit_module(spec, g, modules)
-    plan, issues = resolve_freeze(spec, gm)
-    _raise_if_errors(spec, issues, "freeze checks")
+    if plan is None:
+        plan, issues = resolve_freeze(spec, gm)
+        _raise_if_errors(spec, issues, "freeze checks")
+    else:
+        unknown = sorted(plan.frozen - {n for n, _ in gm.named_parameters(remove_duplicate=False)})
+        if unknown:
+            raise SpecError([Issue(("nodes",), f"the recorded freeze plan names {len(unknown)} parameters this "
+                                   f"model does not have (e.g. {unknown[0]})", "recompile the spec")],
+                            title="the build does not match this graphspec")
     if spec.init_from:
         load_into(gm, spec.init_from)
     apply_freeze(gm, plan)

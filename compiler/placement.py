@@ -34,17 +34,13 @@ def tower_inputs(gm: fx.GraphModule, tower: str) -> list[str]:
     return [a.name for a in call.args]
 
 
-def _spec_input(spec: Spec, placeholder: str) -> str | None:
-    return next((name for name in spec.inputs if placeholder == name or placeholder.startswith(name + "_")), None)
-
-
 def uncacheable(spec: Spec, gm: fx.GraphModule, plan: FreezePlan, tower: str) -> str | None:
     """Why an outside tower's outputs cannot be cached (its inputs differ each time a sample returns), or None."""
     if tower in plan.train_mode:
         return "it keeps dropout on (freeze.train_mode)"
     masked = spec.data.train.task == "captions" and any(o.kind == "mlm" for o in spec.objectives.values())
     for arg in tower_inputs(gm, tower):
-        name = _spec_input(spec, arg)
+        name = spec.input_of(arg)
         if masked and name and spec.inputs[name].modality == "text":
             return f"it reads '{name}', which MLM masks anew every step"
     return None

@@ -1,7 +1,7 @@
 """Graph rules: small named functions, one rule each, run from plain lists.
 
 Structural rules need only the graph built from the spec; width rules run once
-compiler.infer has stored each port's width on the graph.
+graphspec.compiler.assemble has stored each port's width on the graph.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from graphspec.errors import Issue, suggest
 from graphspec.schema import FUSION_KINDS, Spec, ref_node, ref_port
 
 from .graph import references, resolve_port
-from .ports import input_wants
+from .kinds import KINDS
 
 Rule = Callable[[Spec, nx.MultiDiGraph], Iterator[Issue]]
 
@@ -29,7 +29,7 @@ _FORM_FIX = {
 def _all_refs(spec: Spec):
     for section in ("nodes", "heads"):
         for name, obj in getattr(spec, section).items():
-            for dst_port, ref, rel in references(obj.kind, obj):
+            for dst_port, ref, rel in references(obj):
                 yield section, name, obj, dst_port, ref, (section, name) + rel
 
 
@@ -58,7 +58,7 @@ def cycle(spec: Spec, g: nx.MultiDiGraph) -> Iterator[Issue]:
 def form_and_modality(spec: Spec, g: nx.MultiDiGraph) -> Iterator[Issue]:
     for src, dst, e in g.edges(data=True):
         port = resolve_port(g, src, e["src_port"])
-        want = input_wants(g.nodes[dst]["kind"]).get(e["dst_port"])
+        want = KINDS[g.nodes[dst]["kind"]].reads.get(e["dst_port"])
         if port is None or want is None:
             continue
         given = f"'{e['ref']}' gives {port.describe()}"

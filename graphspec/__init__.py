@@ -24,16 +24,16 @@ from .errors import EnvironmentProblem, GraphspecError, Issue, SpecError
 from .loader import load, loads, override
 from .schema import Spec
 from .variants import Grid, Variant, load_grid, variants, write_variants
+from .version import __version__
 
 if TYPE_CHECKING:
-    from compiler import Compiled
+    from graphspec.compiler import Compiled
 
-__version__ = "0.1.0"
 
 
 def compile(spec: Spec, out: str | Path | None = None) -> "Compiled":  # noqa: A001 - the verb of the CLI
     """Check `spec` and emit its model; write the build directory when `out` is given."""
-    from compiler import compile_spec, write_artifacts
+    from graphspec.compiler import compile_spec, write_artifacts
 
     compiled = compile_spec(spec)
     if out is not None:

@@ -93,7 +93,7 @@ def _compile(args) -> int:
     out = Path(args.out or Path("build") / spec.name)
     compiled = graphspec.compile(spec, out=out)
     _print_warnings(compiled.warnings)
-    from compiler.summary import format_summary
+    from graphspec.compiler.summary import format_summary
 
     print(format_summary(compiled.summary))
     print(f"\nwrote {out}/ (model.py, ds_config.json, summary.txt, graph.mmd, ...) "
@@ -121,7 +121,7 @@ def _positive(text: str) -> int:
 def _world(args) -> int | None:
     """The number of ranks the command line asks for, if it does."""
     if args.hostfile:
-        from runtime.launch import read_hostfile
+        from graphspec.runtime.launch import read_hostfile
 
         return sum(slots for _, slots in read_hostfile(Path(args.hostfile)))
     return args.nproc
@@ -139,16 +139,16 @@ def _ranks_match(build, world: int | None, target: Path) -> int:
 
 
 def _launch(args, world: int, run_args: list[str]) -> int:
-    from runtime.launch import launch
+    from graphspec.runtime.launch import launch
 
     return launch(world, run_args, Path(args.hostfile) if args.hostfile else None)
 
 
 def _run(args) -> int:
     import graphspec
-    from runtime.build import read_build
-    from runtime.launch import launched, share_cores
-    from runtime.run import run
+    from graphspec.runtime.build import read_build
+    from graphspec.runtime.launch import launched, share_cores
+    from graphspec.runtime.run import run
 
     target = Path(args.target)
     smap = None
@@ -156,7 +156,7 @@ def _run(args) -> int:
     overrides = args.overrides + ([f"distributed.world_size={world}"] if world is not None else [])
     share_cores()
     if args.resume:
-        from runtime.run import resume_build
+        from graphspec.runtime.run import resume_build
 
         if args.overrides or args.run_dir or args.build_dir:
             raise GraphspecError([Issue((), "--resume continues a run as it was: it takes no --set, --run-dir or "
@@ -197,7 +197,7 @@ def _run(args) -> int:
 
 
 def _eval(args) -> int:
-    from runtime.evaluate import evaluate_checkpoint
+    from graphspec.runtime.evaluate import evaluate_checkpoint
 
     metrics = evaluate_checkpoint(args.target, args.split)
     text = json.dumps(metrics, indent=2) + "\n"
@@ -273,7 +273,7 @@ def _study(args) -> int:
         for v in study.variants:
             print(f"  {v.name}: {v.describe()}")
         return 0
-    from runtime.study import run_study
+    from .study_run import run_study
 
     written = run_study(study, out)
     print(f"\n{written['markdown'].read_text()}\nwrote {written['csv']}, {written['markdown']}, "

@@ -12,8 +12,10 @@ import re
 from typing import Callable, Iterator
 
 from .errors import Issue
-from .schema import ENCODER_KINDS, FUSION_KINDS, Spec
+from .errors import suggest
+from .schema import ENCODER_KINDS, FUSION_KINDS, TASKS, Spec
 from .schema.base import NAME_PATTERN
+from .schema.tasks import FAMILY_ALIASES, FAMILY_TASK, resolve_family
 
 # Names a node cannot take: they are attributes of torch.nn.Module or of the emitted model.
 RESERVED = {"heads", "forward", "training", "parameters", "modules", "state_dict", "graph", "code", "to", "type"}
@@ -36,7 +38,7 @@ def names_are_distinct_identifiers(spec: Spec) -> Iterator[Issue]:
 
 def batch_sizes_divide(spec: Spec) -> Iterator[Issue]:
     t, d = spec.train, spec.distributed
-    micro = t.micro_batch_size or max(1, t.batch_size // d.world_size)
+    micro, _ = spec.batch_plan()
     if t.batch_size % (micro * d.world_size):
         yield Issue(("train", "batch_size"),
                     f"batch_size {t.batch_size} is not micro_batch_size {micro} x accumulation x world_size {d.world_size}",
@@ -109,10 +111,80 @@ def tie_needs_a_text_encoder(spec: Spec) -> Iterator[Issue]:
                         "but the head names none", "set `vocab_from:` to the text encoder")
 
 
-def objectives_exist(spec: Spec) -> Iterator[Issue]:
-    if spec.heads and not spec.objectives:
-        yield Issue(("objectives",), "no objectives: nothing would train the heads",
-                    "add e.g. `objectives: {itm: {weight: 1.0}}`", severity="warning")
+def heads_are_trained(spec: Spec) -> Iterator[Issue]:
+    trained = {spec.objective_head(n) for n in spec.objectives}
+    for name in spec.heads:
+        if spec.objectives and name not in trained:
+            yield Issue(("heads", name), f"no objective trains '{name}': it would be computed for nothing",
+                        "add an objective for it, or remove it", severity="warning")
+
+
+def task_feeds_one_input_each(spec: Spec) -> Iterator[Issue]:
+    task = TASKS[spec.data.train.task]
+    by = {m: [n for n, i in spec.inputs.items() if i.modality == m] for m in task.inputs}
+    wrong = [m for m, names in by.items() if len(names) != 1]
+    if wrong:
+        have = " and ".join(f"{m} inputs {by[m]}" for m in task.inputs)
+        need = ", ".join(task.inputs[:-1]) + f" and one {task.inputs[-1]}" if len(task.inputs) > 1 else task.inputs[0]
+        yield Issue(("inputs",), f"the {task.name} task needs exactly one {need} input", f"this spec has {have}")
+
+
+def task_trains_its_objectives(spec: Spec) -> Iterator[Issue]:
+    task = TASKS[spec.data.train.task]
+    other = [n for n, o in spec.objectives.items() if o.kind not in task.objectives]
+    if task.head is None:
+        if other:
+            kinds = ", ".join(task.objectives[:-1]) + f" and {task.objectives[-1]}"
+            yield Issue(("objectives", other[0]), f"the {task.name} task trains {kinds} objectives, not "
+                        f"'{spec.objectives[other[0]].kind}'", "remove it, or train it with its own task "
+                        "(data.train.task)")
+        elif not spec.objectives:
+            yield Issue(("objectives",), "there is no objective to train",
+                        "add `objectives: {itm: {weight: 1.0}}` (and/or mlm, itc)")
+        return
+    kind = task.head
+    heads = [n for n, h in spec.heads.items() if h.kind == kind]
+    objectives = [n for n, o in spec.objectives.items() if o.kind == kind]
+    if len(heads) != 1 or len(objectives) != 1 or len(spec.objectives) != 1:
+        yield Issue(("objectives",), f"the {task.name} task trains one {kind} head with one {kind} objective; "
+                    f"this spec has heads {heads} and objectives {objectives}"
+                    + (f" (and {other})" if other else ""),
+                    f"add e.g. `objectives: {{{heads[0] if heads else kind}: {{kind: {kind}}}}}`" if not other
+                    else f"remove {other}: a {task.name} run trains only its {kind} head")
+
+
+def data_fits_the_task(spec: Spec) -> Iterator[Issue]:
+    task = TASKS[spec.data.train.task]
+    for key in ("train", "val"):
+        source = getattr(spec.data, key)
+        if source is None:
+            continue
+        where = ("data", key)
+        if key == "val" and source.task != task.name:
+            yield Issue(where + ("task",), f"validation reads the {source.task} task, training the {task.name} task",
+                        f"set `task: {task.name}` (a run validates the task it trains)")
+            continue
+        kind = source.source.partition(":")[0]
+        if kind == "arrow" and not task.families or kind == "jsonl" and not task.fields:
+            yield Issue(where + ("source",), f"the {task.name} task reads builtin:shapes only, not {kind} files",
+                        "use `source: builtin:shapes`")
+            continue
+        families = source.family if isinstance(source.family, list) else [source.family]
+        if kind != "arrow" or source.family is None:
+            continue
+        if len(families) > 1 and task.head is not None:
+            yield Issue(where + ("family",), f"the {task.name} task reads one table family, not {len(families)}",
+                        "name one family; several are for captions pretraining (e.g. [coco, vg])")
+            continue
+        for i, family in enumerate(families):
+            at = where + ("family",) + ((i,) if isinstance(source.family, list) else ())
+            full = resolve_family(family)
+            if full not in FAMILY_TASK:
+                yield Issue(at, f"unknown Arrow table family '{family}'",
+                            suggest(family, list(FAMILY_TASK) + list(FAMILY_ALIASES)))
+            elif FAMILY_TASK[full] != task.name:
+                yield Issue(at, f"the {full} tables hold {FAMILY_TASK[full]} examples, not {task.name}",
+                            f"name a {task.name} family: {', '.join(task.families)}")
 
 
 SPEC_RULES: list[Callable[[Spec], Iterator[Issue]]] = [
@@ -124,7 +196,10 @@ SPEC_RULES: list[Callable[[Spec], Iterator[Issue]]] = [
     warmup_fits_in_steps,
     heads_divide_widths,
     tie_needs_a_text_encoder,
-    objectives_exist,
+    heads_are_trained,
+    task_feeds_one_input_each,
+    task_trains_its_objectives,
+    data_fits_the_task,
 ]
 
 

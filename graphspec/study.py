@@ -13,7 +13,7 @@ A study file is data, like a spec::
     compare: [pretrain.itm_acc, nlvr2.nlvr2_acc]
 
 `plan_study` turns it into one spec per (variant, stage), every one validated before
-anything runs; `runtime.study` runs them and writes the comparison. Importing this
+anything runs; `graphspec.study_run` runs them and writes the comparison. Importing this
 module imports no torch.
 """
 
@@ -181,12 +181,12 @@ def plan_study(path: str | Path, compile_check: bool = True) -> Study:
 
 def _compile_issues(runs: list[StageRun]) -> list[Issue]:
     """Every stage spec passes the compiler's checks."""
-    import graphspec
+    from .compiler import compile_spec  # imports torch: only here
 
     issues = []
     for run in runs:
         try:
-            graphspec.validate(run.spec)
+            compile_spec(run.spec)
         except SpecError as e:
             issues += [Issue(i.path, f"{run.variant}, stage {run.stage}: {i.message}", i.hint, i.severity,
                              loc=i.loc or source_map(run.spec).locate(i.path)) for i in e.issues]

@@ -280,7 +280,7 @@ def _build(base: Spec, name: str, combo: list[Setting]) -> tuple[Spec | None, li
 
 def _compile_issues(spec: Spec) -> tuple[list[Issue], list[Issue], bool]:
     """(errors, warnings, whether the errors are the machine's) from every compile check."""
-    from compiler import compile_spec  # imports torch: only here
+    from graphspec.compiler import compile_spec  # imports torch: only here
 
     try:
         return [], list(compile_spec(spec).warnings), False

@@ -8,9 +8,10 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from compiler import FORMAT_VERSION
+from graphspec.compiler import FORMAT_VERSION, FreezePlan
 from graphspec.errors import GraphspecError, Issue, Loc
 from graphspec.schema import Spec
+from graphspec.version import __version__
 
 FILES = ("manifest.json", "spec.resolved.json", "ds_config.json", "param_groups.json", "freeze.json")
 
@@ -27,7 +28,7 @@ class Build:
     spec: Spec
     ds_config: dict
     groups: list[dict]
-    freeze: dict
+    plan: FreezePlan
     manifest: dict
 
 
@@ -49,11 +50,16 @@ def read_build(directory: str | Path) -> Build:
             raise _fail(d / name, f"cannot read it: {e}", recompile) from None
     version = data["manifest.json"].get("format_version")
     if version != FORMAT_VERSION:
-        raise _fail(d / "manifest.json", f"build format version {version!r}; this graphspec reads version {FORMAT_VERSION}",
-                    recompile)
+        made = data["manifest.json"].get("graphspec", "an unknown graphspec")
+        raise _fail(d / "manifest.json", f"build format version {version!r} (written by graphspec {made}); this "
+                    f"graphspec ({__version__}) reads version {FORMAT_VERSION}", recompile)
     try:
         spec = Spec.model_validate(data["spec.resolved.json"])
     except ValidationError as e:
         raise _fail(d / "spec.resolved.json", f"the resolved spec does not fit this graphspec: {e.errors()[0]['msg']}",
                     recompile) from None
-    return Build(d, spec, data["ds_config.json"], data["param_groups.json"], data["freeze.json"], data["manifest.json"])
+    try:
+        plan = FreezePlan.from_json(data["freeze.json"])
+    except (KeyError, TypeError) as e:
+        raise _fail(d / "freeze.json", f"not a freeze plan this graphspec reads ({e})", recompile) from None
+    return Build(d, spec, data["ds_config.json"], data["param_groups.json"], plan, data["manifest.json"])

@@ -13,6 +13,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from graphspec.compiler import FreezePlan
+
+FORMAT_VERSION = 2  # of a final checkpoint (state.json); 1 (no version written) reads the same
+
 
 def trainable_weights(module: torch.nn.Module, frozen: set[str]) -> dict[str, torch.Tensor]:
     """Full copies of the trainable weights; under ZeRO-3 each is gathered from its shards first (a
@@ -27,7 +31,7 @@ def trainable_weights(module: torch.nn.Module, frozen: set[str]) -> dict[str, to
     return {n: p.detach().float().cpu().contiguous().clone() for n, p in named}
 
 
-def save_checkpoint(path: Path, weights: dict[str, torch.Tensor], spec_json: dict, freeze: dict, extra: dict,
+def save_checkpoint(path: Path, weights: dict[str, torch.Tensor], spec_json: dict, plan: FreezePlan, extra: dict,
                     tokenizer) -> Path:
     tmp = path.with_name(path.name + ".partial")
     if tmp.exists():
@@ -35,8 +39,8 @@ def save_checkpoint(path: Path, weights: dict[str, torch.Tensor], spec_json: dic
     tmp.mkdir(parents=True)
     save_file(weights, str(tmp / "model.safetensors"))
     (tmp / "spec.resolved.json").write_text(json.dumps(spec_json, indent=2) + "\n")
-    (tmp / "freeze.json").write_text(json.dumps(freeze, indent=2) + "\n")
-    (tmp / "state.json").write_text(json.dumps(extra, indent=2) + "\n")
+    (tmp / "freeze.json").write_text(json.dumps(plan.to_json(), indent=2) + "\n")
+    (tmp / "state.json").write_text(json.dumps({"format_version": FORMAT_VERSION, **extra}, indent=2) + "\n")
     tokenizer.save_pretrained(str(tmp / "tokenizer"))  # the exact vocabulary the weights were trained with
     if path.exists():
         shutil.rmtree(path)

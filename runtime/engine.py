@@ -1,10 +1,10 @@
 """The DeepSpeed engine around the trainable part of a compiled model.
 
 One process needs no launcher: the distributed environment DeepSpeed expects
-is filled in here (gloo on CPU); several ranks are started by `runtime.launch`.
+is filled in here (gloo on CPU); several ranks are started by `graphspec.runtime.launch`.
 Only trainable parameters reach DeepSpeed, in the compiled groups; frozen
 modules are pinned to eval mode after every `train()`; wholly frozen input
-towers run outside the engine (`runtime.towers`).
+towers run outside the engine (`graphspec.runtime.towers`).
 """
 
 from __future__ import annotations
@@ -17,14 +17,14 @@ from pathlib import Path
 import torch
 import torch.fx as fx
 
-from compiler.ds_config import resolve_accelerator
-from compiler.freeze import FreezePlan
-from compiler.placement import frozen_dtype, outside_towers, placement
+from graphspec.compiler.ds_config import resolve_accelerator
+from graphspec.compiler.freeze import FreezePlan
+from graphspec.compiler.placement import frozen_dtype, outside_towers, placement
 from graphspec.errors import Issue, SpecError
 from graphspec.schema import Spec
 
 from .launch import SELF_STARTED, free_port
-from .split import Split
+from .model_cut import ModelCut
 from .tower_cache import default_root
 from .towers import TowerRunner
 
@@ -51,7 +51,7 @@ class Trainer:
     engine: object  # deepspeed.DeepSpeedEngine
     optimizer: object
     scheduler: object
-    split: Split
+    cut: ModelCut
     eval_modules: list[str]
     towers: TowerRunner
 
@@ -76,7 +76,7 @@ class Trainer:
         device = self.engine.device
         batch = {k: _cast(v, device) for k, v in batch.items()}
         towers = self.towers(batch)
-        inputs = self.split.inner_inputs(batch, towers)
+        inputs = self.cut.inner_inputs(batch, towers)
         inputs = {k: _cast(v, device, self.dtype) for k, v in inputs.items()}
         return self.engine(**inputs)
 
@@ -100,7 +100,7 @@ class _NotBeforeStart(logging.Filter):
         return "before it has started" not in record.getMessage()
 
 
-def make_trainer(spec: Spec, model: fx.GraphModule, freeze: dict, groups: list[dict], ds_config: dict,
+def make_trainer(spec: Spec, model: fx.GraphModule, plan: FreezePlan, groups: list[dict], ds_config: dict,
                  outside: bool = True) -> Trainer:
     """The engine over the trainable part; `outside=False` keeps frozen towers inside it (a baseline to compare)."""
     distributed_env(spec)
@@ -109,21 +109,18 @@ def make_trainer(spec: Spec, model: fx.GraphModule, freeze: dict, groups: list[d
 
     logger.addFilter(_NotBeforeStart())
 
-    split = Split(model, outside_towers(model, freeze["frozen_nodes"]) if outside else [])
-    params = dict(split.inner.named_parameters())
+    cut = ModelCut(model, outside_towers(model, plan.frozen_nodes) if outside else [])
+    params = dict(cut.inner.named_parameters())
     param_groups = [{"params": [params[n] for n in g["params"]], "weight_decay": g["weight_decay"],
                      "lr": spec.train.optimizer.lr * g["lr_scale"], "name": g["name"]} for g in groups]
-    engine, optimizer, _, scheduler = deepspeed.initialize(model=split.inner, model_parameters=param_groups,
+    engine, optimizer, _, scheduler = deepspeed.initialize(model=cut.inner, model_parameters=param_groups,
                                                           config=ds_config)
-    plan = FreezePlan(frozenset(freeze["frozen"]), tuple(freeze["frozen_nodes"]), tuple(freeze["eval_modules"]),
-                      tuple(freeze["train_mode"]))
-    towers = TowerRunner(split, placement(spec, model, plan), frozen_dtype(spec), engine.device,
-                         plan.train_mode)
+    towers = TowerRunner(cut, placement(spec, model, plan), frozen_dtype(spec), engine.device, plan.train_mode)
     if spec.distributed.frozen.cache_outputs:
         towers.use_cache(Path(spec.distributed.frozen.cache_dir) if spec.distributed.frozen.cache_dir
                          else default_root())
     inside = set(params)
-    trainer = Trainer(engine, optimizer, scheduler, split, [m for m in freeze["eval_modules"] if
-                                                            any(p.startswith(m + ".") for p in inside)], towers)
+    trainer = Trainer(engine, optimizer, scheduler, cut, [m for m in plan.eval_modules if
+                                                          any(p.startswith(m + ".") for p in inside)], towers)
     trainer.train()
     return trainer

@@ -16,11 +16,12 @@ from pydantic import ValidationError
 from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
-from compiler import build_model
+from graphspec.compiler import FreezePlan, build_model
 from graphspec.errors import GraphspecError, Issue, Loc, SpecError
 from graphspec.schema import Spec
 
-from .run import make_task
+from .checkpoint import FORMAT_VERSION
+from .tasks import make_task
 
 
 def find_checkpoint(target: str | Path) -> Path:
@@ -34,13 +35,26 @@ def find_checkpoint(target: str | Path) -> Path:
                          title="nothing to evaluate")
 
 
+def read_state(ckpt: Path) -> dict:
+    """The checkpoint's state.json (step, validation metrics, vocabulary); a newer format is refused."""
+    path = ckpt / "state.json"
+    state = json.loads(path.read_text()) if path.is_file() else {}
+    version = state.get("format_version", 1)
+    if version > FORMAT_VERSION:
+        raise GraphspecError([Issue((), f"checkpoint format version {version}; this graphspec reads versions 1 to "
+                                    f"{FORMAT_VERSION}", "evaluate it with the graphspec that wrote it",
+                                    loc=Loc(str(path)))], title="cannot read this checkpoint")
+    return state
+
+
 def _load(ckpt: Path) -> tuple[Spec, torch.nn.Module]:
     try:
         spec = Spec.model_validate(json.loads((ckpt / "spec.resolved.json").read_text()))
     except (ValidationError, json.JSONDecodeError) as e:
         raise GraphspecError([Issue((), f"the checkpoint's spec does not fit this graphspec: {str(e)[:200]}",
                                     loc=Loc(str(ckpt / "spec.resolved.json")))]) from None
-    model, plan = build_model(spec)
+    freeze = ckpt / "freeze.json"
+    model, plan = build_model(spec, FreezePlan.from_json(json.loads(freeze.read_text())) if freeze.is_file() else None)
     weights = load_file(str(ckpt / "model.safetensors"))
     params = dict(model.named_parameters())
     trainable = {n for n in params if n not in plan.frozen}
@@ -59,9 +73,9 @@ def evaluate_checkpoint(target: str | Path, split: str = "val") -> dict:
     spec, model = _load(ckpt)
     if spec.data.val is None and split == "val":
         raise SpecError([Issue(("data", "val"), "the spec has no validation data", "evaluate --split test")])
-    state = json.loads((ckpt / "state.json").read_text()) if (ckpt / "state.json").is_file() else {}
-    task = make_task(spec, model, split, state.get("answers"))
-    task.tokenizer = AutoTokenizer.from_pretrained(str(ckpt / "tokenizer"))
+    state = read_state(ckpt)
+    task = make_task(spec, model, lambda data: AutoTokenizer.from_pretrained(str(ckpt / "tokenizer")), split,
+                     {"answers": state["answers"]} if state.get("answers") else None)
     names = set(inspect.signature(model.forward).parameters)
     metrics = task.evaluate(lambda b: model(**{k: v for k, v in b.items() if k in names}))
     return {"checkpoint": str(ckpt), "split": split, **metrics}

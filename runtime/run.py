@@ -13,21 +13,17 @@ from pathlib import Path
 
 import torch
 
-from compiler import build_model
-from compiler.ds_config import batch_plan
+from graphspec.compiler import FreezePlan, build_model
 from graphspec.errors import EnvironmentProblem, Issue, Loc
 
 from . import ranks
-from .batches import Roles
 from .build import Build, read_build
-from .captions import CaptionsTask
 from .checkpoint import save_checkpoint, trainable_weights
 from .engine import Trainer, make_trainer
-from .images import image_transform
 from .report import Reporter, Silent, format_summary
 from .resume import ResumeError, frozen_record, restore
 from .resume import save as save_state
-from .supervised import SupervisedTask
+from .tasks import Task, make_task
 from .text import load_tokenizer, text_node
 
 
@@ -44,43 +40,29 @@ def prepare_run_dir(run_dir: Path) -> Path:
     return run_dir
 
 
-def make_task(spec, model, split: str | None = None, answers: list[str] | None = None):
-    """The task the data block names: captions pretraining, or a downstream task.
-
-    `split`: evaluation only (no training data read); `answers`: the VQA answer vocabulary a checkpoint was
-    trained with, since a file source's vocabulary comes from its training split.
-    """
-    image = next(n for n, i in spec.inputs.items() if i.modality == "image")
-    transform = image_transform(spec, image, model)
-    if spec.data.train.task == "captions":
-        return CaptionsTask(spec, Roles.of(spec), transform, split)
-    return SupervisedTask(spec, transform, split, answers)
-
-
 @dataclass
 class Session:
     """Everything a run needs, built once from the build directory."""
 
-    task: object  # CaptionsTask | SupervisedTask
-    plan: object
+    task: Task
+    plan: FreezePlan
     trainer: Trainer
 
 
 def prepare(build: Build, outside: bool = True) -> Session:
     """`outside=False` keeps frozen towers inside the engine (the benchmark's grads-off-only baseline)."""
     spec = build.spec
-    model, plan = build_model(spec)
-    task = make_task(spec, model)
-    text = next(n for n, i in spec.inputs.items() if i.modality == "text")
+    model, plan = build_model(spec, build.plan)
+    text = spec.roles().text
     vocab = model.get_submodule(text_node(spec, text)[0]).vocab_size
-    task.tokenizer = load_tokenizer(spec, text, vocab, build.dir, task.texts())
-    trainer = make_trainer(spec, model, build.freeze, build.groups, build.ds_config, outside)
+    task = make_task(spec, model, lambda data: load_tokenizer(spec, text, vocab, build.dir, data.texts))
+    trainer = make_trainer(spec, model, plan, build.groups, build.ds_config, outside)
     return Session(task, plan, trainer)
 
 
 def train_step(s: Session, spec, step: int) -> dict[str, float]:
     """One optimizer step over `accumulation` micro batches; the losses averaged over them and the ranks."""
-    micro, accum = batch_plan(spec)
+    micro, accum = spec.batch_plan()
     shown: dict[str, float] = {}
     for m in range(accum):
         batch = s.task.train_batch(micro, (step - 1) * accum + m)
@@ -119,10 +101,10 @@ def run(build: Build, run_dir: Path, show_bar: bool | None = None, resume: bool 
     s = prepare(build)
     if main:
         keep_build(build, run_dir)
-    micro, accum = batch_plan(spec)
+    micro, accum = spec.batch_plan()
     torch.manual_seed(spec.train.seed + ranks.rank())  # dropout: the same run twice gives the same losses
     every = spec.train.checkpoint_every
-    frozen = frozen_record(spec, s.trainer.engine.module, s.trainer.split.towers, set(s.plan.frozen)) \
+    frozen = frozen_record(spec, s.trainer.engine.module, s.trainer.cut.towers, set(s.plan.frozen)) \
         if every or resume else {}
     first = restore(run_dir, s.trainer, s.task, frozen) + 1 if resume else 1
     if resume and main:
@@ -172,12 +154,6 @@ def trim_metrics(run_dir: Path, step: int) -> None:
         path.write_text("".join(line + "\n" for line in lines if json.loads(line)["step"] <= step))
 
 
-def _vocabulary(task) -> dict:
-    """What a checkpoint must remember of its training data: the VQA answer order its head scores."""
-    answers = getattr(task, "answers", None)
-    return {"answers": answers} if answers else {}
-
-
 def _numel(p: torch.nn.Parameter) -> int:
     """A parameter's size, also where ZeRO-3 keeps only a shard of it here."""
     return getattr(p, "ds_numel", p.numel())
@@ -197,12 +173,12 @@ def _finish(build: Build, run_dir: Path, s: Session, val: dict, wall: float, ste
     peak = ranks.maximum(_peak_rss_mb())
     ckpt = run_dir / "checkpoint"
     if ranks.is_main():
-        save_checkpoint(ckpt, weights, spec.model_dump(mode="json", exclude={"extends"}), build.freeze,
-                        {"step": spec.train.steps, "val": val, **_vocabulary(s.task)}, s.task.tokenizer)
+        save_checkpoint(ckpt, weights, spec.model_dump(mode="json", exclude={"extends"}), plan,
+                        {"step": spec.train.steps, "val": val, **s.task.vocabulary()}, s.task.tokenizer)
     total = sum(_numel(p) for p in trainer.engine.module.parameters()) + sum(
-        p.numel() for p in trainer.split.towers.parameters())
+        p.numel() for p in trainer.cut.towers.parameters())
     frozen = sum(_numel(p) for n, p in trainer.engine.module.named_parameters() if n in plan.frozen) + sum(
-        p.numel() for p in trainer.split.towers.parameters())
+        p.numel() for p in trainer.cut.towers.parameters())
     caches = trainer.towers.cache_report()
     for c in caches.values():  # lookups of all ranks
         c.update({k: round(v) for k, v in ranks.total({"hits": c["hits"], "misses": c["misses"]}).items()})

@@ -1,47 +1,45 @@
-"""The text tower's tokenizer: from its source, or a WordPiece vocabulary trained on the training texts."""
+"""The text input's tokenizer: the text tower's own (its kind declares it), a fine-tuning run's pretraining
+vocabulary, or a WordPiece vocabulary trained on the training texts."""
 
 from __future__ import annotations
 
 import os
 from collections import Counter
 from pathlib import Path
-from typing import Iterable
+from typing import Callable
 
-from compiler.backbones import local_source
-from graphspec.errors import EnvironmentProblem, Issue, SpecError
+from graphspec.compiler.preprocess import source_tokenizer, text_reader
+from graphspec.errors import Issue, SpecError
 from graphspec.schema import Spec
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # BERT's, so pad id 0 matches BERT-style configs
 
 
 def text_node(spec: Spec, input_name: str) -> tuple[str, object]:
-    """The node that embeds the text input: an hf_text tower or a one_tower."""
-    for name, node in spec.nodes.items():
-        if (node.kind == "hf_text" and node.input == input_name) or \
-                (node.kind == "one_tower" and node.inputs.text == input_name):
-            return name, node
-    raise SpecError([Issue(("inputs", input_name), f"no hf_text or one_tower node reads the text input '{input_name}'",
-                           "add one: the tokenizer comes from it")])
+    """The node that embeds the text input: its vocabulary is the model's."""
+    found = text_reader(spec, input_name)
+    if found is None:
+        raise SpecError([Issue(("inputs", input_name), f"no node reads the text input '{input_name}' as tokens",
+                               "add one (an hf_text or one_tower node): the tokenizer comes from it")])
+    return found
 
 
-def load_tokenizer(spec: Spec, input_name: str, vocab_size: int, cache_dir: Path, texts: Iterable[str]):
-    """A fast tokenizer: the text tower's own when it has a source, else one trained and kept in `cache_dir`."""
+def load_tokenizer(spec: Spec, input_name: str, vocab_size: int, cache_dir: Path, texts: Callable[[], list[str]]):
+    """A fast tokenizer: the text tower's own when it has a source, else one trained on `texts()` and kept in
+    `cache_dir`."""
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-    name, node = text_node(spec, input_name)
-    if node.source and (node.kind == "hf_text" or node.backbone == "text"):
-        try:
-            return AutoTokenizer.from_pretrained(local_source(node.source, ("nodes", name)), local_files_only=True)
-        except (OSError, ValueError) as e:
-            raise EnvironmentProblem([Issue(("nodes", name, "source"), f"no tokenizer found for '{node.source}': {e}",
-                                            "point `source` at a local directory that holds the tokenizer files")]) from None
+    name, _ = text_node(spec, input_name)
+    own = source_tokenizer(spec, input_name)
+    if own is not None:
+        return own
     if spec.init_from and (Path(spec.init_from) / "tokenizer").is_dir():
         # Fine-tuning: the pretraining run's vocabulary, or its embeddings would read other ids.
         return AutoTokenizer.from_pretrained(str(Path(spec.init_from) / "tokenizer"))
     path = cache_dir / f"tokenizer-{input_name}.json"
     if not path.is_file():  # ranks train the same vocabulary; each replaces the file whole, never half-written
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        _train_wordpiece(list(texts), vocab_size).save(str(tmp))
+        _train_wordpiece(list(texts()), vocab_size).save(str(tmp))
         os.replace(tmp, path)
     tok = PreTrainedTokenizerFast(tokenizer_file=str(path), unk_token="[UNK]", pad_token="[PAD]",
                                   cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")

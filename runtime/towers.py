@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .resume import digest
-from .split import Split
+from .model_cut import ModelCut
 from .tower_cache import TowerCache
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -69,14 +69,14 @@ def _put(module: nn.Module, name: str, tensor: torch.Tensor) -> None:
 
 
 class TowerRunner:
-    """The outside towers of a split, placed as the compiled placement plan says."""
+    """The outside towers of a model cut, placed as the compiled placement plan says."""
 
-    def __init__(self, split: Split, rows: dict[str, dict], dtype: str, device: torch.device, train_mode=()):
-        self.split, self.rows, self.dtype_name, self.dtype, self.device = split, rows, dtype, DTYPES[dtype], device
+    def __init__(self, cut: ModelCut, rows: dict[str, dict], dtype: str, device: torch.device, train_mode=()):
+        self.cut, self.rows, self.dtype_name, self.dtype, self.device = cut, rows, dtype, DTYPES[dtype], device
         self.train_mode = set(train_mode)
         self.streams: dict[str, LayerStream] = {}
         self.caches: dict[str, TowerCache] = {}
-        for name, tower in split.towers.items():
+        for name, tower in cut.towers.items():
             tower.to(self.dtype)
             if rows.get(name, {}).get("weights") == "cpu, moved per layer" and device.type != "cpu":
                 self.streams[name] = LayerStream(tower, device)
@@ -85,7 +85,7 @@ class TowerRunner:
 
     def use_cache(self, root: Path) -> None:
         """Serve the outputs of the towers the placement plan marks cacheable from `root`."""
-        for name, tower in self.split.towers.items():
+        for name, tower in self.cut.towers.items():
             if self.rows.get(name, {}).get("cache"):
                 sha = digest((f"{name}.{n}", p) for n, p in tower.named_parameters())
                 self.caches[name] = TowerCache(root, name, sha, self.dtype_name)
@@ -95,14 +95,14 @@ class TowerRunner:
 
     def eval(self) -> None:
         """Eval mode (dropout off) except where the spec keeps a frozen tower in train mode."""
-        for name, tower in self.split.towers.items():
+        for name, tower in self.cut.towers.items():
             tower.train(name in self.train_mode)
 
     @torch.no_grad()
     def __call__(self, batch: dict) -> dict:
         out = {}
-        for name, tower in self.split.towers.items():
-            args = [_to(batch[a], self.device, self.dtype) for a in self.split.tower_args[name]]
+        for name, tower in self.cut.towers.items():
+            args = [_to(batch[a], self.device, self.dtype) for a in self.cut.tower_args[name]]
             cache = self.caches.get(name)
             out[name] = cache.outputs(tower, args) if cache is not None else tower(*args)
         return out

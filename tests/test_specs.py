@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import graphspec
-from compiler import build_model, compile_spec
+from graphspec.compiler import build_model, compile_spec
 from graphspec.loader import validate_data
 from graphspec.source import SourceMap
 
@@ -87,16 +87,16 @@ def shrink(data: dict) -> dict:
 def _inputs(spec, batch: int) -> dict:
     out = {}
     for name, inp in spec.inputs.items():
+        keys = inp.tensors(name)  # the model's forward arguments, as Input.tensors names them
         if inp.modality == "text":
             mask = torch.ones(batch, inp.max_length, dtype=torch.long)
             mask[0, inp.max_length // 2:] = 0
-            out[f"{name}_ids"], out[f"{name}_mask"] = torch.randint(0, 64, (batch, inp.max_length)), mask
+            out[keys[0]], out[keys[1]] = torch.randint(0, 64, (batch, inp.max_length)), mask
         elif inp.modality == "image":
-            out[name] = torch.randn(batch, inp.channels, inp.size, inp.size)
+            out[keys[0]] = torch.randn(batch, inp.channels, inp.size, inp.size)
         else:
-            out[name] = torch.rand(batch, inp.max_candidates, 4)
-            out[f"{name}_mask"] = torch.tensor([[True] * (inp.max_candidates - 1) + [i % 2 == 0]
-                                                for i in range(batch)])
+            out[keys[0]] = torch.rand(batch, inp.max_candidates, 4)
+            out[keys[1]] = torch.tensor([[True] * (inp.max_candidates - 1) + [i % 2 == 0] for i in range(batch)])
     return out
 
 

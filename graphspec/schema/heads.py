@@ -7,7 +7,7 @@ from typing import Annotated, Literal, Union
 from pydantic import Field
 
 from .base import Ref, Strict
-from .nodes import FreezeField, Freeze
+from .nodes import Freeze, FreezeField, kind_of
 
 
 class ITMHead(Strict):
@@ -88,9 +88,10 @@ class RefHead(Strict):
     freeze: bool | Freeze = FreezeField
 
 
-Head = Annotated[
-    Union[ITMHead, MLMHead, ITCHead, ClassifyHead, PairClassifyHead, VQAHead, RefHead], Field(discriminator="kind")
-]
+HEAD_CLASSES = (ITMHead, MLMHead, ITCHead, ClassifyHead, PairClassifyHead, VQAHead, RefHead)
+Head = Annotated[Union[HEAD_CLASSES], Field(discriminator="kind")]
+HEAD_KINDS = tuple(kind_of(c) for c in HEAD_CLASSES)
+OBJECTIVE_KINDS = HEAD_KINDS  # every head kind has its objective (an objective's kind defaults to its name)
 
 
 class _Objective(Strict):
@@ -115,9 +116,8 @@ class HeadObjective(_Objective):
     """The loss a downstream head implies: cross-entropy (classify, pair_classify, ref: padded candidates masked),
     binary cross-entropy with soft scores (vqa), symmetric InfoNCE (itc)."""
 
-    kind: Literal["itc", "classify", "pair_classify", "vqa", "ref"] = Field(
+    kind: Literal[tuple(k for k in HEAD_KINDS if k not in ("mlm", "itm"))] = Field(  # type: ignore[valid-type]
         description="The kind of the head it trains; defaults to the objective's name.")
 
 
 Objective = Annotated[Union[MLMObjective, ITMObjective, HeadObjective], Field(discriminator="kind")]
-OBJECTIVE_KINDS = ("mlm", "itm", "itc", "classify", "pair_classify", "vqa", "ref")

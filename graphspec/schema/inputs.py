@@ -1,4 +1,9 @@
-"""Model inputs: what a batch holds before any node sees it."""
+"""Model inputs: what a batch holds before any node sees it.
+
+`tensors(name)` is the one place that names an input's tensors, which are the emitted model's forward
+arguments and a batch's keys: `NAME_ids` and `NAME_mask` for text, `NAME` for pixels, `NAME` and `NAME_mask`
+for boxes.
+"""
 
 from __future__ import annotations
 
@@ -15,17 +20,29 @@ class TextInput(Strict):
         40, ge=2, le=8192, description="Tokens per text, special tokens included; longer texts are truncated."
     )
 
+    def tensors(self, name: str) -> tuple[str, str]:
+        """(token ids (B, T), attention mask (B, T))."""
+        return f"{name}_ids", f"{name}_mask"
+
 
 class ImageInput(Strict):
     modality: Literal["image"] = Field(description="Pixels, (B, C, size, size).")
     size: int = Field(224, ge=8, le=4096, description="Side of the square image the vision tower sees, in pixels.")
     channels: int = Field(3, ge=1, le=4, description="Colour channels.")
 
+    def tensors(self, name: str) -> tuple[str]:
+        """(pixels (B, C, size, size),)."""
+        return (name,)
+
 
 class BoxesInput(Strict):
     modality: Literal["boxes"] = Field(description="Candidate regions (B, K, 4) as x0, y0, x1, y1 in [0, 1], "
                                        "with a mask (B, K) of real candidates.")
     max_candidates: int = Field(16, ge=1, le=1024, description="Candidates per sample; fewer are padded and masked.")
+
+    def tensors(self, name: str) -> tuple[str, str]:
+        """(boxes (B, K, 4), mask of real candidates (B, K))."""
+        return name, f"{name}_mask"
 
 
 Input = Annotated[Union[TextInput, ImageInput, BoxesInput], Field(discriminator="modality")]

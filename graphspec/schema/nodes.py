@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal, Union, get_args
 
 from pydantic import Field
 
@@ -188,11 +188,14 @@ class ClsPool(Strict):
     freeze: bool | Freeze = FreezeField
 
 
-ENCODER_KINDS = ("hf_text", "hf_vision", "timm_vision")
-FUSION_KINDS = ("co_attention", "cross_attention", "merged_attention")
+NODE_CLASSES = (HFText, HFVision, TimmVision, OneTower, Projection, CoAttention, CrossAttention, MergedAttention,
+                MeanPool, ClsPool)
+Node = Annotated[Union[NODE_CLASSES], Field(discriminator="kind")]
 
-Node = Annotated[
-    Union[HFText, HFVision, TimmVision, OneTower, Projection, CoAttention, CrossAttention, MergedAttention,
-          MeanPool, ClsPool],
-    Field(discriminator="kind"),
-]
+
+def kind_of(cls: type[Strict]) -> str:
+    return get_args(cls.model_fields["kind"].annotation)[0]
+
+
+ENCODER_KINDS = tuple(kind_of(c) for c in NODE_CLASSES if issubclass(c, _Encoder))  # give `layer_N` ports too
+FUSION_KINDS = tuple(kind_of(c) for c in NODE_CLASSES if issubclass(c, _Fusion))

@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from .base import Strict
+from .tasks import TASKS, TaskName
 
 
 class ShapesOptions(Strict):
@@ -33,11 +34,9 @@ class DataSource(Strict):
         "turn (e.g. [coco, vg]).")
     skip_bad: bool = Field(False, description="Skip unreadable samples instead of stopping; they are counted in "
                            "the run summary.")
-    task: Literal["captions", "nlvr2", "snli_ve", "vqa", "refexp", "retrieval"] = Field(
-        "captions", description="What each sample holds: captions (pretraining: MLM and ITM), nlvr2 (two images, "
-        "a statement, true/false), snli_ve (an image, a hypothesis, entailment/neutral/contradiction), vqa (a "
-        "question, soft answer scores), refexp (an expression, candidate boxes, the target), retrieval (scenes "
-        "with three captions each; an itc head, recall@1/5/10 both ways).")
+    task: TaskName = Field(
+        "captions", description="What each sample holds: " + "; ".join(f"{t.name} ({t.description})"
+                                                                     for t in TASKS.values()) + ".")
     split: Literal["train", "val", "test"] = Field("train", description="Which split to read.")
     samples: int | None = Field(None, ge=1, description="Number of distinct scenes to use; all of the split when unset.")
     shapes: ShapesOptions = Field(default_factory=ShapesOptions, description="Options of builtin:shapes.")

@@ -11,6 +11,7 @@ from .heads import Head, Objective, OBJECTIVE_KINDS
 from .inputs import Input
 from .nodes import Node
 from .run import Data, Distributed, Train
+from .tasks import TASKS, Roles
 
 
 class Spec(Strict):
@@ -50,6 +51,37 @@ class Spec(Strict):
 
     def objective_head(self, name: str) -> str:
         return self.objectives[name].head or name
+
+    def input_tensors(self) -> dict[str, tuple[str, ...]]:
+        """Each input's tensors (the model's forward arguments, in order; see `Input.tensors`)."""
+        return {name: inp.tensors(name) for name, inp in self.inputs.items()}
+
+    def input_of(self, tensor: str) -> str | None:
+        """The input a forward argument belongs to."""
+        return next((name for name, names in self.input_tensors().items() if tensor in names), None)
+
+    @staticmethod
+    def labels_of(head: str) -> str:
+        """The optional forward argument of an mlm head's labels (only labelled positions are decoded)."""
+        return f"{head}_labels"
+
+    def roles(self) -> Roles:
+        """Which inputs, heads and objectives play which part in the training task."""
+        facts = TASKS[self.data.train.task]
+        first = {m: next((n for n, i in self.inputs.items() if i.modality == m), None)
+                 for m in ("text", "image", "boxes")}
+        by_kind = {o.kind: n for n, o in self.objectives.items()}
+        if facts.head is None:
+            return Roles(facts, first["text"], first["image"], first["boxes"], mlm=by_kind.get("mlm"),
+                         itm=by_kind.get("itm"), itc=by_kind.get("itc"))
+        objective = by_kind[facts.head]
+        return Roles(facts, first["text"], first["image"], first["boxes"], self.objective_head(objective), objective)
+
+    def batch_plan(self) -> tuple[int, int]:
+        """(micro batch per process, gradient accumulation steps)."""
+        world = self.distributed.world_size
+        micro = self.train.micro_batch_size or max(1, self.train.batch_size // world)
+        return micro, max(1, self.train.batch_size // (micro * world))
 
 
 def spec_json_schema() -> dict:

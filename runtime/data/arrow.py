@@ -49,18 +49,20 @@ across differently prepared directories.
 
 Readers yield one plain dict per training example, as ViLT indexes them: a
 caption row with 5 captions gives 5 examples, an NLVR2/VQA/SNLI row one per
-question/sentence, a RefCOCO row one per expression. Records of a task have the
-same keys whichever format they came from (see `runtime.data.jsonl`):
+question/sentence, a RefCOCO row one per expression. The reader knows no task:
+each family's layout has its row expander (`arrow_rows`), and the records of the
+families a task reads have the keys that task's JSONL manifests give too (see
+`graphspec.runtime.data.jsonl`):
 
-- every record: ``task``, ``text``, ``id`` (the table's own id, or None),
+- every record: ``family``, ``text``, ``id`` (the table's own id, or None),
   ``table`` (the file's name without .arrow), ``row``, ``entry`` (index in the row),
   ``where`` (``"<file> row <n>"``) and ``image_refs`` (``"column 'image'"`` per image), for messages
-- captions: ``image``, ``region`` ([x0, y0, x1, y1] of the described region; VG only, else None)
+- caption families: ``image``, ``region`` ([x0, y0, x1, y1] of the described region; VG only, else None)
 - nlvr2: ``images`` (two images), ``label`` (bool)
-- snli_ve: ``image``, ``premise``, ``label`` (0 contradiction, 1 neutral, 2 entailment)
-- vqa: ``image``, ``answers`` ({answer: score}), ``answer_labels``, ``answer_scores``
+- snli: ``image``, ``premise``, ``label`` (0 contradiction, 1 neutral, 2 entailment)
+- vqav2: ``image``, ``answers`` ({answer: score}), ``answer_labels``, ``answer_scores``
   (ViLT's label ids and soft scores; all empty on test splits)
-- refexp: ``image``, ``boxes`` ([[x0, y0, x1, y1], ...] in pixels), ``target`` (index into boxes)
+- refcoco: ``image``, ``boxes`` ([[x0, y0, x1, y1], ...] in pixels), ``target`` (index into boxes)
 
 Images stay encoded (bytes) unless ``decode_images=True``; `decode_image` turns
 them into RGB PIL images and names the row when it cannot. Every problem raises a
@@ -77,10 +79,10 @@ from typing import Iterator, Sequence
 
 from graphspec.errors import Issue, SpecError, suggest
 
-from .arrow_layouts import ALIASES, FAMILIES, KIND_TEXT, Column, TableSpec, _is, _pyarrow, family_spec
-from .arrow_rows import EXPANDERS, _RowContext, expand_row
-from .records import (MAX_MESSAGES, SKIP_HINT, SNLI_LABELS, TASKS, BadData, ReadStats, _need_stats, check_image,
-                      decode_image, load_images, raise_if_skipped)
+from .arrow_layouts import FAMILIES, KIND_TEXT, Column, TableSpec, _is, _pyarrow, family_spec
+from .arrow_rows import _RowContext, expand_row
+from .records import (MAX_MESSAGES, SKIP_HINT, BadData, ReadStats, _need_stats, check_image, decode_image,
+                      load_images, raise_if_skipped)
 
 SLICE_ROWS = 256  # rows converted to Python at a time: images are copied out of the memory map only this many at once
 
@@ -228,7 +230,7 @@ def _prepare(files: Sequence[Path], spec: TableSpec) -> list:
 def _read_all(opened, spec: TableSpec, skip_bad, stats, decode_images, dedupe) -> Iterator[dict]:
     for path, batches, use in opened:
         name = path.name[:-6] if path.name.endswith(".arrow") else path.name
-        ctx = _RowContext(spec.task, name, dedupe)
+        ctx = _RowContext(spec.family, name, dedupe)
         row_index = 0
         for batch in batches:
             batch = batch.select(use)
@@ -238,7 +240,7 @@ def _read_all(opened, spec: TableSpec, skip_bad, stats, decode_images, dedupe) -
                 for k in range(part.num_rows):
                     ctx.row, ctx.where = row_index, f"{path} row {row_index}"
                     row = {n: v[k] for n, v in cols.items()}
-                    yield from expand_row(spec.task, row, ctx, spec.image_columns, decode_images=decode_images,
+                    yield from expand_row(spec.expand, row, ctx, spec.image_columns, decode_images=decode_images,
                                           skip_bad=skip_bad, stats=stats)
                     row_index += 1
 
@@ -289,8 +291,7 @@ def check_arrow(directory, family: str, split: str = "train", *, tables: Sequenc
 
 
 __all__ = [
-    "TASKS", "SNLI_LABELS", "ReadStats", "BadData", "Column", "TableSpec", "TableInfo", "FAMILIES", "ALIASES",
-    "family_spec", "table_files", "check_schema", "read_table", "read_arrow", "describe", "check_arrow",
-    "decode_image", "check_image", "load_images", "expand_row", "raise_if_skipped",
-    "MAX_MESSAGES", "SKIP_HINT", "KIND_TEXT", "EXPANDERS", "SLICE_ROWS",
+    "ReadStats", "BadData", "Column", "TableSpec", "TableInfo", "FAMILIES", "family_spec", "table_files",
+    "check_schema", "read_table", "read_arrow", "describe", "check_arrow", "decode_image", "check_image",
+    "load_images", "expand_row", "raise_if_skipped", "MAX_MESSAGES", "SKIP_HINT", "KIND_TEXT", "SLICE_ROWS",
 ]

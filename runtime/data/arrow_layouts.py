@@ -1,6 +1,8 @@
 """The layouts of the ViLT/METER/Renaissance Arrow tables: families, splits, columns and their types.
 
-See `runtime.data.arrow` for the tables each family names and the scripts that write them.
+See `graphspec.runtime.data.arrow` for the tables each family names and the scripts that write them. The
+family names (and their short aliases) are the task table's (graphspec.schema.tasks), which says which task
+reads each family.
 """
 
 from __future__ import annotations
@@ -9,6 +11,9 @@ from dataclasses import dataclass
 from typing import Callable, Mapping
 
 from graphspec.errors import EnvironmentProblem, Issue, SpecError, suggest
+from graphspec.schema.tasks import FAMILY_ALIASES, resolve_family
+
+from .arrow_rows import captions_rows, nlvr2_rows, refcoco_rows, snli_rows, vqa_rows
 
 
 def _pyarrow():
@@ -83,7 +88,7 @@ class TableSpec:
     """One family of tables: the files of each split, the columns, and the script that writes them."""
 
     family: str
-    task: str
+    expand: Callable  # (row, context) -> records: this layout's row expander (graphspec.runtime.data.arrow_rows)
     splits: Mapping[str, tuple]  # split -> table names; "{N}" marks numbered shards (sbu_0, sbu_1, ...)
     columns: tuple
     image_columns: tuple
@@ -97,31 +102,31 @@ _CAPTION_COLUMNS = (Column("image", "image"), Column("caption", "str_list"),
                     Column("image_id", "id", required=False), Column("split", "str", required=False))
 
 FAMILIES: dict[str, TableSpec] = {s.family: s for s in (
-    TableSpec("coco_caption_karpathy", "captions",
+    TableSpec("coco_caption_karpathy", captions_rows,
               {"train": ("coco_caption_karpathy_train", "coco_caption_karpathy_restval"),
                "val": ("coco_caption_karpathy_val",), "test": ("coco_caption_karpathy_test",)},
               _CAPTION_COLUMNS, ("image",), "ViLT vilt/utils/write_coco_karpathy.py"),
-    TableSpec("f30k_caption_karpathy", "captions",
+    TableSpec("f30k_caption_karpathy", captions_rows,
               {"train": ("f30k_caption_karpathy_train", "f30k_caption_karpathy_val"),
                "val": ("f30k_caption_karpathy_test",), "test": ("f30k_caption_karpathy_test",)},
               _CAPTION_COLUMNS, ("image",), "ViLT vilt/utils/write_f30k_karpathy.py"),
-    TableSpec("conceptual_caption", "captions",
+    TableSpec("conceptual_caption", captions_rows,
               {"train": ("conceptual_caption_train_{N}",), "val": ("conceptual_caption_val_{N}",)},
               _CAPTION_COLUMNS, ("image",), "ViLT vilt/utils/write_conceptual_caption.py"),
-    TableSpec("sbu", "captions", {"train": ("sbu_{N}",)},
+    TableSpec("sbu", captions_rows, {"train": ("sbu_{N}",)},
               _CAPTION_COLUMNS, ("image",), "ViLT vilt/utils/write_sbu.py"),
-    TableSpec("vg", "captions", {"train": ("vg",)},
+    TableSpec("vg", captions_rows, {"train": ("vg",)},
               (Column("image", "image"), Column("caption", "str_list"),
                Column("x", "num_list", required=False), Column("y", "num_list", required=False),
                Column("width", "num_list", required=False), Column("height", "num_list", required=False),
                Column("image_id", "id", required=False)),
               ("image",), "ViLT vilt/utils/write_vg.py"),
-    TableSpec("nlvr2", "nlvr2",
+    TableSpec("nlvr2", nlvr2_rows,
               {"train": ("nlvr2_train",), "val": ("nlvr2_dev", "nlvr2_test1"), "test": ("nlvr2_dev", "nlvr2_test1")},
               (Column("image_0", "image"), Column("image_1", "image"), Column("questions", "str_list"),
                Column("answers", "str_list"), Column("identifier", "str", required=False)),
               ("image_0", "image_1"), "ViLT vilt/utils/write_nlvr2.py"),
-    TableSpec("vqav2", "vqa",
+    TableSpec("vqav2", vqa_rows,
               {"train": ("vqav2_train", "vqav2_trainable_val"), "val": ("vqav2_rest_val",),
                "test": ("vqav2_test",), "test-dev": ("vqav2_test-dev",)},
               (Column("image", "image"), Column("questions", "str_list"),
@@ -129,28 +134,24 @@ FAMILIES: dict[str, TableSpec] = {s.family: s for s in (
                Column("answer_scores", "num_list_list?"), Column("question_id", "id_list?", required=False),
                Column("image_id", "id", required=False), Column("split", "str", required=False)),
               ("image",), "ViLT vilt/utils/write_vqa.py"),
-    TableSpec("snli", "snli_ve",
+    TableSpec("snli", snli_rows,
               {"train": ("snli_train",), "val": ("snli_dev", "snli_test"), "test": ("snli_dev", "snli_test")},
               (Column("image", "image"), Column("sentences", "str_pair_list"), Column("labels", "int_list")),
               ("image",), "METER meter/utils/write_snli.py"),
-    TableSpec("refcoco", "refexp",
+    TableSpec("refcoco", refcoco_rows,
               {"train": ("refcoco_unc_train",), "val": ("refcoco_unc_val",), "test": ("refcoco_unc_test",)},
               (Column("image", "image"), Column("sentences", "str_list"), Column("bboxes", "box_list"),
                Column("labels", "int_or_int_list")),
               ("image",), "Renaissance renaissance/utils/write_refcoco.py"),
 )}
 
-ALIASES = {"gcc": "conceptual_caption", "coco": "coco_caption_karpathy", "f30k": "f30k_caption_karpathy",
-           "vqa": "vqav2", "snli_ve": "snli", "refexp": "refcoco"}
-
-
 def family_spec(family: str) -> TableSpec:
-    name = ALIASES.get(family, family)
+    name = resolve_family(family)
     if name not in FAMILIES:
         raise SpecError([Issue((), f"unknown Arrow table family '{family}'",
-                               suggest(family, list(FAMILIES) + list(ALIASES)))],
+                               suggest(family, list(FAMILIES) + list(FAMILY_ALIASES)))],
                         title="the data block names an unknown table family")
     return FAMILIES[name]
 
 
-__all__ = ["KIND_TEXT", "Column", "TableSpec", "FAMILIES", "ALIASES", "family_spec"]
+__all__ = ["KIND_TEXT", "Column", "TableSpec", "FAMILIES", "family_spec"]

@@ -1,12 +1,12 @@
-"""Table rows -> training examples, one expander per task (see `runtime.data.arrow` for the records).
+"""Table rows -> records, one expander per table layout (see `graphspec.runtime.data.arrow` for the records).
 
-`expand_row` checks a row's images and yields its examples; it is shared by the
-Arrow and JSONL readers. Bad rows/entries raise, or are counted and skipped.
+`expand_row` checks a row's images and yields its records. Bad rows/entries
+raise, or are counted and skipped.
 """
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 from graphspec.errors import SpecError
 
@@ -24,7 +24,7 @@ def _list(row: dict, column: str, where: str) -> list:
     return value
 
 
-def _captions(row, ctx):
+def captions_rows(row, ctx):
     caps = _list(row, "caption", ctx.where)
     region_cols = ("x", "y", "width", "height")
     regions = None
@@ -53,7 +53,7 @@ def _captions(row, ctx):
         yield ctx.record(j, text=cap, image=row["image"], id=row.get("image_id"), region=region)
 
 
-def _nlvr2(row, ctx):
+def nlvr2_rows(row, ctx):
     questions, answers = _list(row, "questions", ctx.where), _list(row, "answers", ctx.where)
     if len(questions) != len(answers):
         raise _bad_row(ctx.where, "answers", f"{len(answers)} answers for {len(questions)} questions")
@@ -73,7 +73,7 @@ def _nlvr2(row, ctx):
                          label=label, id=row.get("identifier"))
 
 
-def _vqa(row, ctx):
+def vqa_rows(row, ctx):
     questions = _list(row, "questions", ctx.where)
     cols = ("answers", "answer_labels", "answer_scores")
     lists = [_list(row, c, ctx.where) for c in cols]
@@ -106,7 +106,7 @@ def _vqa(row, ctx):
                          id=qids[j] if qids is not None else None)
 
 
-def _snli(row, ctx):
+def snli_rows(row, ctx):
     sentences, labels = _list(row, "sentences", ctx.where), _list(row, "labels", ctx.where)
     if len(sentences) != len(labels):
         raise _bad_row(ctx.where, "labels", f"{len(labels)} labels for {len(sentences)} sentence pairs")
@@ -123,7 +123,7 @@ def _snli(row, ctx):
         yield ctx.record(j, text=pair[1].strip(), premise=pair[0], image=row["image"], label=label, id=None)
 
 
-def _refcoco(row, ctx):
+def refcoco_rows(row, ctx):
     sentences, bboxes = _list(row, "sentences", ctx.where), _list(row, "bboxes", ctx.where)
     boxes = []
     for k, b in enumerate(bboxes):
@@ -149,27 +149,22 @@ def _refcoco(row, ctx):
         yield ctx.record(j, text=s, image=row["image"], boxes=[list(b) for b in boxes], target=t, id=None)
 
 
-EXPANDERS = {"captions": _captions, "nlvr2": _nlvr2, "vqa": _vqa, "snli_ve": _snli, "refexp": _refcoco}
-
-
 class _RowContext:
-    def __init__(self, task: str, table: str, dedupe: bool):
-        self.task, self.table, self.dedupe = task, table, dedupe
+    def __init__(self, family: str, table: str, dedupe: bool):
+        self.family, self.table, self.dedupe = family, table, dedupe
         self.row, self.where = 0, ""
 
     def record(self, entry: int, **fields) -> dict:
-        rec = {"task": self.task, "table": self.table, "row": self.row, "entry": entry, "where": self.where,
+        rec = {"family": self.family, "table": self.table, "row": self.row, "entry": entry, "where": self.where,
                "image_refs": ("column 'image'",)}
         rec.update(fields)
         return rec
 
 
-def expand_row(task: str, row: dict, ctx: _RowContext, images: Sequence[str], *, decode_images: bool,
+def expand_row(expand: Callable, row: dict, ctx: _RowContext, images: Sequence[str], *, decode_images: bool,
                skip_bad: bool, stats: ReadStats) -> Iterator[dict]:
-    """Check a row's images, then yield its examples; bad rows/entries raise, or are counted and skipped.
-
-    Shared by the Arrow and JSONL readers: `row` holds the columns/fields, `images` the keys of its images.
-    """
+    """Check a row's images, then yield its records (`expand(row, ctx)`, the layout's expander); bad
+    rows/entries raise, or are counted and skipped. `images` are the columns that hold images."""
     stats.rows += 1
     try:
         decoded = {}
@@ -179,7 +174,7 @@ def expand_row(task: str, row: dict, ctx: _RowContext, images: Sequence[str], *,
                 decoded[col] = img
         if decoded:
             row = {**row, **decoded}
-        for item in EXPANDERS[task](row, ctx):
+        for item in expand(row, ctx):
             if isinstance(item, BadData):
                 if not skip_bad:
                     raise item
@@ -193,4 +188,4 @@ def expand_row(task: str, row: dict, ctx: _RowContext, images: Sequence[str], *,
         stats.skip(bad.reason, bad.message)
 
 
-__all__ = ["EXPANDERS", "expand_row"]
+__all__ = ["captions_rows", "nlvr2_rows", "vqa_rows", "snli_rows", "refcoco_rows", "expand_row"]

@@ -1,8 +1,11 @@
 """A JSONL manifest + image folder: the format for users' own data.
 
 One JSON object per line; image paths are relative to the image root (the
-manifest's folder unless given), or absolute. Blank lines are ignored. Fields
-per task (``id`` is optional everywhere; any other field is kept in ``extra``)::
+manifest's folder unless given), or absolute. Blank lines are ignored. The reader
+knows no task: which fields a line holds and what they mean is the task's
+`JsonlLayout` (graphspec.runtime.tasks.NAME, its fields from the task table in
+graphspec.schema.tasks). ``id`` is optional everywhere; any other field is kept
+in ``extra``. The built-in tasks read::
 
     captions  {"image": "imgs/1.jpg", "text": "a dog on a sofa"}
               "text" may also be a list of captions: one example each
@@ -15,7 +18,7 @@ per task (``id`` is optional everywhere; any other field is kept in ``extra``)::
                "boxes": [[x0, y0, x1, y1], ...], "target": 0}
               boxes in pixels; target indexes boxes
 
-The records are those of `runtime.data.arrow` (same keys per task), with
+The records are those of `graphspec.runtime.data.arrow` (same keys per task), with
 ``table`` = the manifest's name, ``row`` = the line number and ``where`` =
 ``"<manifest>:<line>"``; VQA records have ``answer_labels`` None (a manifest
 has no label vocabulary). Problems raise a `SpecError` naming file:line; with
@@ -25,97 +28,49 @@ has no label vocabulary). Problems raise a `SpecError` naming file:line; with
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from graphspec.errors import Issue, SpecError, suggest
 
-from .records import (MAX_MESSAGES, SKIP_HINT, SNLI_LABELS, TASKS, BadData, ReadStats, _need_stats, _open_image,
-                      _short, raise_if_skipped)
-
-FIELDS: dict[str, dict[str, str]] = {
-    "captions": {"image": "image path", "text": "caption, or list of captions"},
-    "nlvr2": {"images": "[left image path, right image path]", "text": "statement", "label": "true or false"},
-    "snli_ve": {"image": "image path", "text": "hypothesis", "label": "0/1/2 or contradiction/neutral/entailment"},
-    "vqa": {"image": "image path", "text": "question", "answers": "{answer: score in [0, 1]}"},
-    "refexp": {"image": "image path", "text": "referring expression", "boxes": "[[x0, y0, x1, y1], ...]",
-               "target": "index of the referred box"},
-}
-OPTIONAL: dict[str, tuple] = {"captions": ("id",), "nlvr2": ("id",), "snli_ve": ("id", "premise"), "vqa": ("id",),
-                              "refexp": ("id",)}
+from .records import MAX_MESSAGES, SKIP_HINT, BadData, ReadStats, _need_stats, _open_image, _short, raise_if_skipped
 
 
-def _field_error(where: str, name: str, what: str) -> BadData:
+@dataclass(frozen=True)
+class JsonlLayout:
+    """How one task reads a manifest line.
+
+    fields: the required fields and what each holds (the task table's); optional: fields read when present;
+    images: the field that holds the image path ("image") or paths ("images"); parse(obj, where): the line's
+    examples without images, and its image paths, or BadData.
+    """
+
+    name: str
+    fields: dict[str, str]
+    optional: tuple[str, ...]
+    images: str
+    parse: Callable[[dict, str], tuple[list[dict], list]]
+
+
+def field_error(where: str, name: str, what: str) -> BadData:
     return BadData("malformed entry", f"{where}: field '{name}' {what}", SKIP_HINT)
 
 
-def _text(obj: dict, where: str, name: str = "text") -> str:
+def text_field(obj: dict, where: str, name: str = "text") -> str:
     v = obj[name]
     if not isinstance(v, str) or not v.strip():
-        raise _field_error(where, name, f"must be a non-empty string (got {_short(v)})")
+        raise field_error(where, name, f"must be a non-empty string (got {_short(v)})")
     return v
 
 
-def _is_num(v: Any) -> bool:
+def is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _parse(task: str, obj: dict, where: str) -> tuple[list[dict], list[str]]:
-    """(the line's examples without images, the image paths) — or BadData."""
-    if task == "captions":
-        texts = obj["text"]
-        if isinstance(texts, str):
-            texts = [texts]
-        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) and t.strip() for t in texts):
-            raise _field_error(where, "text",
-                               f"must be a non-empty string or a list of them (got {_short(obj['text'])})")
-        return [{"text": t, "region": None} for t in texts], [obj["image"]]
-    if task == "nlvr2":
-        paths = obj["images"]
-        if not (isinstance(paths, list) and len(paths) == 2):
-            raise _field_error(where, "images", f"must be a list of two image paths (got {_short(paths)})")
-        if not isinstance(obj["label"], bool):
-            raise _field_error(where, "label", f"must be true or false (got {_short(obj['label'])})")
-        return [{"text": _text(obj, where), "label": obj["label"]}], paths
-    if task == "snli_ve":
-        label = obj["label"]
-        if isinstance(label, str) and label.strip().lower() in SNLI_LABELS:
-            label = SNLI_LABELS[label.strip().lower()]
-        if isinstance(label, bool) or label not in (0, 1, 2):
-            raise _field_error(where, "label", f"must be 0 (contradiction), 1 (neutral) or 2 (entailment) "
-                                               f"(got {_short(obj['label'])})")
-        premise = obj.get("premise")
-        if premise is not None and not isinstance(premise, str):
-            raise _field_error(where, "premise", f"must be a string (got {_short(premise)})")
-        return [{"text": _text(obj, where), "premise": premise, "label": label}], [obj["image"]]
-    if task == "vqa":
-        answers = obj["answers"]
-        if not isinstance(answers, dict) or not all(_is_num(s) and 0 <= s <= 1 for s in answers.values()):
-            raise _field_error(where, "answers", f"must map each answer to a score in [0, 1] (got {_short(answers)})")
-        scores = {str(a): float(s) for a, s in answers.items()}
-        return [{"text": _text(obj, where), "answers": scores, "answer_labels": None,
-                 "answer_scores": list(scores.values())}], [obj["image"]]
-    if task == "refexp":
-        boxes = obj["boxes"]
-        if not isinstance(boxes, list) or not boxes:
-            raise _field_error(where, "boxes", f"must be a non-empty list of [x0, y0, x1, y1] (got {_short(boxes)})")
-        for k, b in enumerate(boxes):
-            if not (isinstance(b, list) and len(b) == 4 and all(_is_num(v) for v in b) and b[2] >= b[0]
-                    and b[3] >= b[1]):
-                raise _field_error(where, "boxes", f"box {k} is {_short(b)}, expected [x0, y0, x1, y1] with "
-                                                   f"x1 >= x0 and y1 >= y0")
-        target = obj["target"]
-        if isinstance(target, bool) or not isinstance(target, int) or not 0 <= target < len(boxes):
-            raise _field_error(where, "target", f"must be the index of one of the {len(boxes)} boxes "
-                                                f"(got {_short(target)})")
-        return [{"text": _text(obj, where), "boxes": [[float(v) for v in b] for b in boxes], "target": target}], \
-            [obj["image"]]
-    raise AssertionError(task)
 
 
 def _resolve(root: Path, rel: Any, where: str, name: str) -> tuple[Path, str]:
     if not isinstance(rel, str) or not rel.strip():
-        raise _field_error(where, name, f"must be an image path (got {_short(rel)})")
+        raise field_error(where, name, f"must be an image path (got {_short(rel)})")
     path = Path(rel) if Path(rel).is_absolute() else root / rel
     if not path.is_file():
         raise BadData("missing image file", f"{where}: image file '{rel}' not found (looked for {path})",
@@ -137,15 +92,12 @@ def _manifest_lines(manifest: Path) -> Iterator[tuple[int, str | None, str]]:
             yield n, text, ""
 
 
-def read_jsonl(manifest, task: str, *, image_root=None, skip_bad: bool = False, stats: ReadStats | None = None,
-               decode_images: bool = False) -> Iterator[dict]:
-    """The examples of a JSONL manifest for `task` (see the module docstring), in file order.
+def read_jsonl(manifest, layout: JsonlLayout, *, image_root=None, skip_bad: bool = False,
+               stats: ReadStats | None = None, decode_images: bool = False) -> Iterator[dict]:
+    """The examples of a JSONL manifest read with a task's `layout` (see the module docstring), in file order.
 
-    A missing manifest/image root or unknown task raises at once; lines are read lazily.
+    A missing manifest or image root raises at once; lines are read lazily.
     """
-    if task not in TASKS:
-        raise SpecError([Issue((), f"unknown task '{task}' for a JSONL manifest", suggest(task, TASKS))],
-                        title="the data block names an unknown task")
     manifest = Path(manifest)
     if not manifest.is_file():
         parent = manifest.parent
@@ -159,11 +111,11 @@ def read_jsonl(manifest, task: str, *, image_root=None, skip_bad: bool = False, 
         raise SpecError([Issue((), f"the image root {root} of {manifest} is not a directory")],
                         title="the image folder is missing")
     stats = _need_stats(skip_bad, stats)
-    return _read(manifest, task, root, skip_bad, stats, decode_images)
+    return _read(manifest, layout, root, skip_bad, stats, decode_images)
 
 
-def _read(manifest: Path, task: str, root: Path, skip_bad: bool, stats: ReadStats, decode_images: bool):
-    required, optional = FIELDS[task], OPTIONAL[task]
+def _read(manifest: Path, layout: JsonlLayout, root: Path, skip_bad: bool, stats: ReadStats, decode_images: bool):
+    required, optional, task = layout.fields, layout.optional, layout.name
     name = manifest.name
     for line, text, error in _manifest_lines(manifest):
         where = f"{manifest}:{line}"
@@ -190,11 +142,10 @@ def _read(manifest: Path, task: str, root: Path, skip_bad: bool, stats: ReadStat
                               + ", ".join(f"'{m}' ({required[m]})" for m in missing)
                               + f" for task {task}; fields present: {', '.join(obj) or 'none'}",
                               "; ".join(hints) or f"a {task} line has " + ", ".join(required))
-            examples, rels = _parse(task, obj, where)
-            field = "images" if task == "nlvr2" else "image"
+            examples, rels = layout.parse(obj, where)
             images, refs = [], []
-            for k, rel in enumerate(rels):
-                path, rel = _resolve(root, rel, where, field)
+            for rel in rels:
+                path, rel = _resolve(root, rel, where, layout.images)
                 ref = f"image '{rel}'"
                 images.append(_open_image(path.read_bytes(), f"{where} {ref}", full=decode_images) if decode_images
                               else _checked(path.read_bytes(), f"{where} {ref}"))
@@ -207,9 +158,9 @@ def _read(manifest: Path, task: str, root: Path, skip_bad: bool, stats: ReadStat
             stats.skip(bad.reason, bad.message)
             continue
         for j, ex in enumerate(examples):
-            rec = {"task": task, "table": name, "row": line, "entry": j, "where": where, "image_refs": tuple(refs),
+            rec = {"table": name, "row": line, "entry": j, "where": where, "image_refs": tuple(refs),
                    "id": ident, "extra": extra}
-            if task == "nlvr2":
+            if layout.images == "images":
                 rec["images"] = tuple(images)
             else:
                 rec["image"] = images[0]
@@ -223,14 +174,14 @@ def _checked(data: bytes, where: str) -> bytes:
     return data
 
 
-def check_jsonl(manifest, task: str, *, image_root=None, decode_images: bool = False,
+def check_jsonl(manifest, layout: JsonlLayout, *, image_root=None, decode_images: bool = False,
                 max_issues: int = MAX_MESSAGES) -> ReadStats:
     """Read a whole manifest and report *every* bad line at once (a SpecError listing them), else the stats."""
     stats = ReadStats()
-    for _ in read_jsonl(manifest, task, image_root=image_root, skip_bad=True, stats=stats,
+    for _ in read_jsonl(manifest, layout, image_root=image_root, skip_bad=True, stats=stats,
                         decode_images=decode_images):
         pass
     return raise_if_skipped(stats, max_issues)
 
 
-__all__ = ["FIELDS", "OPTIONAL", "read_jsonl", "check_jsonl"]
+__all__ = ["JsonlLayout", "read_jsonl", "check_jsonl", "field_error", "text_field", "is_number"]

@@ -1,7 +1,7 @@
-"""Pieces shared by the Arrow and JSONL readers: read stats, bad-data errors, image checks, task names.
+"""Pieces shared by the Arrow and JSONL readers: read stats, bad-data errors, image checks.
 
-`runtime.data.arrow` and `runtime.data.jsonl` both yield plain dicts per example
-(see `runtime.data.arrow` for the records); the helpers here count what a read
+`graphspec.runtime.data.arrow` and `.jsonl` both yield plain dicts per example
+(see `graphspec.runtime.data.arrow` for the records); the helpers here count what a read
 skipped (`ReadStats`), carry a bad row/entry (`BadData`) and open, check or
 decode encoded images, naming the file, row and column when they cannot.
 """
@@ -15,8 +15,6 @@ from typing import Any, Mapping
 
 from graphspec.errors import Issue, SpecError
 
-TASKS = ("captions", "nlvr2", "snli_ve", "vqa", "refexp")
-SNLI_LABELS = {"contradiction": 0, "neutral": 1, "entailment": 2}
 MAX_MESSAGES = 50  # detailed messages kept in ReadStats
 
 
@@ -132,6 +130,6 @@ def raise_if_skipped(stats: ReadStats, max_issues: int = MAX_MESSAGES) -> ReadSt
 
 
 __all__ = [
-    "TASKS", "SNLI_LABELS", "MAX_MESSAGES", "SKIP_HINT", "ReadStats", "BadData", "decode_image", "check_image",
+    "MAX_MESSAGES", "SKIP_HINT", "ReadStats", "BadData", "decode_image", "check_image",
     "load_images", "raise_if_skipped",
 ]

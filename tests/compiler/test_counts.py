@@ -9,7 +9,7 @@ import torch
 from transformers import BertConfig, BertModel, ElectraConfig, ElectraModel
 
 import graphspec
-from compiler import compile_spec
+from graphspec.compiler import compile_spec
 
 SPECS = Path(__file__).resolve().parents[2] / "specs"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import graphspec
-from compiler import build_model, compile_spec
+from graphspec.compiler import build_model, compile_spec
 from graphspec.errors import SpecError
 
 

@@ -7,7 +7,7 @@ import shutil
 import torch
 
 import graphspec
-from compiler import build_model, compile_spec, write_artifacts
+from graphspec.compiler import build_model, compile_spec, write_artifacts
 
 
 def _batch(spec, batch: int = 3) -> dict:

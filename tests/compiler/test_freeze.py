@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import graphspec
-from compiler import build_model, compile_spec
+from graphspec.compiler import build_model, compile_spec
 
 
 def _plan(tiny, write_spec):

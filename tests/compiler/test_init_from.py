@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import save_file
 
 import graphspec
-from compiler import build_model, compile_spec
+from graphspec.compiler import build_model, compile_spec
 from graphspec.errors import SpecError
 
 
@@ -25,7 +25,8 @@ def test_new_heads_start_fresh_and_old_weights_load(tiny, write_spec, checkpoint
     directory, weights = checkpoint
     tiny["init_from"] = str(directory)
     tiny["heads"] = {"ve": {"kind": "classify", "input": "pooled", "classes": 3}}
-    tiny["objectives"] = {}
+    tiny["objectives"] = {"ve": {"kind": "classify"}}
+    tiny["data"] = {"train": {"task": "snli_ve"}}
     spec = graphspec.load(write_spec(tiny, "finetune.yaml"))
     compiled = compile_spec(spec)
     report = compiled.summary["init_from"]

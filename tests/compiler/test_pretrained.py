@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import save_file
 
 import graphspec
-from compiler import build_model, compile_spec
+from graphspec.compiler import build_model, compile_spec
 from graphspec.errors import GraphspecError
 
 

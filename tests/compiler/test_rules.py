@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import graphspec
-from compiler import compile_spec
+from graphspec.compiler import compile_spec
 from graphspec.errors import EnvironmentProblem, SpecError
 
 

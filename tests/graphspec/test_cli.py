@@ -95,13 +95,14 @@ def test_a_missing_spec_file_exits_2(workdir, capsys):
     assert "error: nope.yaml: no such file" in capsys.readouterr().err
 
 
-def test_validate_prints_the_spec_warnings(write, spec_text, capsys):
-    text = spec_text[: spec_text.index("objectives:")] + spec_text[spec_text.index("train:"):]
+def test_validate_prints_the_warnings(write, spec_text, capsys):
+    text = spec_text.replace("\nheads:", "\n  spare: {kind: projection, input: pooled, width: 8}\nheads:", 1)
     assert main(["validate", write(text)]) == 0
     out, err = capsys.readouterr()
-    assert "warning: spec.yaml: objectives: no objectives: nothing would train the heads" in err
+    assert "warning: spec.yaml:" in err and "nodes.spare: 'spare' feeds no head: it would be computed for nothing" in err
     assert out.startswith("spec.yaml: ok (") and "trainable" in out
-    assert graphspec.validate(graphspec.load("spec.yaml"))[0].message == "no objectives: nothing would train the heads"
+    assert graphspec.validate(graphspec.load("spec.yaml"))[0].message == \
+        "'spare' feeds no head: it would be computed for nothing"
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:

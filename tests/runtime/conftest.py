@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import graphspec
-from runtime.build import read_build
+from graphspec.runtime.build import read_build
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ pa = pytest.importorskip("pyarrow")
 from PIL import Image  # noqa: E402
 
 from graphspec.errors import SpecError  # noqa: E402
-from runtime.data.arrow import (ReadStats, check_arrow, decode_image, describe, load_images, read_arrow,  # noqa: E402
+from graphspec.runtime.data.arrow import (ReadStats, check_arrow, decode_image, describe, load_images, read_arrow,  # noqa: E402
                                 read_table, table_files)
 
 
@@ -72,7 +72,7 @@ def test_coco_karpathy_captions(tmp_path):
     assert [r["text"] for r in recs] == ["a red square.", "a red block", "red!", "something red",
                                         "a green thing", "blue one", "blue two"]
     assert [r["table"] for r in recs] == ["coco_caption_karpathy_train"] * 5 + ["coco_caption_karpathy_restval"] * 2
-    assert recs[0]["id"] == "COCO_train2014_000000000009.jpg" and recs[0]["task"] == "captions"
+    assert recs[0]["id"] == "COCO_train2014_000000000009.jpg" and recs[0]["family"] == "coco_caption_karpathy"
     assert recs[0]["region"] is None and (recs[1]["row"], recs[1]["entry"]) == (0, 1)
     assert isinstance(recs[0]["image"], bytes)
     img = decode_image(recs[0]["image"], recs[0]["where"])
@@ -154,7 +154,7 @@ def test_snli_ve_hypothesis_and_labels(tmp_path):
     recs = list(read_arrow(tmp_path, "snli_ve", "train"))
     assert [(r["text"], r["label"]) for r in recs] == [("Animals move.", 2), ("Cats sleep.", 0),
                                                        ("The dogs are old.", 1)]
-    assert recs[0]["premise"] == "Two dogs run." and recs[0]["task"] == "snli_ve"
+    assert recs[0]["premise"] == "Two dogs run." and recs[0]["family"] == "snli"
 
 
 def test_refcoco_boxes_and_target(tmp_path):

@@ -14,10 +14,8 @@ import yaml
 from safetensors.torch import load_file
 
 from graphspec.cli import main
-from runtime.batches import Roles
-from runtime.captions import CaptionsTask
-from runtime.supervised import SupervisedTask
-from runtime.text import load_tokenizer
+from graphspec.runtime.tasks import REGISTRY
+from graphspec.runtime.text import load_tokenizer
 
 STEPS = 12
 TOLERANCE = 2e-4  # per logged loss (which metrics.jsonl rounds to 5 decimals); measured: equal to all 5
@@ -37,7 +35,7 @@ def spec_file(train_spec, tmp_path):
 
 
 def _ranks(args: list[str]) -> subprocess.CompletedProcess:
-    from runtime.study import fresh_env
+    from graphspec.study_run import fresh_env
 
     return subprocess.run([sys.executable, "-m", "graphspec.cli", "run", *args], capture_output=True, text=True,
                           env=fresh_env(), timeout=300)
@@ -95,12 +93,19 @@ def _as_rank(monkeypatch, rank: int, world: int) -> None:
     monkeypatch.setenv("WORLD_SIZE", str(world))
 
 
+def _task(spec, build_dir, tokenizer=None):
+    """The spec's task over random pixels, with a trained vocabulary unless a tokenizer is given."""
+    roles = spec.roles()
+    cls = REGISTRY[roles.task.name]
+    data = cls.read(spec, roles, lambda img: torch.rand(3, 32, 32))
+    return cls(spec, roles, data, tokenizer or load_tokenizer(spec, "text", 128, build_dir, data.texts))
+
+
 def test_each_rank_trains_on_its_own_slice_of_the_global_batch(train_spec, compile_build, monkeypatch):
     """The trajectory test alone would pass if every rank trained on the whole batch; this one would not."""
     build = compile_build(train_spec)
     spec = build.spec
-    task = CaptionsTask(spec, Roles.of(spec), lambda img: torch.rand(3, 32, 32))
-    task.tokenizer = load_tokenizer(spec, "text", 128, build.dir, task.texts())
+    task = _task(spec, build.dir)
     whole = task.train_batch(8, 5)
     parts = []
     for rank in (0, 1):
@@ -115,10 +120,9 @@ def test_each_rank_trains_on_its_own_slice_of_the_global_batch(train_spec, compi
 
     train_spec.update(heads={"nli": {"kind": "classify", "input": "pooled", "classes": 3}},
                       objectives={"nli": {"kind": "classify"}}, data={"train": {"task": "snli_ve", "samples": 24}})
-    spec = compile_build(train_spec).spec
+    build = compile_build(train_spec)
     _as_rank(monkeypatch, 0, 1)
-    supervised = SupervisedTask(spec, lambda img: torch.rand(3, 32, 32))
-    supervised.tokenizer = task.tokenizer
+    supervised = _task(build.spec, build.dir, task.tokenizer)
     whole = supervised.train_batch(6, 2)
     parts = []
     for rank in (0, 1):
@@ -129,11 +133,13 @@ def test_each_rank_trains_on_its_own_slice_of_the_global_batch(train_spec, compi
 
 
 def test_a_mistake_found_by_the_ranks_is_located_in_the_spec_file(spec_file, tmp_path, line_of):
-    done = _ranks([str(spec_file), "--nproc", "2", "--set", "data.train.task=snli_ve", "--run-dir",
-                   str(tmp_path / "r"), "--build-dir", str(tmp_path / "b")])
+    """Only the data can tell: the generator has 2183 train scenes, not 5000 (validate cannot know)."""
+    spec_file.write_text(spec_file.read_text().replace("samples: 64", "samples: 5000"))
+    done = _ranks([str(spec_file), "--nproc", "2", "--run-dir", str(tmp_path / "r"), "--build-dir",
+                   str(tmp_path / "b")])
     assert done.returncode == 2
-    assert f"rank 1: error: {spec_file}:{line_of(spec_file, 'objectives:')}:1: objectives: the snli_ve task" \
-        in done.stderr
+    assert f"rank 1: error: {spec_file}:{line_of(spec_file, 'samples: 5000')}:" in done.stderr
+    assert "data.train.samples: asked for 5000 train scenes" in done.stderr
     assert "of 2 failed (exit code 2)" in done.stderr and "Traceback" not in done.stderr
 
 

@@ -5,19 +5,19 @@ from __future__ import annotations
 import pytest
 import torch
 
-from compiler import build_model
-from runtime.batches import Roles
-from runtime.captions import CaptionsTask
-from runtime.engine import make_trainer
-from runtime.text import load_tokenizer
+from graphspec.compiler import build_model
+from graphspec.runtime.engine import make_trainer
+from graphspec.runtime.tasks.captions import Captions
+from graphspec.runtime.text import load_tokenizer
 
 
 def _steps(build, n: int = 3):
     spec = build.spec
     model, plan = build_model(spec)
-    trainer = make_trainer(spec, model, build.freeze, build.groups, build.ds_config)
-    task = CaptionsTask(spec, Roles.of(spec), lambda img: torch.rand(3, 32, 32))
-    task.tokenizer = load_tokenizer(spec, "text", 128, build.dir, ["a red circle left of a blue square"] * 4)
+    trainer = make_trainer(spec, model, build.plan, build.groups, build.ds_config)
+    data = Captions.read(spec, spec.roles(), lambda img: torch.rand(3, 32, 32))
+    task = Captions(spec, spec.roles(), data,
+                    load_tokenizer(spec, "text", 128, build.dir, lambda: ["a red circle left of a blue square"] * 4))
     for i in range(n):
         batch = task.train_batch(8, i)
         trainer.engine.backward(task.losses(trainer.forward(batch), batch)["loss"])
@@ -50,7 +50,7 @@ def test_frozen_modules_stay_in_eval_after_train(train_spec, compile_build):
     trainer.eval()
     trainer.train()
     module = trainer.engine.module
-    assert not trainer.split.towers["vision_tower"].training
+    assert not trainer.cut.towers["vision_tower"].training
     assert not module.get_submodule("text_tower.model.encoder.layer.0").training
     assert module.get_submodule("text_tower.model.encoder.layer.1").training
     assert module.get_submodule("fusion").training

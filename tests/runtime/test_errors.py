@@ -8,8 +8,8 @@ import pytest
 
 from graphspec.cli import main
 from graphspec.errors import GraphspecError
-from runtime.build import BuildError, read_build
-from runtime.run import run
+from graphspec.runtime.build import BuildError, read_build
+from graphspec.runtime.run import run
 
 
 def test_build_directory_from_another_version(train_spec, compile_build, capsys):
@@ -18,11 +18,23 @@ def test_build_directory_from_another_version(train_spec, compile_build, capsys)
     manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "format_version": 999}))
     with pytest.raises(BuildError) as info:
         read_build(build.dir)
-    assert "build format version 999; this graphspec reads version 1" in info.value.format()
+    assert "build format version 999 (written by graphspec 0.2.0); this graphspec (0.2.0) reads version 2" \
+        in info.value.format()
     assert main(["run", str(build.dir)]) == 2
     err = capsys.readouterr().err
     assert "manifest.json: build format version 999" in err and "fix: recompile it: graphspec compile SPEC -o" in err
     assert "Traceback" not in err
+
+
+def test_a_build_from_graphspec_0_1_is_refused_naming_its_version(train_spec, compile_build, capsys):
+    """0.1's builds (top-level `compiler`/`runtime` packages, format 1) are recompiled, not guessed at."""
+    build = compile_build(train_spec)
+    manifest = build.dir / "manifest.json"
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "format_version": 1, "graphspec": "0.1.0"}))
+    assert main(["run", str(build.dir)]) == 2
+    err = capsys.readouterr().err
+    assert "build format version 1 (written by graphspec 0.1.0); this graphspec (0.2.0) reads version 2" in err
+    assert "fix: recompile it: graphspec compile SPEC -o" in err
 
 
 def test_incomplete_build_directory(tmp_path, capsys):
@@ -74,9 +86,14 @@ def test_a_launcher_with_another_number_of_processes(train_spec, write_spec, tmp
     assert "give `--nproc 3`" in err and "Traceback" not in err
 
 
-def test_an_objective_the_task_does_not_train(train_spec, compile_build, tmp_path):
+def test_an_objective_the_task_does_not_train_is_refused_by_validate(train_spec, write_spec, tmp_path, capsys,
+                                                                    monkeypatch, line_of):
+    """`validate` refuses it, located, before any run: the task table's rule, not the runtime, finds it."""
+    monkeypatch.chdir(tmp_path)
     train_spec["heads"]["ve"] = {"kind": "classify", "input": "pooled", "classes": 3}
     train_spec["objectives"]["ve"] = {"kind": "classify"}
-    with pytest.raises(GraphspecError) as info:
-        run(compile_build(train_spec), tmp_path / "run", show_bar=False)
-    assert "objectives.ve: the captions task trains mlm, itm and itc objectives, not 'classify'" in info.value.format()
+    path = write_spec(train_spec)
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"spec.yaml:{line_of(path, 've:', 2)}:" in err
+    assert "objectives.ve: the captions task trains mlm, itm and itc objectives, not 'classify'" in err

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from runtime.metrics import accuracy, classify_loss, itc_loss, recall_at_k, vqa_loss, vqa_score
+from graphspec.runtime.metrics import accuracy, classify_loss, itc_loss, recall_at_k, vqa_loss, vqa_score
 
 
 def test_itc_loss_is_low_when_the_diagonal_wins():

@@ -7,9 +7,9 @@ import random
 import torch
 
 from graphspec.schema import DataSource
-from runtime.data import shapes as gen
-from runtime.data.pairs import SceneSet
-from runtime.objectives import IGNORE, mask_tokens, mlm_loss
+from graphspec.runtime.data import scenes as gen
+from graphspec.runtime.tasks.caption_sources import SceneSet
+from graphspec.runtime.objectives import IGNORE, mask_tokens, mlm_loss
 
 
 def _scene_set(n: int = 40) -> SceneSet:

@@ -40,7 +40,7 @@ def _losses(run_dir) -> dict[int, float]:
 
 
 def _start(spec_file, run_dir):
-    from runtime.study import fresh_env
+    from graphspec.study_run import fresh_env
 
     return subprocess.Popen([sys.executable, "-m", "graphspec.cli", "run", str(spec_file), "--run-dir",
                              str(run_dir), "--build-dir", str(run_dir.parent / "build-killed")],

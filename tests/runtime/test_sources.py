@@ -8,7 +8,7 @@ import json
 import pytest
 from PIL import Image
 
-from runtime.run import run
+from graphspec.runtime.run import run
 
 pa = pytest.importorskip("pyarrow")
 
@@ -96,15 +96,21 @@ def test_captions_pretraining_from_coco_and_vg_arrow_tables(train_spec, compile_
 
 
 def test_caption_pairs_from_a_jsonl_manifest(tmp_path):
+    import graphspec
+    from graphspec.runtime.tasks.captions import pair_source
     from graphspec.schema import DataSource
-    from runtime.sources import file_captions
+    from tests.conftest import TINY
 
     for name, rgb in COLOURS.items():
         (tmp_path / f"{name}.png").write_bytes(png(rgb, (8, 8)))
     lines = [{"image": f"{name}.png", "text": [f"a {name} square", f"{name} everywhere"]} for name in COLOURS]
     (tmp_path / "captions.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     source = DataSource(source=f"jsonl:{tmp_path / 'captions.jsonl'}")
-    pairs = file_captions(source, ("data", "train"), lambda a: __import__("torch").from_numpy(a.copy()).permute(2, 0, 1))
+    spec = graphspec.Spec.model_validate({**TINY, "data": {"train": source.model_dump()}})
+    stats = {}
+    pairs = pair_source(spec, spec.roles(), source, "train",
+                        lambda a: __import__("torch").from_numpy(a.copy()).permute(2, 0, 1), stats)
+    assert stats == {"train": {"read": 8, "rows": 4, "skipped": 0, "reasons": {}}}
     assert len(pairs) == 4 and len(pairs.texts()) == 8
     batch = pairs.train_batch(64, 0.5, seed=0, index=3)
     again = pairs.train_batch(64, 0.5, seed=0, index=3)
@@ -153,16 +159,16 @@ def test_vqa_from_a_manifest_evaluates_with_the_vocabulary_it_trained_with(train
     assert state["answers"] == sorted(COLOURS)
     capsys.readouterr()
     assert main(["eval", str(tmp_path / "run")]) == 0  # the val manifest alone names one answer of the four
-    assert json.loads(capsys.readouterr().out)["vqa_vqa_score"] == summary["val"]["vqa_vqa_score"]
+    assert json.loads(capsys.readouterr().out)["vqa_score"] == summary["val"]["vqa_score"]
 
 
 def test_a_wide_image_is_squashed_not_cropped_so_region_boxes_stay_right(tiny):
     """RefCOCO boxes are fractions of the whole image: a centre crop of a wide image would cut its sides off."""
     import numpy as np
 
-    from compiler import build_model
+    from graphspec.compiler import build_model
     from graphspec.schema import Spec
-    from runtime.images import image_transform
+    from graphspec.compiler.preprocess import image_transform
 
     spec = Spec.model_validate(tiny)
     model, _ = build_model(spec)

@@ -8,16 +8,13 @@ from collections import Counter, defaultdict
 import numpy as np
 import pytest
 
-from runtime.data.shapes import COLORS, ShapesConfig, describes, render
-from runtime.data.tasks import (
-    answer_vocabulary,
-    nlvr2,
-    refexp,
-    retrieval,
-    shape_box,
-    snli_ve,
-    vqa,
-)
+from graphspec.runtime.data.scenes import COLORS, ShapesConfig, describes, render, shape_box
+from graphspec.runtime.tasks.nlvr2 import generate as nlvr2
+from graphspec.runtime.tasks.refexp import generate as refexp
+from graphspec.runtime.tasks.retrieval import generate as retrieval
+from graphspec.runtime.tasks.snli_ve import generate as snli_ve
+from graphspec.runtime.tasks.vqa import answer_vocabulary
+from graphspec.runtime.tasks.vqa import generate as vqa
 
 CFG = ShapesConfig()
 BIG = ShapesConfig(max_shapes=4)

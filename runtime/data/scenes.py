@@ -36,7 +36,7 @@ SPLITS: tuple[str, ...] = ("train", "val", "test")
 _CELLS = 4  # 2x2 grid: 0=top-left, 1=top-right, 2=bottom-left, 3=bottom-right
 _BUCKETS = ("train",) * 8 + ("val", "test")  # content hash mod 10 -> split
 _NUMBERS = ("one", "two", "three", "four")
-_RELATIONS: dict[str, Callable[[int, int], bool]] = {
+RELATIONS: dict[str, Callable[[int, int], bool]] = {
     "left of": lambda a, b: a % 2 < b % 2,
     "right of": lambda a, b: a % 2 > b % 2,
     "above": lambda a, b: a // 2 < b // 2,
@@ -251,7 +251,7 @@ def caption(scene: Scene, rng: random.Random) -> str:
         noun = "shape" if len(shapes) == 1 else "shapes"
         return f"{_NUMBERS[len(shapes) - 1]} {noun}: {listing}"
     a, b = rng.sample(shapes, 2)
-    relation = rng.choice([name for name, holds in _RELATIONS.items() if holds(a.cell, b.cell)])
+    relation = rng.choice([name for name, holds in RELATIONS.items() if holds(a.cell, b.cell)])
     if form == "the" and _unique(scene, a) and _unique(scene, b):
         return f"{_phrase(a, 'the')} is {relation} {_phrase(b, 'the')}"
     return f"{_phrase(a)} {relation} {_phrase(b)}"
@@ -270,7 +270,7 @@ def _object(words: list[str], article: str) -> tuple[tuple[str, str], list[str]]
 
 
 def _relation(words: list[str]) -> tuple[str, list[str]]:
-    for name in _RELATIONS:
+    for name in RELATIONS:
         if words[:len(name.split())] == name.split():
             return name, words[len(name.split()):]
     raise ValueError(f"expected a relation at {' '.join(words)!r}")
@@ -307,7 +307,7 @@ def _relation_true(scene: Scene, words: list[str], article: str) -> bool:
     b = [s for s in scene.shapes if (s.color, s.kind) == second]
     if article == "the" and (len(a) != 1 or len(b) != 1):
         return False
-    return any(x is not y and _RELATIONS[relation](x.cell, y.cell) for x in a for y in b)
+    return any(x is not y and RELATIONS[relation](x.cell, y.cell) for x in a for y in b)
 
 
 def describes(scene: Scene, text: str) -> bool:

@@ -3,7 +3,7 @@ import random
 import numpy as np
 import pytest
 
-from runtime.data.shapes import (
+from graphspec.runtime.data.scenes import (
     COLORS,
     SHAPES,
     Scene,

@@ -1,10 +1,8 @@
-"""NLVR2- and SNLI-VE-style tasks on the built-in scenes: statements judged against images.
+"""SNLI-VE: an image and a hypothesis, entailment / neutral / contradiction (a `classify` head, 3 classes).
 
-Text comes first: the label is planned, the template and its fill-ins are drawn
-without looking at any image, and then the first unused scene (or pair) that gives
-that text the planned label is taken.  So every template occurs equally often with
-every label (exactly, give or take one), and every filled-in text is equally likely
-under every label: a model that reads only the text is at chance.
+Built-in examples join visible claims with an invisible property P (made of wood, heavy, ...), so one and the
+same text can take any label, decided by the image; files are METER's `snli` Arrow tables (the hypothesis is
+the text) or a JSONL manifest.
 """
 
 from __future__ import annotations
@@ -13,18 +11,24 @@ import random
 from dataclasses import dataclass
 from typing import Callable
 
-from .shapes import Scene, ShapesConfig
-from .tasks_base import POSITIONS, Plan, Pool, Thing, at, draw, random_thing, task_rng
+from graphspec.schema import TASKS
 
+from ..data.jsonl import JsonlLayout, field_error, text_field
+from ..data.records import _short
+from ..data.scene_text import (
+    POSITIONS,
+    Plan,
+    Pool,
+    Thing,
+    at,
+    draw,
+    random_thing,
+    task_rng,
+)
+from ..data.scenes import Scene, ShapesConfig
+from .base import Example, ExampleTask, pixels, register
 
-@dataclass(frozen=True)
-class PairStatement:
-    """NLVR2: is the statement true of the two images together (scene_0 is the left one)?"""
-
-    scene_0: Scene
-    scene_1: Scene
-    statement: str
-    label: bool
+LABELS = {"contradiction": 0, "neutral": 1, "entailment": 2}
 
 
 @dataclass(frozen=True)
@@ -38,20 +42,6 @@ class Entailment:
 
 CONTRADICTION, NEUTRAL, ENTAILMENT = 0, 1, 2
 
-# family -> (template, truth of (left contains it, right contains it))
-EXISTS: dict[str, tuple[str, Callable[[bool, bool], bool]]] = {
-    "both": ("both images contain {}", lambda a, b: a and b),
-    "exactly one": ("exactly one image contains {}", lambda a, b: a != b),
-    "neither": ("neither image contains {}", lambda a, b: not a and not b),
-}
-# family -> (template, truth of (count in left, count in right))
-COUNTS: dict[str, tuple[str, Callable[[int, int], bool]]] = {
-    "more": ("the left image has more {} than the right image", lambda a, b: a > b),
-    "fewer": ("the left image has fewer {} than the right image", lambda a, b: a < b),
-    "same": ("both images have the same number of {}", lambda a, b: a == b),
-}
-NLVR2_TEMPLATES = {**{k: v[0] for k, v in EXISTS.items()}, **{k: v[0] for k, v in COUNTS.items()}}
-
 # properties no picture of a flat coloured shape can show: (adjective, predicate)
 INVISIBLE = (("wooden", "made of wood"), ("metal", "made of metal"), ("glass", "made of glass"),
              ("heavy", "heavy"), ("hollow", "hollow"), ("soft", "soft"))
@@ -62,34 +52,7 @@ SNLI_VE_TEMPLATES = {
 }
 
 
-def nlvr2(config: ShapesConfig, split: str, n: int, seed: int = 0) -> list[PairStatement]:
-    """n statements about two images, half true; each scene is used in one example only.
-
-    Templates (NLVR2_TEMPLATES) about a thing T ('a red circle', 'a red shape', 'a circle'):
-    'both / exactly one / neither image(s) contain T' and 'the left image has more / fewer T
-    than the right image', 'both images have the same number of T'.  For the existence
-    templates, false pairs are drawn evenly over the ways of being false (for 'both': only
-    left, only right, neither), so no single image decides the answer.
-    """
-    rng, pool = task_rng("nlvr2", split, seed), Pool(config, split, "nlvr2")
-
-    def make(label: bool, family: str) -> PairStatement | None:
-        thing = random_thing(config, rng)
-        if family in EXISTS:
-            template, truth = EXISTS[family]
-            combo = rng.choice([(a, b) for a in (False, True) for b in (False, True) if truth(a, b) == label])
-            pair = pool.take_pair(lambda s: thing.count(s) > 0, lambda a, b: (a, b) == combo, rng)
-            text = template.format(thing.phrase())
-        else:
-            template, truth = COUNTS[family]
-            pair = pool.take_pair(thing.count, lambda a, b: truth(a, b) == label, rng)
-            text = template.format(thing.plural())
-        return None if pair is None else PairStatement(pair[0], pair[1], text, label)
-
-    return draw(pool, n, Plan(rng, (False, True), lambda _: list(NLVR2_TEMPLATES)), make)
-
-
-def snli_ve(config: ShapesConfig, split: str, n: int, seed: int = 0) -> list[Entailment]:
+def generate(config: ShapesConfig, split: str, n: int, seed: int = 0) -> list[Entailment]:
     """n hypotheses about one image each, a third per label (0 contradiction, 1 neutral, 2 entailment).
 
     Each hypothesis joins visible claims with an invisible property P (made of wood, heavy, ...),
@@ -140,3 +103,32 @@ def _hypothesis(config: ShapesConfig, family: str, rng: random.Random
             return CONTRADICTION
         return ENTAILMENT if claimed.matches(shape) else NEUTRAL
     return text, judge
+
+
+def _parse(obj: dict, where: str) -> tuple[list[dict], list]:
+    label = obj["label"]
+    if isinstance(label, str) and label.strip().lower() in LABELS:
+        label = LABELS[label.strip().lower()]
+    if isinstance(label, bool) or label not in (0, 1, 2):
+        raise field_error(where, "label", f"must be 0 (contradiction), 1 (neutral) or 2 (entailment) "
+                                          f"(got {_short(obj['label'])})")
+    premise = obj.get("premise")
+    if premise is not None and not isinstance(premise, str):
+        raise field_error(where, "premise", f"must be a string (got {_short(premise)})")
+    return [{"text": text_field(obj, where), "premise": premise, "label": label}], [obj["image"]]
+
+
+@register
+class SnliVe(ExampleTask):
+    name = "snli_ve"
+    jsonl = JsonlLayout(name, TASKS[name].fields, TASKS[name].optional, "image", _parse)
+
+    @classmethod
+    def generate_examples(cls, config, source, n, px):
+        return [Example((px(e.scene),), e.hypothesis, e.label) for e in generate(config, source.split, n,
+                                                                                source.shapes.seed)]
+
+    @classmethod
+    def example(cls, record, transform):
+        return Example((pixels(record["image"], record.get("where", ""), transform)[0],), record["text"],
+                       int(record["label"]))

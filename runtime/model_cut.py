@@ -1,10 +1,10 @@
-"""Taking wholly frozen input-side towers out of the model the engine trains.
+"""The model cut around its outside towers: wholly frozen input-side towers taken out of what the engine trains.
 
 A tower that is frozen whole and reads only model inputs needs no gradient and
 no optimizer state, and under ZeRO-3 DeepSpeed would shard and re-gather its
-weights every step. It runs outside the engine (runtime.towers: under no_grad,
-in eval mode); the engine gets the rest of the graph, with the tower's output as
-an input. Which towers go out is decided by compiler.placement.
+weights every step. It runs outside the engine (graphspec.runtime.towers: under
+no_grad, in eval mode); the engine gets the rest of the graph, with the tower's
+output as an input. Which towers go out is decided by graphspec.compiler.placement.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch.fx as fx
 from torch import nn
 
 
-class Split(nn.Module):
+class ModelCut(nn.Module):
     """`towers` (frozen, outside) feeding `inner` (what the engine trains)."""
 
     def __init__(self, gm: fx.GraphModule, towers: list[str]):

@@ -1,5 +1,6 @@
-"""Shared machinery of the downstream tasks: a split's scenes handed out once each,
-balanced plans of labels and templates, and the phrases the templates fill in.
+"""Shared machinery of the downstream tasks' generators on the built-in scenes: a split's scenes handed out
+once each, balanced plans of labels and templates, and the phrases the templates fill in (each task's own
+generator lives in its module, graphspec.runtime.tasks.NAME).
 
 Every task picks its text (and label) first, independently of any image, and only
 then looks for the first unused scene of the split that gives that text that label.
@@ -14,7 +15,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Hashable, Iterator, Sequence, TypeVar
 
-from .shapes import Scene, Shape, ShapesConfig, scenes, split_size
+from .scenes import Scene, Shape, ShapesConfig, scenes, split_size
 
 T = TypeVar("T")
 
@@ -22,12 +23,6 @@ LOOKAHEAD = 1024  # unused scenes one text may look through before it is redrawn
 TRIES = 20  # texts drawn for one example before the split counts as spent
 POSITIONS = ("top left", "top right", "bottom left", "bottom right")  # by cell
 NUMBERS = ("zero", "one", "two", "three", "four")
-RELATIONS: dict[str, Callable[[int, int], bool]] = {  # cell a is <relation> cell b
-    "left of": lambda a, b: a % 2 < b % 2,
-    "right of": lambda a, b: a % 2 > b % 2,
-    "above": lambda a, b: a // 2 < b // 2,
-    "below": lambda a, b: a // 2 > b // 2,
-}
 GRAINS = ("both", "color", "kind")
 
 

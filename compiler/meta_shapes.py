@@ -22,14 +22,15 @@ def meta_inputs(spec: Spec) -> dict[str, torch.Tensor]:
     """Meta tensors for the model's inputs."""
     out = {}
     for name, inp in spec.inputs.items():
+        tensors = inp.tensors(name)
         if inp.modality == "text":
-            out[f"{name}_ids"] = torch.zeros(BATCH, inp.max_length, dtype=torch.long, device="meta")
-            out[f"{name}_mask"] = torch.ones(BATCH, inp.max_length, dtype=torch.long, device="meta")
+            out[tensors[0]] = torch.zeros(BATCH, inp.max_length, dtype=torch.long, device="meta")
+            out[tensors[1]] = torch.ones(BATCH, inp.max_length, dtype=torch.long, device="meta")
         elif inp.modality == "boxes":
-            out[name] = torch.zeros(BATCH, inp.max_candidates, 4, device="meta")
-            out[f"{name}_mask"] = torch.ones(BATCH, inp.max_candidates, dtype=torch.bool, device="meta")
+            out[tensors[0]] = torch.zeros(BATCH, inp.max_candidates, 4, device="meta")
+            out[tensors[1]] = torch.ones(BATCH, inp.max_candidates, dtype=torch.bool, device="meta")
         else:
-            out[name] = torch.zeros(BATCH, inp.channels, inp.size, inp.size, device="meta")
+            out[tensors[0]] = torch.zeros(BATCH, inp.channels, inp.size, inp.size, device="meta")
     return out
 
 

@@ -23,13 +23,12 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from graphspec.errors import GraphspecError, Issue, Loc
-from graphspec.loader import override
-from graphspec.study import StageRun, Study
-from graphspec.variants import write_variants
-
 from .compare import write_comparison
-from .launch import SELF_STARTED
+from .errors import GraphspecError, Issue, Loc
+from .loader import override
+from .runtime.launch import SELF_STARTED
+from .study import StageRun, Study
+from .variants import write_variants
 
 DIST_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", SELF_STARTED)
 
