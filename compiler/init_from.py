@@ -13,7 +13,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from graphspec.errors import Issue
+from graphspec.errors import Issue, SpecError
+
+from .checksums import damage
 
 WEIGHTS = "model.safetensors"
 WHERE = ("init_from",)
@@ -42,8 +44,12 @@ def match_checkpoint(directory: str, model: nn.Module, frozen: frozenset[str]) -
     path = Path(directory) / WEIGHTS
     if not path.is_file():
         return Match(), [Issue(WHERE, f"no checkpoint weights at {path}", "point init_from at a run's checkpoint/ directory")]
-    with safe_open(str(path), framework="pt") as f:
-        shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as e:  # SafetensorError, OSError: a file cut short or not safetensors at all
+        return Match(), [Issue(WHERE, f"cannot read the checkpoint weights {path}: {type(e).__name__}: "
+                               f"{str(e).splitlines()[0][:200]}", "point init_from at an intact checkpoint/")]
     params = {n: tuple(p.shape) for n, p in model.named_parameters()}
     m = Match()
     for name, shape in params.items():
@@ -78,9 +84,13 @@ def _issues(m: Match, frozen: frozenset[str]) -> list[Issue]:
 
 @torch.no_grad()
 def load_into(model: nn.Module, directory: str) -> Match:
-    """Copy the matching weights in; names and shapes were checked at compile time."""
+    """Copy the matching weights in; names and shapes were checked at compile time, the files' checksums here."""
     from safetensors.torch import load_file
 
+    problem = damage(Path(directory), required=False)  # checkpoints of graphspec 0.1 have no list
+    if problem is not None:
+        raise SpecError([Issue(WHERE, f"{problem.loc}: {problem.message}", problem.hint)],
+                        title="the checkpoint to start from is damaged")
     state = load_file(str(Path(directory) / WEIGHTS))
     m, _ = match_checkpoint(directory, model, frozenset())
     params = dict(model.named_parameters())

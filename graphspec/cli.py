@@ -13,7 +13,6 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
 
 from .errors import GraphspecError, Issue, Loc, SpecError
 from .loader import load
@@ -235,8 +234,8 @@ def _grid_arg(text: str, issues: list[Issue]) -> list:
                             hint="write --grid path.to.field=v1,v2 (an empty text as '')", loc=loc))
         return []
     try:
-        values = [load_scalar(p) for p in pieces]
-    except yaml.YAMLError as e:
+        values = [load_scalar(p, f"--grid {key.strip()}") for p in pieces]
+    except ValueError as e:
         issues.append(Issue((), f"bad --grid '{text}': {e}", hint="quote text values", loc=loc))
         return []
     return make_axis(key.strip(), values, loc, [loc] * len(values), issues)
@@ -295,7 +294,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except GraphspecError as e:
-        print(_rank_prefix() + e.format(), file=sys.stderr)
+        if not getattr(e, "only_rank0", False):
+            print(_rank_prefix() + e.format(), file=sys.stderr)
+        elif os.environ.get("RANK", "0") == "0":  # every rank stopped alike: one says so
+            print(e.format(), file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

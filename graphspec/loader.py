@@ -12,7 +12,6 @@ from dataclasses import replace
 from pathlib import Path as FsPath
 from typing import Any, Iterable, Mapping
 
-import yaml
 from pydantic import ValidationError
 
 from .errors import Issue, Loc, SpecError, suggest
@@ -65,7 +64,11 @@ def _read_with_extends(path: FsPath, chain: tuple[FsPath, ...], issues: list[Iss
         return data, smap
     merged: Any = {}
     merged_map = SourceMap(default=smap.default)
-    for i, base in enumerate([bases] if isinstance(bases, str) else bases or []):
+    if not isinstance(bases, (str, list)):
+        issues.append(Issue(("extends",), f"extends takes a file name or a list of them, not {bases!r}",
+                            hint="write `extends: base.yaml`", loc=smap.locate(("extends",))))
+        bases = []
+    for i, base in enumerate([bases] if isinstance(bases, str) else bases):
         where = ("extends", i) if isinstance(bases, list) else ("extends",)
         loc = smap.locate(where)
         if not isinstance(base, str):
@@ -111,6 +114,10 @@ def _set_path(data: dict, path: tuple, value: Any) -> None:
         raise KeyError(last)
 
 
+class _BadValue(ValueError):
+    """The value of a `--set` cannot be read (the path and `=` are fine)."""
+
+
 def _parse_override(item: str) -> tuple[tuple, Any, str]:
     if "=" not in item:
         raise ValueError("expected PATH=VALUE")
@@ -118,7 +125,10 @@ def _parse_override(item: str) -> tuple[tuple, Any, str]:
     if not key.strip():
         raise ValueError("empty PATH")
     path = tuple(int(p) if p.isdigit() else p for p in key.strip().split("."))
-    value = load_scalar(raw) if raw.strip() else ""
+    try:
+        value = load_scalar(raw, f"--set {key.strip()}") if raw.strip() else ""
+    except ValueError as e:
+        raise _BadValue(str(e)) from None
     return path, value, raw
 
 
@@ -135,9 +145,11 @@ def apply_overrides(data: dict, smap: SourceMap, overrides: Overrides, issues: l
         for text in overrides:
             try:
                 path, value, _ = _parse_override(text)
-            except (ValueError, yaml.YAMLError) as e:
-                issues.append(Issue((), f"bad override '{text}': {e}", hint="write --set path.to.field=value",
-                                    loc=Loc("--set")))
+            except ValueError as e:
+                shown = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text[:80]) + "..." * (len(text) > 80)
+                hint = "write the value as a spec file would" if isinstance(e, _BadValue) else \
+                    "write --set path.to.field=value"
+                issues.append(Issue((), f"bad override '{shown}': {e}", hint=hint, loc=Loc("--set")))
                 continue
             items.append((path, value, text))
     for path, value, text in items:

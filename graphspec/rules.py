@@ -111,6 +111,15 @@ def tie_needs_a_text_encoder(spec: Spec) -> Iterator[Issue]:
                         "but the head names none", "set `vocab_from:` to the text encoder")
 
 
+def skipping_needs_no_accumulation(spec: Spec) -> Iterator[Issue]:
+    micro, accum = spec.batch_plan()
+    if spec.train.nonfinite.action == "skip" and accum > 1:
+        yield Issue(("train", "nonfinite", "action"), f"skipping a step needs gradient accumulation 1, and this "
+                    f"spec accumulates {accum} micro batches: the ones already added to a step cannot be taken back "
+                    "from ZeRO's gradient partitions", f"set train.micro_batch_size to "
+                    f"{spec.train.batch_size // spec.distributed.world_size}, or `action: stop`")
+
+
 def heads_are_trained(spec: Spec) -> Iterator[Issue]:
     trained = {spec.objective_head(n) for n in spec.objectives}
     for name in spec.heads:
@@ -196,6 +205,7 @@ SPEC_RULES: list[Callable[[Spec], Iterator[Issue]]] = [
     warmup_fits_in_steps,
     heads_divide_widths,
     tie_needs_a_text_encoder,
+    skipping_needs_no_accumulation,
     heads_are_trained,
     task_feeds_one_input_each,
     task_trains_its_objectives,

@@ -1,7 +1,9 @@
 """Checkpoints: trainable weights as safetensors, the resolved spec, the freeze record and the tokenizer.
 
 Written to a temporary directory and renamed into place, so a crash mid-write
-never leaves a checkpoint that looks complete.
+never leaves a checkpoint that looks complete; `checksums.json`, written last,
+lets evaluation and fine-tuning name a file damaged since. Nothing in it is a
+pickle.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import torch
 from safetensors.torch import save_file
 
 from graphspec.compiler import FreezePlan
+from graphspec.compiler.checksums import write_checksums
 
 FORMAT_VERSION = 2  # of a final checkpoint (state.json); 1 (no version written) reads the same
 
@@ -42,6 +45,7 @@ def save_checkpoint(path: Path, weights: dict[str, torch.Tensor], spec_json: dic
     (tmp / "freeze.json").write_text(json.dumps(plan.to_json(), indent=2) + "\n")
     (tmp / "state.json").write_text(json.dumps({"format_version": FORMAT_VERSION, **extra}, indent=2) + "\n")
     tokenizer.save_pretrained(str(tmp / "tokenizer"))  # the exact vocabulary the weights were trained with
+    write_checksums(tmp)  # last: a file cut short or altered later is named by whoever reads it
     if path.exists():
         shutil.rmtree(path)
     tmp.rename(path)

@@ -13,14 +13,22 @@ from pathlib import Path
 
 import torch
 from pydantic import ValidationError
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
 from graphspec.compiler import FreezePlan, build_model
+from graphspec.compiler.checksums import damage
 from graphspec.errors import GraphspecError, Issue, Loc, SpecError
 from graphspec.schema import Spec
 
 from .checkpoint import FORMAT_VERSION
+
+
+class CheckpointError(GraphspecError):
+    """A checkpoint that is not one, or not one this graphspec reads, or damaged since it was written."""
+
+    exit_code = 2
 from .tasks import make_task
 
 
@@ -30,7 +38,7 @@ def find_checkpoint(target: str | Path) -> Path:
     for candidate in (path, path / "checkpoint"):
         if (candidate / "model.safetensors").is_file() and (candidate / "spec.resolved.json").is_file():
             return candidate
-    raise GraphspecError([Issue((), "not a checkpoint or a run directory with one", "give a run directory "
+    raise CheckpointError([Issue((), "not a checkpoint or a run directory with one", "give a run directory "
                                 "(runs/NAME/TIMESTAMP) or its checkpoint/", loc=Loc(str(path)))],
                          title="nothing to evaluate")
 
@@ -41,25 +49,32 @@ def read_state(ckpt: Path) -> dict:
     state = json.loads(path.read_text()) if path.is_file() else {}
     version = state.get("format_version", 1)
     if version > FORMAT_VERSION:
-        raise GraphspecError([Issue((), f"checkpoint format version {version}; this graphspec reads versions 1 to "
+        raise CheckpointError([Issue((), f"checkpoint format version {version}; this graphspec reads versions 1 to "
                                     f"{FORMAT_VERSION}", "evaluate it with the graphspec that wrote it",
                                     loc=Loc(str(path)))], title="cannot read this checkpoint")
     return state
 
 
 def _load(ckpt: Path) -> tuple[Spec, torch.nn.Module]:
+    problem = damage(ckpt, required=False)  # checkpoints of graphspec 0.1 have no list
+    if problem is not None:
+        raise CheckpointError([problem], title="cannot evaluate this checkpoint")
     try:
         spec = Spec.model_validate(json.loads((ckpt / "spec.resolved.json").read_text()))
     except (ValidationError, json.JSONDecodeError) as e:
-        raise GraphspecError([Issue((), f"the checkpoint's spec does not fit this graphspec: {str(e)[:200]}",
+        raise CheckpointError([Issue((), f"the checkpoint's spec does not fit this graphspec: {str(e)[:200]}",
                                     loc=Loc(str(ckpt / "spec.resolved.json")))]) from None
     freeze = ckpt / "freeze.json"
     model, plan = build_model(spec, FreezePlan.from_json(json.loads(freeze.read_text())) if freeze.is_file() else None)
-    weights = load_file(str(ckpt / "model.safetensors"))
+    try:
+        weights = load_file(str(ckpt / "model.safetensors"))
+    except (OSError, SafetensorError) as e:
+        raise CheckpointError([Issue((), f"cannot read the weights: {e}", "use an intact checkpoint",
+                                    loc=Loc(str(ckpt / "model.safetensors")))]) from None
     params = dict(model.named_parameters())
     trainable = {n for n in params if n not in plan.frozen}
     if set(weights) != trainable:
-        raise GraphspecError([Issue((), f"the checkpoint's weights do not match its spec: missing "
+        raise CheckpointError([Issue((), f"the checkpoint's weights do not match its spec: missing "
                                     f"{sorted(trainable - set(weights))[:5]}, unexpected {sorted(set(weights) - trainable)[:5]}",
                                     loc=Loc(str(ckpt / "model.safetensors")))])
     with torch.no_grad():

@@ -5,6 +5,13 @@ per machine, unless the user set it): DeepSpeed's launcher sets no thread count
 and torchrun sets one, so either alone oversubscribes or starves a CPU machine.
 A rank that fails ends the run with its own message and exit code; the launcher's
 report of the failure is reduced to one line.
+
+Preemption: torchrun runs its ranks in sessions of their own, so a signal sent to
+the user's `graphspec run` (Slurm's SIGTERM or SIGUSR1, Ctrl-C) would not reach
+them, and torchrun's own handling kills them after 30 s. Here torchrun is told
+to leave SIGTERM, SIGINT and SIGUSR1 alone (`--signals_to_handle`), and
+this process forwards them to the ranks, which finish their step, write a
+checkpoint together and exit with the resumable code 75, which the launch returns.
 """
 
 from __future__ import annotations
@@ -12,8 +19,10 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import signal
 import socket
 import sys
+import threading
 from pathlib import Path
 
 from graphspec.errors import EnvironmentProblem, Issue, Loc, SpecError
@@ -66,8 +75,9 @@ def read_hostfile(path: Path) -> list[tuple[str, int]]:
 
 
 def torchrun_args(world: int, run_args: list[str]) -> list[str]:
-    return ["--standalone", "--nnodes", "1", "--nproc_per_node", str(world), "--module", "graphspec.cli", "run",
-            *run_args]
+    # SIGTERM, SIGINT and SIGUSR1 are left to `Forward`: torchrun would kill the ranks 30 s after the first
+    return ["--standalone", "--nnodes", "1", "--nproc_per_node", str(world), "--signals_to_handle",
+            "SIGHUP,SIGQUIT", "--module", "graphspec.cli", "run", *run_args]
 
 
 def launch(world: int, run_args: list[str], hostfile: Path | None = None) -> int:
@@ -81,10 +91,42 @@ def launch(world: int, run_args: list[str], hostfile: Path | None = None) -> int
         os.environ.update(saved)
 
 
+class Forward:
+    """While the ranks run: SIGTERM, SIGUSR1 and SIGINT sent to this process go on to them (its children)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+
+    def __init__(self):
+        self.previous: dict = {}
+        self.sent: list[int] = []
+
+    def __enter__(self) -> "Forward":
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self.previous[sig] = signal.signal(sig, self._forward)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def _forward(self, signum: int, frame) -> None:
+        import psutil  # a dependency of DeepSpeed
+
+        self.sent.append(signum)
+        for child in psutil.Process().children():
+            try:
+                child.send_signal(signum)
+            except psutil.NoSuchProcess:
+                pass
+
+
 def _torchrun(world: int, run_args: list[str]) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args
     from torch.distributed.run import run as torchrun
+
+    from .guard import RESUMABLE
 
     threads = threads_per_rank(world)
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
@@ -92,8 +134,12 @@ def _torchrun(world: int, run_args: list[str]) -> int:
     print(f"launching {world} ranks on this machine ({os.environ['OMP_NUM_THREADS']} threads each): "
           f"torchrun {shlex.join(args)}", flush=True)
     try:
-        torchrun(parse_args(args))
+        with Forward():
+            torchrun(parse_args(args))
     except ChildFailedError as e:
+        codes = [f.exitcode for f in e.failures.values()]
+        if RESUMABLE in codes and all(c in (RESUMABLE, 0) or c < 0 for c in codes):
+            return RESUMABLE  # stopped on a signal, after a checkpoint: rank 0 said where and how to go on
         failed = sorted(e.failures.items(), key=lambda item: (item[1].exitcode <= 0, item[1].timestamp, item[0]))
         rank, failure = failed[0]  # the first to exit with an error; the others were stopped (a signal)
         print(f"rank {rank} of {world} failed (exit code {failure.exitcode}); its message is above",

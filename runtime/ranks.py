@@ -57,6 +57,22 @@ def maximum(value: float) -> float:
     return float(t.item())
 
 
+def any_true(flag: bool) -> bool:
+    """Whether any rank's flag is set (one all-reduce): the ranks decide together, so none is left waiting."""
+    if not _active():
+        return bool(flag)
+    t = torch.tensor([1.0 if flag else 0.0], dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def any_text(text: str) -> str:
+    """"" when every rank's text is empty; else this rank's text, or a note that another rank's was not."""
+    if any_true(bool(text)):
+        return text or "another rank could not write its part"
+    return ""
+
+
 def part(size: int) -> slice:
     """This rank's rows of a global batch of `size` (world x micro) rows."""
     share = size // world()

@@ -104,7 +104,8 @@ def format_summary(s: dict) -> str:
         if stats.get("skipped"):
             lines.append(f"  {key} data: {stats['skipped']} bad samples skipped ({stats.get('read', 0)} read)")
     for tower, c in s.get("frozen_cache", {}).items():
-        lines.append(f"  {tower} output cache: {c['hits']:,} hits, {c['misses']:,} misses; {c['entries']:,} entries, "
-                     f"{c['size_mb']:,.1f} MB in {c['dir']}")
+        damaged = f", {c['corrupt']:,} damaged entries computed again" if c.get("corrupt") else ""
+        lines.append(f"  {tower} output cache: {c['hits']:,} hits, {c['misses']:,} misses{damaged}; "
+                     f"{c['entries']:,} entries, {c['size_mb']:,.1f} MB in {c['dir']}")
     lines.append(f"  checkpoint: {s['checkpoint']}")
     return "\n".join(lines)

@@ -1,34 +1,51 @@
-"""Periodic training checkpoints and exact resume.
+"""Periodic training checkpoints and exact resume, from folders graphspec does not have to trust.
 
-A training checkpoint is `RUN/checkpoints/step-NNNNNNNN/`: DeepSpeed's own files
-for the trainable weights, the optimizer and the learning-rate schedule (frozen
-parameters excluded), and `state.pt` (`state-R.pt` for rank R) with the step
-and every random state the run draws from (dropout, MLM masking). Every rank
-writes its part; rank 0 renames the `.partial` folder once all have, so a crash
-mid-write never leaves one that looks done;
-only the newest `train.keep_checkpoints` are kept. Batches are pure functions of
+A training checkpoint is `RUN/checkpoints/step-NNNNNNNN/`:
+
+- `engine/`: DeepSpeed's own files for the trainable weights, the optimizer and the learning-rate schedule
+  (frozen parameters excluded). They are pickles; they are read back only with `torch.load(weights_only=True)`
+  and an allow-list of the few DeepSpeed classes they hold (`SAFE_GLOBALS`), so a file replaced by a payload
+  is refused, never run. (graphspec's own format for ZeRO's partitioned optimizer state would re-implement
+  DeepSpeed's checkpoint layout for every stage; the allow-list keeps DeepSpeed's exact resume and closes the
+  code-execution door.)
+- `state.json` / `state-R.json` (rank R): the format, step and world size; `rng.safetensors` /
+  `rng-R.safetensors`: every random state the run draws from (dropout, MLM masking), as tensors.
+- `frozen.json`: each frozen node's source and weight hash (frozen weights are not stored: a resumed run
+  reloads them and refuses to go on if they changed).
+- `checksums.json`, written last: every file's size and sha256. A file cut short or altered since is named
+  before anything is loaded.
+
+Every rank writes its part; rank 0 renames the `.partial` folder once all have, so a crash mid-write never
+leaves one that looks done; only the newest `train.keep_checkpoints` are kept. A write that fails (a full
+disk) removes its partial folder and leaves the previous checkpoint as it was. Batches are pure functions of
 the step, so a resumed run sees the data the uninterrupted one would have seen.
-
-Frozen weights are not stored: a resumed run reloads them from their source, as
-the first start did, and checks them against the hashes recorded here; a source
-that changed in between is an error, not a silently different model.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import pickle
 import shutil
+import sys
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
+from graphspec.compiler.checksums import checksums, damage, write_checksums
 from graphspec.errors import GraphspecError, Issue, Loc
 
 from . import ranks
 
+__all__ = ["FOLDER", "FORMAT", "ResumeError", "checkpoints", "checksums", "digest", "frozen_record", "restore",
+           "save", "verify", "weights_only"]
+
 FOLDER = "checkpoints"
+FORMAT = 2  # of a training checkpoint: 1 (graphspec 0.1) kept random states in a pickle, state.pt
 
 
 def frozen_record(spec, module: torch.nn.Module, towers: torch.nn.Module, frozen: set[str]) -> dict:
@@ -66,39 +83,152 @@ def checkpoints(run_dir: Path) -> list[Path]:
     return sorted(done, key=lambda p: p.name)
 
 
-def _state_file(folder: Path, rank: int) -> Path:
-    return folder / ("state.pt" if rank == 0 else f"state-{rank}.pt")
+def _suffix(rank: int) -> str:
+    return "" if rank == 0 else f"-{rank}"
 
 
-def save(run_dir: Path, step: int, trainer, task, frozen: dict, keep: int) -> Path:
-    """Collective: every rank writes its shards and random state; rank 0 renames the folder once all have."""
+# --------------------------------------------------------------------------- writing
+
+
+def _write_rank_files(tmp: Path, step: int, trainer, task) -> None:
+    trainer.engine.save_checkpoint(str(tmp), tag="engine", exclude_frozen_parameters=True)
+    suffix = _suffix(ranks.rank())
+    rng = {"torch": torch.get_rng_state()}
+    task_rng = task.rng_state()
+    if task_rng is not None:
+        rng["task"] = task_rng
+    save_file({k: v.contiguous() for k, v in rng.items()}, str(tmp / f"rng{suffix}.safetensors"))
+    (tmp / f"state{suffix}.json").write_text(json.dumps({"format_version": FORMAT, "step": step,
+                                                         "world": ranks.world()}) + "\n")
+
+
+def save(run_dir: Path, step: int, trainer, task, frozen: dict, keep: int) -> Path | None:
+    """Collective: every rank writes its shards and random state; rank 0 renames the folder once all have.
+
+    A write that fails on any rank (a full disk) is undone on all: the partial folder goes, the previous
+    checkpoint stays, a warning says so, and None is returned.
+    """
     final = run_dir / FOLDER / f"step-{step:08d}"
     tmp = final.with_name(final.name + ".partial")
+    failed = ""
     if ranks.is_main():
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
-    ranks.barrier()
-    trainer.engine.save_checkpoint(str(tmp), tag="engine", exclude_frozen_parameters=True)
-    torch.save({"step": step, "world": ranks.world(), "torch_rng": torch.get_rng_state(),
-                "task_rng": task.rng_state()}, _state_file(tmp, ranks.rank()))
+        try:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir(parents=True)
+        except OSError as e:
+            failed = e.strerror or str(e)
+    failed = ranks.any_text(failed)
+    if not failed:
+        try:
+            _write_rank_files(tmp, step, trainer, task)
+        except (OSError, RuntimeError, SafetensorError) as e:  # torch reports a short write as RuntimeError
+            failed = getattr(e, "strerror", None) or str(e).splitlines()[0][:200]
+        failed = ranks.any_text(failed)
+    if not failed and ranks.is_main():
+        try:
+            (tmp / "frozen.json").write_text(json.dumps(frozen, indent=2) + "\n")
+            write_checksums(tmp)
+        except OSError as e:
+            failed = e.strerror or str(e)
+    failed = ranks.any_text(failed)
+    if failed:
+        if ranks.is_main():
+            shutil.rmtree(tmp, ignore_errors=True)
+            kept = checkpoints(run_dir)
+            print(f"warning: the checkpoint of step {step} could not be written ({failed}); "
+                  + (f"the previous one, {kept[-1]}, is intact" if kept else "there is no earlier checkpoint"),
+                  file=sys.stderr, flush=True)
+        ranks.barrier()
+        return None
     ranks.barrier()
     if ranks.is_main():
-        (tmp / "frozen.json").write_text(json.dumps(frozen, indent=2) + "\n")
         os.replace(tmp, final)  # atomic: the folder appears complete or not at all
         for old in checkpoints(run_dir)[:-keep]:
             shutil.rmtree(old)
+    ranks.barrier()
     return final
 
 
+# --------------------------------------------------------------------------- reading
+
+
 class ResumeError(GraphspecError):
-    """A run that cannot be continued as it was: no checkpoint, or frozen weights that changed."""
+    """A run that cannot be continued as it was: no checkpoint, a damaged one, or frozen weights that changed."""
 
     exit_code = 2
 
 
 def _refuse(path: Path, message: str, hint: str) -> ResumeError:
     return ResumeError([Issue((), message, hint, loc=Loc(str(path)))], title="cannot resume this run")
+
+
+def _safe_globals() -> list:
+    """The classes DeepSpeed's checkpoint files hold besides tensors and plain containers (found with
+    torch.serialization.get_unsafe_globals_in_checkpoint on ZeRO 0-3 checkpoints): an enum, a dataclass of
+    two ints and the loss scalers' plain attribute holders. None runs code when rebuilt."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [ZeroStageEnum, fragment_address, LossScaler, DynamicLossScaler]
+
+
+class UnsafeFile(Exception):
+    def __init__(self, path: str, cause: Exception):
+        super().__init__(f"{path}: {cause}")
+        self.path, self.cause = path, cause
+
+
+@contextlib.contextmanager
+def weights_only():
+    """Every torch.load in the block (DeepSpeed's included) reads tensors and allow-listed classes only: a
+    pickle that names anything else (a payload) fails, naming its file, before any of it runs."""
+    original = torch.load
+
+    def load(f, *args, **kwargs):
+        kwargs["weights_only"] = True
+        try:
+            return original(f, *args, **kwargs)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
+            raise UnsafeFile(str(f), e) from None
+
+    with torch.serialization.safe_globals(_safe_globals()):
+        torch.load = load
+        try:
+            yield
+        finally:
+            torch.load = original
+
+
+def verify(folder: Path) -> None:
+    """Every file of a checkpoint is the one written: same size, same sha256; none missing."""
+    problem = damage(folder)
+    if problem is not None:
+        raise ResumeError([problem], title="cannot resume this run")
+
+
+def _read_state(folder: Path) -> tuple[dict, dict]:
+    suffix = _suffix(ranks.rank())
+    if (folder / f"state{suffix}.pt").is_file() and not (folder / f"state{suffix}.json").is_file():
+        raise _refuse(folder, "a training checkpoint of format 1 (graphspec 0.1, random states pickled); this "
+                      f"graphspec resumes format {FORMAT}", "start the run anew with this graphspec")
+    state_file = folder / f"state{suffix}.json"
+    if not state_file.is_file():
+        raise _refuse(folder, f"this checkpoint has no state for rank {ranks.rank()}: it was written by "
+                      "another number of ranks", "resume with the world size the run started with")
+    state = json.loads(state_file.read_text())
+    if state.get("format_version") != FORMAT:
+        raise _refuse(state_file, f"training checkpoint format {state.get('format_version')!r}; this graphspec "
+                      f"resumes format {FORMAT}", "resume it with the graphspec that wrote it")
+    if state.get("world", 1) != ranks.world():
+        raise _refuse(folder, f"this checkpoint was written by {state.get('world')} ranks; this run has "
+                      f"{ranks.world()}", "resume with the world size the run started with")
+    try:
+        rng = load_file(str(folder / f"rng{suffix}.safetensors"))
+    except (OSError, SafetensorError) as e:
+        raise _refuse(folder / f"rng{suffix}.safetensors", f"cannot read it: {e}", "start the run anew") from None
+    return state, rng
 
 
 def restore(run_dir: Path, trainer, task, frozen: dict) -> int:
@@ -112,6 +242,8 @@ def restore(run_dir: Path, trainer, task, frozen: dict) -> int:
         raise _refuse(run_dir, "no complete training checkpoint to resume from",
                       "set `train.checkpoint_every` so the run writes them, or start it anew")
     path = found[-1]
+    state, rng = _read_state(path)
+    verify(path)
     recorded = json.loads((path / "frozen.json").read_text())
     changed = sorted(n for n in set(recorded) | set(frozen) if recorded.get(n) != frozen.get(n))
     if changed:
@@ -120,14 +252,18 @@ def restore(run_dir: Path, trainer, task, frozen: dict) -> int:
                       f"trained with (now {frozen.get(node, {}).get('source', 'absent')}, then "
                       f"{recorded.get(node, {}).get('source', 'absent')})",
                       "restore the original weights at their source, or start the run anew")
-    state = torch.load(_state_file(path, ranks.rank()), weights_only=False) \
-        if _state_file(path, ranks.rank()).is_file() else {}
-    if state.get("world", 1) != ranks.world() or not state:
-        raise _refuse(path, f"this checkpoint was written by {state.get('world', 'another number of')} ranks; "
-                      f"this run has {ranks.world()}", "resume with the world size the run started with")
-    _, client = trainer.engine.load_checkpoint(str(path), tag="engine", load_module_strict=False)
+    try:
+        with weights_only():
+            _, client = trainer.engine.load_checkpoint(str(path), tag="engine", load_module_strict=False)
+    except UnsafeFile as e:
+        lines = [ln.strip() for ln in str(e.cause).splitlines() if ln.strip()]
+        why = next((ln for ln in lines if "GLOBAL" in ln or "global" in ln), lines[0] if lines else "")
+        raise _refuse(Path(e.path), f"this file holds objects graphspec does not load (only tensors and "
+                      f"DeepSpeed's own state): {why[:300]}",
+                      "a checkpoint file was replaced: restore the run folder from a copy you trust") from None
     if client is None:
         raise _refuse(path, "DeepSpeed could not read this checkpoint", "start the run anew")
-    torch.set_rng_state(state["torch_rng"])
-    task.set_rng_state(state["task_rng"])
+    torch.set_rng_state(rng["torch"])
+    if "task" in rng:
+        task.set_rng_state(rng["task"])
     return int(state["step"])

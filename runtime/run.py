@@ -17,11 +17,12 @@ from graphspec.compiler import FreezePlan, build_model
 from graphspec.errors import EnvironmentProblem, Issue, Loc
 
 from . import ranks
-from .build import Build, read_build
+from .build import Build, check_groups, read_build
 from .checkpoint import save_checkpoint, trainable_weights
 from .engine import Trainer, make_trainer
 from .report import Reporter, Silent, format_summary
-from .resume import ResumeError, frozen_record, restore
+from .guard import Preempted, Signals, diverged
+from .resume import ResumeError, checkpoints, frozen_record, restore
 from .resume import save as save_state
 from .tasks import Task, make_task
 from .text import load_tokenizer, text_node
@@ -53,6 +54,7 @@ def prepare(build: Build, outside: bool = True) -> Session:
     """`outside=False` keeps frozen towers inside the engine (the benchmark's grads-off-only baseline)."""
     spec = build.spec
     model, plan = build_model(spec, build.plan)
+    check_groups(build, {n for n, _ in model.named_parameters()})
     text = spec.roles().text
     vocab = model.get_submodule(text_node(spec, text)[0]).vocab_size
     task = make_task(spec, model, lambda data: load_tokenizer(spec, text, vocab, build.dir, data.texts))
@@ -60,18 +62,28 @@ def prepare(build: Build, outside: bool = True) -> Session:
     return Session(task, plan, trainer)
 
 
-def train_step(s: Session, spec, step: int) -> dict[str, float]:
-    """One optimizer step over `accumulation` micro batches; the losses averaged over them and the ranks."""
+def train_step(s: Session, spec, step: int) -> tuple[dict[str, float], bool]:
+    """One optimizer step over `accumulation` micro batches: (the losses averaged over them and the ranks,
+    whether they were finite). A micro batch whose loss is not finite on any rank ends the step before its
+    backward, on every rank: the weights are not touched."""
     micro, accum = spec.batch_plan()
     shown: dict[str, float] = {}
     for m in range(accum):
         batch = s.task.train_batch(micro, (step - 1) * accum + m)
         parts = s.task.losses(s.trainer.forward(batch), batch)
+        if ranks.any_true(not bool(torch.isfinite(parts["loss"].detach()).all())):
+            return {k: float(v.detach()) for k, v in parts.items()}, False
         s.trainer.engine.backward(parts["loss"])
         s.trainer.engine.step()
         for k, v in parts.items():
             shown[k] = shown.get(k, 0.0) + float(v.detach()) / accum
-    return ranks.mean(shown)
+    return ranks.mean(shown), True
+
+
+def grad_norm_is_finite(trainer: Trainer) -> bool:
+    """The step's global gradient norm, where DeepSpeed computed one anyway (for clipping), is a number."""
+    norm = trainer.engine.get_global_grad_norm()
+    return norm is None or bool(torch.isfinite(torch.as_tensor(norm, dtype=torch.float64)))
 
 
 def keep_build(build: Build, run_dir: Path) -> None:
@@ -94,6 +106,8 @@ def run(build: Build, run_dir: Path, show_bar: bool | None = None, resume: bool 
     """Train; with `resume`, continue from the run directory's newest checkpoint on the same trajectory.
 
     Under a launcher this is one rank of several: each trains on its slice of every batch, rank 0 reports.
+    SIGTERM, SIGUSR1 or Ctrl-C finish the step, write a checkpoint and raise `Preempted` (exit code 75); a
+    loss that is not finite stops the run (`Diverged`, exit code 4) or, as the spec asks, skips the step.
     """
     spec = build.spec
     main = ranks.is_main()
@@ -103,9 +117,7 @@ def run(build: Build, run_dir: Path, show_bar: bool | None = None, resume: bool 
         keep_build(build, run_dir)
     micro, accum = spec.batch_plan()
     torch.manual_seed(spec.train.seed + ranks.rank())  # dropout: the same run twice gives the same losses
-    every = spec.train.checkpoint_every
-    frozen = frozen_record(spec, s.trainer.engine.module, s.trainer.cut.towers, set(s.plan.frozen)) \
-        if every or resume else {}
+    frozen = frozen_record(spec, s.trainer.engine.module, s.trainer.cut.towers, set(s.plan.frozen))
     first = restore(run_dir, s.trainer, s.task, frozen) + 1 if resume else 1
     if resume and main:
         trim_metrics(run_dir, first - 1)
@@ -117,23 +129,52 @@ def run(build: Build, run_dir: Path, show_bar: bool | None = None, resume: bool 
                   f"({micro} x {accum}{f' x {world} ranks' if world > 1 else ''}), run dir {run_dir}")
     for tower, c in s.trainer.towers.cache_report().items():
         reporter.line(f"outputs of {tower} cached in {c['dir']} ({c['entries']:,} entries, {c['size_mb']:,.1f} MB)")
+    try:
+        with Signals() as signals:
+            val, step_times, skipped = _loop(s, spec, run_dir, first, frozen, reporter, signals)
+    finally:
+        reporter.close()
+    summary = _finish(build, run_dir, s, val, reporter.elapsed, step_times, skipped)
+    ranks.finish()
+    return summary
+
+
+def _loop(s: Session, spec, run_dir: Path, first: int, frozen: dict, reporter, signals: Signals):
+    """The training steps from `first`: (last validation, step times, steps skipped for a non-finite loss)."""
+    every, policy = spec.train.checkpoint_every, spec.train.nonfinite
     val: dict = {}
     step_times: list[float] = []
+    skipped = in_a_row = 0
     for step in range(first, spec.train.steps + 1):
         start = time.perf_counter()
-        losses = train_step(s, spec, step)
-        step_times.append(time.perf_counter() - start)
-        reporter.train_step(step, losses, s.trainer.scheduler.get_last_lr()[0])
+        losses, finite = train_step(s, spec, step)
+        if finite and not ranks.any_true(not grad_norm_is_finite(s.trainer)):
+            in_a_row = 0
+            step_times.append(time.perf_counter() - start)
+            reporter.train_step(step, losses, s.trainer.scheduler.get_last_lr()[0])
+        elif not finite and policy.action == "skip" and in_a_row < policy.max_in_a_row:
+            skipped, in_a_row = skipped + 1, in_a_row + 1
+            reporter.line(f"step {step}: the loss is not finite; step skipped ({in_a_row} in a row)")
+        else:
+            last = (checkpoints(run_dir) or [None])[-1]
+            what = "the loss is not finite" if not finite else "the gradient norm is not finite"
+            ranks.finish()  # every rank decided alike: they leave the group together
+            raise diverged(step, what, losses, last, run_dir, in_a_row)
         if spec.data.val and ((spec.train.val_every and step % spec.train.val_every == 0)
                               or step == spec.train.steps):
             val = validate(s, reporter, step)
-        if every and step % every == 0 and step < spec.train.steps:
-            save_state(run_dir, step, s.trainer, s.task, frozen, spec.train.keep_checkpoints)
-    wall = reporter.elapsed
-    reporter.close()
-    summary = _finish(build, run_dir, s, val, wall, step_times)
-    ranks.finish()
-    return summary
+        stop = step < spec.train.steps and ranks.any_true(signals.pending)  # at the last step: just finish
+        if stop or (every and step % every == 0 and step < spec.train.steps):
+            saved = save_state(run_dir, step, s.trainer, s.task, frozen, spec.train.keep_checkpoints)
+            if stop:
+                ranks.finish()
+                if saved is None:
+                    raise EnvironmentProblem([Issue((), f"stopped on {signals.name or 'a signal'} after step {step}, "
+                                                    "but its checkpoint could not be written (see the warning above)",
+                                                    "free disk space, then resume from the last checkpoint",
+                                                    loc=Loc(str(run_dir)))], title="the run stopped")
+                raise Preempted(signals.name or "a signal (on another rank)", step, saved, run_dir)
+    return val, step_times, skipped
 
 
 def validate(s: Session, reporter: Reporter | Silent, step: int) -> dict:
@@ -165,7 +206,8 @@ def _peak_rss_mb() -> float:
     return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
 
 
-def _finish(build: Build, run_dir: Path, s: Session, val: dict, wall: float, step_times: list[float]) -> dict:
+def _finish(build: Build, run_dir: Path, s: Session, val: dict, wall: float, step_times: list[float],
+            skipped: int = 0) -> dict:
     """The final checkpoint and summary (written by rank 0); a resumed run's time and speed are those of
     its last part, its peak memory the largest of any rank's."""
     spec, trainer, plan = build.spec, s.trainer, s.plan
@@ -181,7 +223,7 @@ def _finish(build: Build, run_dir: Path, s: Session, val: dict, wall: float, ste
         p.numel() for p in trainer.cut.towers.parameters())
     caches = trainer.towers.cache_report()
     for c in caches.values():  # lookups of all ranks
-        c.update({k: round(v) for k, v in ranks.total({"hits": c["hits"], "misses": c["misses"]}).items()})
+        c.update({k: round(v) for k, v in ranks.total({k: c[k] for k in ("hits", "misses", "corrupt")}).items()})
     if not ranks.is_main():
         return {}
     summary = {"run_dir": str(run_dir), "spec": spec.name, "steps": spec.train.steps, "wall_time_s": round(wall, 1),
@@ -189,7 +231,8 @@ def _finish(build: Build, run_dir: Path, s: Session, val: dict, wall: float, ste
                "step_time_s": round(statistics.median(step_times), 4) if step_times else None,
                "peak_rss_mb": peak, "ranks": spec.distributed.world_size,
                "params": {"trainable": total - frozen, "frozen": frozen}, "val": val, "checkpoint": str(ckpt),
-               "data": s.task.data_stats, **({"frozen_cache": caches} if caches else {})}
+               "data": s.task.data_stats, **({"frozen_cache": caches} if caches else {}),
+               **({"nonfinite_skipped": skipped} if spec.train.nonfinite.action == "skip" else {})}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(format_summary(summary), flush=True)
     return summary

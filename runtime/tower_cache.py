@@ -7,7 +7,9 @@ them (transformed pixels, or token ids and mask). Whatever changes an output
 changes its key (other weights, another transform or image size, other text),
 so a stale entry is never read; it only takes space, which the run reports.
 Entries are written whole (a temporary file, then a rename), so ranks and runs
-can share one cache.
+can share one cache. An entry that does not read back (cut short, altered, not
+the structure the tower gives) is counted as corrupt, removed and computed
+again, never used.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
-FORMAT = 1  # bump when the layout or the key changes
+FORMAT = 2  # bump when the layout or the key changes (2: each entry carries the sha256 of its tensors)
 
 
 def default_root() -> Path:
@@ -45,7 +48,7 @@ class TowerCache:
         about = self.dir / "about.json"
         if not about.is_file():
             _write_whole(about, json.dumps({"tower": tower, "key": ident}, indent=2).encode())
-        self.hits = self.misses = 0
+        self.hits = self.misses = self.corrupt = 0
         self.structure = self._read_structure()
 
     @staticmethod
@@ -62,7 +65,29 @@ class TowerCache:
 
     def _read_structure(self):
         path = self.dir / "structure.json"
-        return json.loads(path.read_text()) if path.is_file() else None
+        try:
+            return json.loads(path.read_text()) if path.is_file() else None
+        except (OSError, ValueError):  # damaged: written again from the next computed output
+            path.unlink(missing_ok=True)
+            return None
+
+    def _read(self, key: str) -> dict | None:
+        """A stored row, or None when there is none or it is damaged (then it is removed, to be recomputed)."""
+        path = self._path(key)
+        if not path.is_file():
+            return None
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                recorded = (f.metadata() or {}).get("sha256")
+                row = {k: f.get_tensor(k) for k in f.keys()}
+            _unflatten(self.structure, row)  # the row holds every tensor the structure names
+            if recorded != _row_digest(row):
+                raise ValueError("altered")
+            return row
+        except (OSError, SafetensorError, KeyError, ValueError, TypeError):
+            self.corrupt += 1
+            path.unlink(missing_ok=True)
+            return None
 
     def outputs(self, tower, args: list[torch.Tensor]):
         n = args[0].shape[0]
@@ -70,8 +95,7 @@ class TowerCache:
         rows: list[dict | None] = [None] * n
         if self.structure is not None:
             for r, k in enumerate(keys):
-                path = self._path(k)
-                rows[r] = load_file(str(path)) if path.is_file() else None
+                rows[r] = self._read(k)
         missing = [r for r in range(n) if rows[r] is None]
         if missing:
             pick = torch.tensor(missing, device=args[0].device)
@@ -85,7 +109,7 @@ class TowerCache:
                 path = self._path(keys[r])
                 path.parent.mkdir(exist_ok=True)
                 tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-                save_file(rows[r], str(tmp))
+                save_file(rows[r], str(tmp), metadata={"sha256": _row_digest(rows[r])})
                 os.replace(tmp, path)
         self.hits += n - len(missing)
         self.misses += len(missing)
@@ -106,8 +130,17 @@ class TowerCache:
 
     def report(self) -> dict:
         entries, total = self.size()
-        return {"dir": str(self.dir), "hits": self.hits, "misses": self.misses, "entries": entries,
-                "size_mb": round(total / 2**20, 1)}
+        return {"dir": str(self.dir), "hits": self.hits, "misses": self.misses, "corrupt": self.corrupt,
+                "entries": entries, "size_mb": round(total / 2**20, 1)}
+
+
+def _row_digest(row: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(row):
+        t = row[name].contiguous()
+        h.update(f"{name} {t.dtype} {tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def _flatten(out, prefix: str = ""):

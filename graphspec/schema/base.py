@@ -20,9 +20,9 @@ Ref = Annotated[
 
 
 class Strict(BaseModel):
-    """Every spec object: unknown keys are errors, objects are immutable."""
+    """Every spec object: unknown keys are errors, objects are immutable, numbers are finite."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def ref_node(ref: str) -> str:

@@ -66,6 +66,16 @@ class Schedule(Strict):
     min_lr_ratio: float = Field(0.0, ge=0, le=1, description="Final learning rate as a fraction of the peak.")
 
 
+class NonFinite(Strict):
+    """What a loss that is not a number (NaN or infinite) does to the run."""
+
+    action: Literal["stop", "skip"] = Field(
+        "stop", description="stop: end the run before that step's update, naming the step, the losses and the "
+        "last good checkpoint (exit code 4). skip: drop the step (no update; counted in the run summary) and go "
+        "on; needs gradient accumulation 1.")
+    max_in_a_row: int = Field(3, ge=1, description="With skip: stop after this many skipped steps in a row.")
+
+
 class Train(Strict):
     steps: int = Field(1000, ge=1, description="Optimizer steps.")
     batch_size: int = Field(32, ge=1, description="Global batch size: micro_batch_size x accumulation x world_size.")
@@ -88,6 +98,8 @@ class Train(Strict):
         "frozen weights recorded by source and hash) every this many steps, for `graphspec run --resume RUN_DIR`; "
         "unset: only the final weights are saved.")
     keep_checkpoints: int = Field(2, ge=1, description="How many of the newest training checkpoints to keep.")
+    nonfinite: NonFinite = Field(default_factory=NonFinite, description="What a non-finite loss does: stop "
+                                 "(default) or skip the step.")
 
 
 class FrozenTowers(Strict):

@@ -83,6 +83,10 @@ CASES = [
                                                 "backbone": "vision", "init": "random"}},
      ("nodes", "joint", "source"), "a vision one_tower needs a timm ViT name as its source",
      "set `source:` e.g. deit_tiny_patch16_224"),
+    ("skipping_needs_no_accumulation", {"train.nonfinite": {"action": "skip"}, "train.micro_batch_size": 4},
+     ("train", "nonfinite", "action"), "skipping a step needs gradient accumulation 1, and this spec accumulates "
+     "2 micro batches: the ones already added to a step cannot be taken back from ZeRO's gradient partitions",
+     "set train.micro_batch_size to 8, or `action: stop`"),
     ("task_feeds_one_input_each", {"inputs.caption": {"modality": "text"}},
      ("inputs",), "the captions task needs exactly one text and one image input",
      "this spec has text inputs ['text', 'caption'] and image inputs ['image']"),

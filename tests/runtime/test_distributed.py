@@ -5,8 +5,10 @@ build, or a bad hostfile, is refused clearly."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -80,12 +82,45 @@ def test_two_ranks_follow_the_one_rank_trajectory(spec_file, tmp_path, stage):
     if stage == 3:  # collective checkpoints: each rank's shards and random state, then a resume on 2 ranks
         kept = sorted(p.name for p in (two / "checkpoints").iterdir())
         assert kept == ["step-00000006"]
-        assert {"state.pt", "state-1.pt", "frozen.json"} <= {p.name for p in (two / "checkpoints" / kept[0]).iterdir()}
+        assert {"state.json", "state-1.json", "rng.safetensors", "rng-1.safetensors", "frozen.json",
+                "checksums.json"} <= {p.name for p in (two / "checkpoints" / kept[0]).iterdir()}
         before = _losses(two)
         resumed = _ranks([str(two), "--resume"])
         assert resumed.returncode == 0, resumed.stderr[-3000:]
         assert "resuming at step 7" in resumed.stdout
         _close(before, _losses(two))
+
+
+def test_sigterm_to_a_two_rank_run_then_resume_follows_the_uninterrupted_trajectory(spec_file, tmp_path):
+    """The signal reaches the user's `graphspec run`, which runs torchrun in-process: it is forwarded to the
+    ranks, which finish the step, write one checkpoint together and exit 75; --resume relaunches both."""
+    from graphspec.study_run import fresh_env
+
+    steps = ["--set", "train.steps=40", "--set", "distributed.zero_stage=2"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main(["run", str(spec_file), *steps, "--run-dir", str(one), "--build-dir", str(tmp_path / "b1")]) == 0
+    process = subprocess.Popen([sys.executable, "-m", "graphspec.cli", "run", str(spec_file), "--nproc", "2", *steps,
+                                "--run-dir", str(two), "--build-dir", str(tmp_path / "b2")], env=fresh_env(),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not (two / "metrics.jsonl").is_file() or len((two / "metrics.jsonl").read_text().splitlines()) < 10:
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1][-3000:]
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 75, err[-3000:]
+    assert "stopped on SIGTERM after step" in err and f"graphspec run --resume {two}" in err
+    assert "Traceback" not in err
+    stopped_at = int(sorted((two / "checkpoints").glob("step-*"))[-1].name.split("-")[1])
+    assert 10 <= stopped_at < 40
+    resumed = _ranks([str(two), "--resume"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming at step {stopped_at + 1}" in resumed.stdout
+    a, b = _losses(one), _losses(two)
+    assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, 41))
+    for x, y in zip(a, b):
+        for key in ("loss", "itm", "mlm"):
+            assert x[key] == pytest.approx(y[key], abs=TOLERANCE), (x["step"], key)
 
 
 def _as_rank(monkeypatch, rank: int, world: int) -> None:

@@ -97,3 +97,64 @@ def test_an_objective_the_task_does_not_train_is_refused_by_validate(train_spec,
     err = capsys.readouterr().err
     assert f"spec.yaml:{line_of(path, 've:', 2)}:" in err
     assert "objectives.ve: the captions task trains mlm, itm and itc objectives, not 'classify'" in err
+
+
+@pytest.mark.parametrize("file, content, expected", [
+    ("ds_config.json", "[]", "ds_config.json: not a DeepSpeed config (a JSON object)"),
+    ("manifest.json", b"\xff\xfe garbage", "manifest.json: cannot read it"),
+    ("spec.resolved.json", '{"name": "tiny", "inp', "spec.resolved.json: cannot read it"),
+    ("param_groups.json", '[{"name": "g", "lr_scale": 1, "weight_decay": 0, "params": ["fusion.nothing"]}]',
+     "param_groups.json: names 1 parameters that are not trainable parameters of this model (e.g. fusion.nothing)"),
+    ("freeze.json", '{"frozen": []}', "freeze.json: not a freeze plan this graphspec reads"),
+])
+def test_a_damaged_build_directory_names_the_file(file, content, expected, train_spec, compile_build, capsys):
+    build = compile_build(train_spec)
+    path = build.dir / file
+    path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content)
+    assert main(["run", str(build.dir), "--run-dir", str(build.dir.parent / "run")]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and "fix: recompile it" in err and "Traceback" not in err
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A short finished run, whose final checkpoint the damage tests copy."""
+    import copy
+
+    import yaml
+
+    from tests.conftest import TINY
+
+    base = tmp_path_factory.mktemp("finished")
+    spec = copy.deepcopy(TINY)
+    spec["nodes"]["text_tower"]["size"]["vocab_size"] = 128
+    spec["data"] = {"train": {"samples": 16}, "val": {"split": "val", "samples": 4}}
+    spec["train"].update(steps=2, batch_size=4, schedule={"warmup": 0})
+    (base / "spec.yaml").write_text(yaml.safe_dump(spec))
+    assert main(["run", str(base / "spec.yaml"), "--run-dir", str(base / "run"), "--build-dir", str(base / "b")]) == 0
+    return base / "run" / "checkpoint"
+
+
+@pytest.mark.parametrize("damage", ["cut", "altered"])
+def test_a_damaged_final_checkpoint_is_named_by_eval_and_init_from(damage, finished, tmp_path, capsys, train_spec,
+                                                                   write_spec):
+    import shutil
+
+    ckpt = tmp_path / "checkpoint"
+    shutil.copytree(finished, ckpt)
+    weights = ckpt / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 3] if damage == "cut" else data[:-4] + b"\x00\x01\x02\x03")
+    capsys.readouterr()
+    assert main(["eval", str(ckpt)]) == 2
+    err = capsys.readouterr().err
+    how = "cut short (" if damage == "cut" else "altered after"
+    assert f"{weights}: this file was {how}" in err and "after the checkpoint was written" in err
+    assert "Traceback" not in err
+    train_spec["init_from"] = str(ckpt)
+    train_spec["train"].update(steps=1, val_every=None, schedule={"warmup": 0})
+    code = main(["run", str(write_spec(train_spec)), "--run-dir", str(tmp_path / "r"), "--build-dir",
+                 str(tmp_path / "b")])
+    err = capsys.readouterr().err
+    assert code == 2 and "init_from:" in err and "Traceback" not in err
+    assert ("cannot read the checkpoint weights" if damage == "cut" else f"this file was {how}") in err

@@ -4,6 +4,7 @@ streamed per layer, and the disk cache of their outputs (reused across runs, key
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -87,6 +88,16 @@ def test_cached_outputs_are_reused_by_a_later_run_and_change_with_the_weights(tr
                 tmp_path / "other", show_bar=False)  # other random weights: another key, nothing reused
     c = other["frozen_cache"]["vision_tower"]
     assert c["dir"] != a["dir"] and c["hits"] <= c["misses"]  # hits only where an image repeats within a batch
+    cut, altered = stored[:2]  # damage two entries: one cut short, one with a flipped byte and its size kept
+    cut.write_bytes(cut.read_bytes()[:40])
+    data = bytearray(altered.read_bytes())
+    data[-3] ^= 0xFF
+    altered.write_bytes(bytes(data))
+    (Path(a["dir"]) / "structure.json").write_text("{not json")
+    third = run(compile_build(train_spec, ["distributed.frozen.cache_outputs=true", cache]), tmp_path / "third",
+                show_bar=False)["frozen_cache"]["vision_tower"]
+    assert third["corrupt"] == 2 and third["misses"] >= 2 and third["entries"] == a["entries"]
+    assert _losses(tmp_path / "third") == _losses(tmp_path / "plain")  # recomputed, never used
 
 
 def test_a_cached_row_is_keyed_by_its_inputs_and_read_back_exactly(tmp_path):

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from graphspec.cli import main
+from graphspec.runtime.resume import checksums
 
 STEPS, EVERY = 120, 20
 
@@ -79,21 +80,59 @@ def test_a_half_written_checkpoint_is_never_resumed_from(spec_file, tmp_path):
     newest = sorted((run_dir / "checkpoints").glob("step-*"))[-1]
     fake = run_dir / "checkpoints" / "step-99999999.partial"
     shutil.copytree(newest, fake)
-    (fake / "state.pt").write_bytes(b"cut off")
-    assert main(["run", "--resume", str(run_dir)]) == 0  # reading the cut-off state.pt would have failed
+    (fake / "state.json").write_bytes(b"cut off")
+    assert main(["run", "--resume", str(run_dir)]) == 0  # reading the cut-off state.json would have failed
     assert sorted(_losses(run_dir)) == list(range(1, STEPS + 1)) and not fake.exists()
 
 
 def test_changed_frozen_weights_are_refused_naming_the_tower(spec_file, tmp_path, capsys):
     run_dir = tmp_path / "run"
     _kill_after_first_checkpoint(_start(spec_file, run_dir), run_dir)
-    for ckpt in (run_dir / "checkpoints").glob("step-*"):
+    for ckpt in (run_dir / "checkpoints").glob("step-*"):  # as if the tower's source had changed since
         record = json.loads((ckpt / "frozen.json").read_text())
         record["text_tower"]["sha256"] = "0" * 64
         (ckpt / "frozen.json").write_text(json.dumps(record))
+        (ckpt / "checksums.json").write_text(json.dumps(checksums(ckpt)))
     assert main(["run", "--resume", str(run_dir)]) == 2
     err = capsys.readouterr().err
     assert "frozen.json" in err and "the frozen weights of text_tower differ from those the run trained with" in err
+
+
+@pytest.fixture(scope="module")
+def killed(tmp_path_factory):
+    """A run killed after its first checkpoint, which each damage test copies."""
+    import copy
+
+    from tests.conftest import TINY
+
+    base = tmp_path_factory.mktemp("killed")
+    spec = copy.deepcopy(TINY)
+    spec["nodes"]["text_tower"]["size"]["vocab_size"] = 128
+    spec["data"] = {"train": {"samples": 64}}
+    spec["train"].update(steps=STEPS, batch_size=8, log_every=1, checkpoint_every=EVERY, schedule={"warmup": 3})
+    (base / "spec.yaml").write_text(yaml.safe_dump(spec))
+    _kill_after_first_checkpoint(_start(base / "spec.yaml", base / "run"), base / "run")
+    return base / "run"
+
+
+@pytest.mark.parametrize("damage", ["cut", "altered", "missing"])
+def test_a_damaged_checkpoint_file_is_named_before_anything_loads(damage, killed, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    shutil.copytree(killed, run_dir)
+    newest = sorted((run_dir / "checkpoints").glob("step-*"))[-1]
+    victim = next(newest.glob("engine/*model_states.pt"))
+    data = victim.read_bytes()
+    if damage == "cut":
+        victim.write_bytes(data[: len(data) // 2])
+    elif damage == "altered":
+        victim.write_bytes(data[:-8] + b"\x00" * 8)
+    else:
+        victim.unlink()
+    assert main(["run", "--resume", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    expected = {"cut": "this file was cut short", "altered": "this file was altered after the checkpoint was written",
+                "missing": "a file of this checkpoint is missing"}[damage]
+    assert f"{victim}: {expected}" in err and "Traceback" not in err
 
 
 def test_resume_without_checkpoints_says_how_to_get_them(train_spec, tmp_path, capsys):
@@ -122,3 +161,125 @@ def test_a_run_written_into_its_own_build_directory_resumes_too(spec_file, tmp_p
     shutil.rmtree(same / "checkpoints" / f"step-{2 * EVERY:08d}")  # as if killed between the two checkpoints
     assert main(["run", "--resume", str(same)]) == 0
     assert sorted(_losses(same)) == list(range(1, 2 * EVERY + 3))
+
+
+class Payload:
+    """What a hostile run folder would hold: unpickling it runs a command."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize("stage", [0, 3])
+def test_a_payload_planted_in_every_pickle_file_never_runs(stage, spec_file, tmp_path, capsys):
+    """Every pickle-format file of a checkpoint replaced by one that runs a command when unpickled, and the
+    file list updated to match (a deliberate attacker): resume refuses the first file it reads, naming it."""
+    import torch
+
+    spec = yaml.safe_load(spec_file.read_text())
+    spec["distributed"] = {"zero_stage": stage}
+    spec_file.write_text(yaml.safe_dump(spec))
+    run_dir, marker = tmp_path / "run", tmp_path / "pwned"
+    _kill_after_first_checkpoint(_start(spec_file, run_dir), run_dir)
+    planted = 0
+    for ckpt in (run_dir / "checkpoints").glob("step-*"):
+        for pickled in ckpt.rglob("*.pt"):
+            torch.save({"module": Payload(marker), "optimizer_state_dict": Payload(marker)}, pickled)
+            planted += 1
+        (ckpt / "checksums.json").write_text(json.dumps(checksums(ckpt)))
+    assert planted == (1 if stage == 0 else 2)  # model states, and ZeRO's optimizer states
+    assert main(["run", "--resume", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "holds objects graphspec does not load" in err and ".pt:" in err and "Traceback" not in err
+    assert "posix.system" in err or "os.system" in err  # what it would have called
+    assert not marker.exists()
+
+
+def _metrics_step(run_dir) -> int:
+    path = run_dir / "metrics.jsonl"
+    lines = path.read_text().splitlines() if path.is_file() else []
+    return json.loads(lines[-1])["step"] if lines else 0
+
+
+def test_sigterm_checkpoints_and_exits_resumable_then_resume_follows_the_trajectory(spec_file, tmp_path):
+    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+    assert main(["run", str(spec_file), "--run-dir", str(whole), "--build-dir", str(tmp_path / "build")]) == 0
+    process = _start(spec_file, stopped)
+    deadline = time.monotonic() + 240
+    while _metrics_step(stopped) < EVERY + 5:  # between two periodic checkpoints
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 75
+    written = sorted(p.name for p in (stopped / "checkpoints").glob("step-*"))
+    assert len(written) == 2 and written[0] == f"step-{EVERY:08d}" and written[1] > f"step-{EVERY + 4:08d}"
+    assert not (stopped / "summary.json").exists()  # not done: a study would run it again
+    assert main(["run", "--resume", str(stopped)]) == 0
+    assert _losses(stopped) == pytest.approx(_losses(whole), rel=0, abs=1.5e-5)
+
+
+def test_a_full_disk_keeps_the_previous_checkpoint_and_says_so(spec_file, tmp_path, capsys, monkeypatch):
+    import errno
+
+    import torch
+
+    real_save = torch.save
+    calls = {"n": 0}
+
+    def full_disk_once(obj, f, *a, **k):
+        if "step-00000040" in str(f) and calls["n"] == 0:
+            calls["n"] += 1
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *a, **k)
+
+    monkeypatch.setattr(torch, "save", full_disk_once)
+    run_dir = tmp_path / "run"
+    spec = yaml.safe_load(spec_file.read_text())
+    spec["train"].update(steps=2 * EVERY + 5, keep_checkpoints=3)
+    spec_file.write_text(yaml.safe_dump(spec))
+    assert main(["run", str(spec_file), "--run-dir", str(run_dir), "--build-dir", str(tmp_path / "b")]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: the checkpoint of step {2 * EVERY} could not be written (No space left on device); the " \
+           f"previous one, {run_dir / 'checkpoints' / f'step-{EVERY:08d}'}, is intact" in err
+    assert [p.name for p in (run_dir / "checkpoints").iterdir()] == [f"step-{EVERY:08d}"]  # no partial left
+    from graphspec.runtime.resume import verify
+
+    verify(run_dir / "checkpoints" / f"step-{EVERY:08d}")  # intact: every file as written
+
+
+@pytest.mark.parametrize("signals, code", [((signal.SIGUSR1,), 75), ((signal.SIGINT, signal.SIGINT), 130)])
+def test_sigusr1_stops_gracefully_and_ctrl_c_twice_stops_now(signals, code, spec_file, tmp_path):
+    run_dir = tmp_path / "run"
+    process = _start(spec_file, run_dir)
+    deadline = time.monotonic() + 240
+    while _metrics_step(run_dir) < 5:
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    for sig in signals:
+        process.send_signal(sig)
+        time.sleep(0.01)
+    assert process.wait(timeout=120) == code
+    written = list((run_dir / "checkpoints").glob("step-*")) if (run_dir / "checkpoints").is_dir() else []
+    if code == 75:  # a checkpoint of the step the signal arrived in, before the first periodic one
+        assert len(written) == 1 and 5 <= int(written[0].name.split("-")[1]) < EVERY
+    else:
+        assert not [p for p in written if not p.name.endswith(".partial")]
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_zero_1_and_2_checkpoints_resume_through_the_allow_list(stage, spec_file, tmp_path):
+    """Their optimizer files hold DeepSpeed objects (a loss scaler, fragment addresses): weights_only loads them."""
+    run_dir = tmp_path / "run"
+    args = ["--set", f"distributed.zero_stage={stage}", "--set", f"train.steps={EVERY + 4}", "--set",
+            "train.precision=bf16"]
+    assert main(["run", str(spec_file), *args, "--run-dir", str(run_dir), "--build-dir", str(tmp_path / "b")]) == 0
+    whole = _losses(run_dir)
+    (run_dir / "summary.json").unlink()
+    assert main(["run", "--resume", str(run_dir)]) == 0  # from step EVERY: the last four steps again
+    again = _losses(run_dir)
+    assert sorted(again) == list(range(1, EVERY + 5))
+    assert [again[s] for s in range(EVERY + 1, EVERY + 5)] == pytest.approx(
+        [whole[s] for s in range(EVERY + 1, EVERY + 5)], rel=0, abs=1.5e-5)

@@ -1,0 +1,90 @@
+"""What stops a run early, on purpose: a preemption signal (finish the step, checkpoint, exit resumable) and a
+loss that is not finite (stop before the update, or skip the step).
+
+Exit codes (the README's table): 75 stopped by a signal after writing a checkpoint (`graphspec run --resume
+RUN_DIR` continues on the uninterrupted trajectory); 4 the run diverged; 130 interrupted now (Ctrl-C twice).
+Every decision is taken by all ranks together (one all-reduce), so none is left waiting in a collective.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from graphspec.errors import GraphspecError, Issue, Loc
+
+RESUMABLE = 75  # EX_TEMPFAIL: try again (with --resume)
+DIVERGED = 4
+GRACEFUL = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)  # SIGUSR1: Slurm's warning ahead of the kill
+
+
+class Preempted(GraphspecError):
+    """A signal stopped the run after it wrote a checkpoint: not an error, a pause."""
+
+    exit_code = RESUMABLE
+    only_rank0 = True  # every rank stops alike; one says so
+
+    def __init__(self, signame: str, step: int, checkpoint: Path, run_dir: Path):
+        self.signame, self.step, self.checkpoint, self.run_dir = signame, step, checkpoint, run_dir
+        super().__init__([Issue((), f"stopped on {signame} after step {step}", loc=Loc(str(checkpoint)))])
+
+    def format(self) -> str:
+        return (f"stopped on {self.signame} after step {self.step}: checkpoint {self.checkpoint}\n"
+                f"  continue with: graphspec run --resume {self.run_dir} (exit code {RESUMABLE}: resumable)")
+
+
+class Diverged(GraphspecError):
+    """The loss (or the gradient norm) stopped being a number."""
+
+    exit_code = DIVERGED
+
+
+def diverged(step: int, what: str, losses: dict[str, float], last: Path | None, run_dir: Path,
+             skipped_in_a_row: int = 0) -> Diverged:
+    shown = ", ".join(f"{k} {v:.4g}" for k, v in losses.items())
+    where = (f"the last good checkpoint is {last} (graphspec run --resume {run_dir} goes on from it)" if last
+             else "no checkpoint was written before it (train.checkpoint_every)")
+    row = f" after {skipped_in_a_row} skipped steps in a row" if skipped_in_a_row else ""
+    return Diverged([Issue(("train",), f"step {step}: {what} ({shown}){row}; the run stopped before this step's "
+                           f"update; {where}", "lower train.optimizer.lr (or raise the warm-up), or set "
+                           "train.nonfinite.action: skip to skip such steps", loc=Loc(str(run_dir)))],
+                    title="the run diverged")
+
+
+class Signals:
+    """The preemption signals, caught in the training loop: the first asks for a graceful stop at the end of
+    the step (the loop checks `pending`), a second SIGINT stops now."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self.previous: dict = {}
+
+    def __enter__(self) -> "Signals":
+        if threading.current_thread() is threading.main_thread():
+            for sig in GRACEFUL:
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame) -> None:
+        if signum == signal.SIGINT and self.received == signal.SIGINT:
+            raise KeyboardInterrupt  # the second Ctrl-C: now
+        if self.received is None:
+            self.received = signum
+            if os.environ.get("RANK", "0") == "0":  # every rank got it: one says so
+                print(f"\n{signal.Signals(signum).name}: stopping after this step, with a checkpoint "
+                      "(Ctrl-C again to stop now)", file=sys.stderr, flush=True)
+
+    @property
+    def pending(self) -> bool:
+        return self.received is not None
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.received).name if self.received else ""

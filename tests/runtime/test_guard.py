@@ -1,0 +1,126 @@
+"""Divergence: a loss that is not finite stops the run before that step's update, naming the step, the losses
+and the last good checkpoint, or (train.nonfinite.action: skip) skips the step; with two ranks, both decide
+together even when only one of them sees the bad loss."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import yaml
+
+from graphspec.cli import main
+
+
+@pytest.fixture
+def spec_file(train_spec, tmp_path):
+    train_spec["data"]["val"] = None
+    train_spec["train"].update(steps=16, log_every=1, val_every=None, schedule={"warmup": 0})
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(train_spec))
+    return path
+
+
+def _records(run_dir) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_diverging_learning_rate_stops_at_the_first_non_finite_loss(spec_file, tmp_path, capsys):
+    """SGD at lr 10 without clipping: the losses grow by orders of magnitude, then are NaN (measured: step 9)."""
+    run_dir = tmp_path / "run"
+    code = main(["run", str(spec_file), "--set", "train.optimizer={name: sgd, lr: 10.0}", "--set",
+                 "train.grad_clip=null", "--set", "train.checkpoint_every=3", "--set", "train.steps=30",
+                 "--run-dir", str(run_dir), "--build-dir", str(tmp_path / "b")])
+    err = capsys.readouterr().err
+    assert code == 4, err
+    logged = _records(run_dir)
+    stopped = logged[-1]["step"] + 1  # every logged step was finite; the next one was not
+    assert all(math.isfinite(r["loss"]) for r in logged) and logged[-1]["loss"] > 1e6
+    last_good = run_dir / "checkpoints" / f"step-{(stopped - 1) // 3 * 3:08d}"
+    assert f"train: step {stopped}: the loss is not finite (" in err and "nan" in err
+    assert f"the run stopped before this step's update; the last good checkpoint is {last_good}" in err
+    assert f"graphspec run --resume {run_dir} goes on from it" in err and "1 error: the run diverged" in err
+    assert last_good.is_dir() and "Traceback" not in err and not (run_dir / "summary.json").exists()
+
+
+@pytest.fixture
+def nan_images(monkeypatch):
+    """NaN pixels in the micro batches of the given indices (0-based: step - 1): the model's own forward then
+    gives a NaN loss, as a corrupt input would."""
+    from graphspec.runtime.tasks.captions import Captions
+
+    real = Captions.train_batch
+    bad: set[int] = set()
+
+    def train_batch(self, size, index):
+        batch = real(self, size, index)
+        if index in bad:
+            batch["image"] = torch.full_like(batch["image"], float("nan"))
+        return batch
+
+    monkeypatch.setattr(Captions, "train_batch", train_batch)
+    return bad
+
+
+def test_skip_drops_the_steps_counts_them_and_trains_on(spec_file, tmp_path, nan_images, capsys):
+    nan_images.update({3, 8, 9})  # steps 4, 9 and 10
+    run_dir = tmp_path / "run"
+    assert main(["run", str(spec_file), "--set", "train.nonfinite={action: skip, max_in_a_row: 2}", "--run-dir",
+                 str(run_dir), "--build-dir", str(tmp_path / "b")]) == 0
+    out = capsys.readouterr().out
+    assert "step 4: the loss is not finite; step skipped (1 in a row)" in out
+    assert "step 10: the loss is not finite; step skipped (2 in a row)" in out
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["nonfinite_skipped"] == 3
+    assert [r["step"] for r in _records(run_dir)] == [s for s in range(1, 17) if s not in (4, 9, 10)]
+    from safetensors.torch import load_file
+
+    weights = load_file(str(run_dir / "checkpoint" / "model.safetensors"))
+    assert all(bool(torch.isfinite(w).all()) for w in weights.values())  # no NaN reached the weights
+
+
+def test_skip_stops_after_too_many_in_a_row(spec_file, tmp_path, nan_images, capsys):
+    nan_images.update({5, 6, 7})  # steps 6, 7, 8
+    assert main(["run", str(spec_file), "--set", "train.nonfinite={action: skip, max_in_a_row: 2}", "--run-dir",
+                 str(tmp_path / "run"), "--build-dir", str(tmp_path / "b")]) == 4
+    err = capsys.readouterr().err
+    assert "step 8: the loss is not finite" in err and "after 2 skipped steps in a row" in err
+
+
+HOOK = """
+import os
+if os.environ.get("RANK") == "1":  # only rank 1 sees the bad micro batch: the ranks must agree anyway
+    import torch
+    from graphspec.runtime.tasks.captions import Captions
+    real = Captions.train_batch
+    def train_batch(self, size, index):
+        batch = real(self, size, index)
+        if index == 4:
+            batch["image"] = torch.full_like(batch["image"], float("nan"))
+        return batch
+    Captions.train_batch = train_batch
+"""
+
+
+def test_two_ranks_agree_when_only_one_sees_a_bad_loss(spec_file, tmp_path):
+    """Without the all-reduce, rank 0 would wait in its backward's collective for a rank 1 that stopped (skip
+    takes the same decision, so agreeing on it is the same test)."""
+    action, code = "stop", 4
+    from graphspec.study_run import fresh_env
+
+    (tmp_path / "hook").mkdir()
+    (tmp_path / "hook" / "sitecustomize.py").write_text(textwrap.dedent(HOOK))
+    env = {**fresh_env(), "PYTHONPATH": str(tmp_path / "hook")}
+    done = subprocess.run([sys.executable, "-m", "graphspec.cli", "run", str(spec_file), "--nproc", "2", "--set",
+                           f"train.nonfinite.action={action}", "--set", "distributed.zero_stage=2", "--run-dir",
+                           str(tmp_path / "run"), "--build-dir", str(tmp_path / "b")], env=env, capture_output=True,
+                          text=True, timeout=240)
+    assert done.returncode == code, done.stderr[-3000:]
+    steps = [r["step"] for r in _records(tmp_path / "run")]
+    assert steps == [1, 2, 3, 4] and "step 5: the loss is not finite" in done.stderr
+    assert "rank 0: error:" in done.stderr and "rank 1: error:" in done.stderr  # both stopped, neither hung
