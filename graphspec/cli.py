@@ -62,6 +62,13 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("study", help="a study file (name:, base:, grid:/variants:, stages:, compare:)")
     st.add_argument("-o", "--out", help="the study folder (default: studies/NAME)")
     st.add_argument("--plan", action="store_true", help="check everything and print the plan; run nothing")
+    cd = sub.add_parser("check-data", help="read and decode every image a spec's data blocks name, in parallel, "
+                        "and report the bad ones (file, row, column)")
+    cd.add_argument("spec", help="a spec file")
+    cd.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
+                    help="override a field of the spec")
+    cd.add_argument("--split", choices=["train", "val", "both"], default="both", help="which data blocks")
+    cd.add_argument("--workers", type=_positive, metavar="N", help="decoding processes (default: every core)")
     s = sub.add_parser("schema", help="print the JSON Schema of the spec language (for editors)")
     s.add_argument("-o", "--out", help="write it to this file instead of standard output")
     return p
@@ -280,13 +287,32 @@ def _study(args) -> int:
     return 0
 
 
+def _check_data(args) -> int:
+    from .runtime.check_data import check_data, raise_if_bad
+    from .runtime.launch import cores
+
+    spec = load(args.spec, args.overrides)
+    splits = ["train", "val"] if args.split == "both" else [args.split]
+    workers = args.workers or cores()
+    reports = check_data(spec, splits, workers)
+    for report in reports:
+        print(report.line(workers) if report.source != "builtin:shapes" else
+              f"{report.split} (builtin:shapes): generated, nothing to decode")
+    try:
+        raise_if_bad(reports)
+    except GraphspecError as e:
+        e.issues = [i.located(spec._source.locate(i.path + ("source",))) for i in e.issues]
+        raise
+    return 0
+
+
 def _rank_prefix() -> str:
     """Which rank speaks, when a launcher started several."""
     return f"rank {os.environ['RANK']}: " if int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ else ""
 
 
 COMMANDS = {"validate": _validate, "compile": _compile, "run": _run, "eval": _eval, "variants": _variants,
-            "study": _study, "schema": _schema}
+            "study": _study, "schema": _schema, "check-data": _check_data}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -84,7 +84,7 @@ class Trainer:
 def _cast(value, device: torch.device, dtype: torch.dtype | None = None):
     """Tensors (also inside the dicts and tuples ports carry) to the engine's device; floats to its dtype."""
     if isinstance(value, torch.Tensor):
-        value = value.to(device)
+        value = value.to(device, non_blocking=True)  # from pinned memory (workers on an accelerator): async
         return value.to(dtype) if dtype is not None and value.is_floating_point() else value
     if isinstance(value, dict):
         return {k: _cast(v, device, dtype) for k, v in value.items()}

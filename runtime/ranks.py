@@ -57,6 +57,16 @@ def maximum(value: float) -> float:
     return float(t.item())
 
 
+def gather_counts(value: int) -> list[int]:
+    """Each rank's value, in rank order (one all-reduce of a vector with this rank's slot filled)."""
+    if not _active():
+        return [int(value)]
+    t = torch.zeros(world(), dtype=torch.float64)
+    t[rank()] = value
+    dist.all_reduce(t)
+    return [int(v) for v in t.tolist()]
+
+
 def any_true(flag: bool) -> bool:
     """Whether any rank's flag is set (one all-reduce): the ranks decide together, so none is left waiting."""
     if not _active():

@@ -18,7 +18,7 @@ class Reporter:
         self.metrics = (run_dir / "metrics.jsonl").open("a", buffering=1)
         self.start = time.perf_counter()
         self.total, self.batch_size, self.log_every = total_steps, batch_size, log_every
-        self.window_start, self.sums, self.steps = self.start, {}, 0
+        self.window_start, self.sums, self.steps, self.waited = self.start, {}, 0, 0.0
         show = sys.stderr.isatty() if show_bar is None else show_bar
         self.bar = tqdm(total=total_steps, initial=start_step, disable=not show, unit="step", dynamic_ncols=True)
         self.show_bar = show
@@ -37,21 +37,27 @@ class Reporter:
                 if isinstance(value, (int, float)) and key not in ("step", "time"):
                     self.tb.add_scalar(f"{prefix}/{key}", value, record["step"])
 
-    def train_step(self, step: int, losses: dict[str, float], lr: float) -> None:
+    def train_step(self, step: int, losses: dict[str, float], lr: float, waited: float = 0.0) -> None:
+        """`waited`: seconds the step spent waiting for its batch (the input pipeline was behind)."""
         self.bar.update(1)
-        self.bar.set_postfix({k: f"{v:.3g}" for k, v in losses.items()}, refresh=False)
+        shown = {k: f"{v:.3g}" for k, v in losses.items()}
+        self.bar.set_postfix({**shown, **({"waited": f"{waited:.2f}s"} if waited > 1e-3 else {})}, refresh=False)
         self.sums = {k: self.sums.get(k, 0.0) + v for k, v in losses.items()}
         self.steps += 1
+        self.waited += waited
         if step % self.log_every and step != self.total:
             return
         mean = {k: v / self.steps for k, v in self.sums.items()}
-        rate = self.steps * self.batch_size / max(time.perf_counter() - self.window_start, 1e-9)
-        self.log({"step": step, **{k: round(v, 5) for k, v in mean.items()}, "lr": lr, "samples_per_s": round(rate, 2)})
+        elapsed = max(time.perf_counter() - self.window_start, 1e-9)
+        rate = self.steps * self.batch_size / elapsed
+        self.log({"step": step, **{k: round(v, 5) for k, v in mean.items()}, "lr": lr, "samples_per_s": round(rate, 2),
+                  "data_wait_s": round(self.waited / self.steps, 4)})
         if not self.show_bar:  # without a terminal, a line per log with what the bar would show
             eta = (self.total - step) * self.batch_size / max(rate, 1e-9)
+            wait = f", waited for data {100 * self.waited / elapsed:.0f}%" if self.waited > 0.01 * elapsed else ""
             self.line(f"step {step}/{self.total} " + " ".join(f"{k} {v:.4f}" for k, v in mean.items())
-                      + f" {rate:.1f} samples/s, eta {eta // 60:.0f}:{eta % 60:02.0f}")
-        self.window_start, self.sums, self.steps = time.perf_counter(), {}, 0
+                      + f" {rate:.1f} samples/s{wait}, eta {eta // 60:.0f}:{eta % 60:02.0f}")
+        self.window_start, self.sums, self.steps, self.waited = time.perf_counter(), {}, 0, 0.0
 
     def line(self, text: str) -> None:
         """A line that shows whether or not there is a bar (e.g. in CI logs)."""
@@ -75,7 +81,7 @@ class Silent:
     def log(self, record: dict) -> None:
         pass
 
-    def train_step(self, step: int, losses: dict[str, float], lr: float) -> None:
+    def train_step(self, step: int, losses: dict[str, float], lr: float, waited: float = 0.0) -> None:
         pass
 
     def line(self, text: str) -> None:
@@ -103,6 +109,9 @@ def format_summary(s: dict) -> str:
     for key, stats in s.get("data", {}).items():
         if stats.get("skipped"):
             lines.append(f"  {key} data: {stats['skipped']} bad samples skipped ({stats.get('read', 0)} read)")
+        if stats.get("bad_images_replaced"):
+            lines.append(f"  training: {stats['bad_images_replaced']} bad images replaced by the next sample of "
+                         "their batch")
     for tower, c in s.get("frozen_cache", {}).items():
         damaged = f", {c['corrupt']:,} damaged entries computed again" if c.get("corrupt") else ""
         lines.append(f"  {tower} output cache: {c['hits']:,} hits, {c['misses']:,} misses{damaged}; "

@@ -8,7 +8,7 @@ import shutil
 import statistics
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -22,6 +22,7 @@ from .checkpoint import save_checkpoint, trainable_weights
 from .engine import Trainer, make_trainer
 from .report import Reporter, Silent, format_summary
 from .guard import Preempted, Signals, diverged
+from .loader import Batches
 from .resume import ResumeError, checkpoints, frozen_record, restore
 from .resume import save as save_state
 from .tasks import Task, make_task
@@ -48,6 +49,7 @@ class Session:
     task: Task
     plan: FreezePlan
     trainer: Trainer
+    reads: dict = field(default_factory=lambda: {"decoded": 0, "replaced": 0})  # this rank's training reads
 
 
 def prepare(build: Build, outside: bool = True) -> Session:
@@ -62,14 +64,16 @@ def prepare(build: Build, outside: bool = True) -> Session:
     return Session(task, plan, trainer)
 
 
-def train_step(s: Session, spec, step: int) -> tuple[dict[str, float], bool]:
+def train_step(s: Session, spec, step: int, batches: Batches) -> tuple[dict[str, float], bool]:
     """One optimizer step over `accumulation` micro batches: (the losses averaged over them and the ranks,
     whether they were finite). A micro batch whose loss is not finite on any rank ends the step before its
     backward, on every rank: the weights are not touched."""
     micro, accum = spec.batch_plan()
     shown: dict[str, float] = {}
     for m in range(accum):
-        batch = s.task.train_batch(micro, (step - 1) * accum + m)
+        batch = batches.next((step - 1) * accum + m)
+        for k, v in batch.pop("_data", {}).items():
+            s.reads[k] = s.reads.get(k, 0) + v
         parts = s.task.losses(s.trainer.forward(batch), batch)
         if ranks.any_true(not bool(torch.isfinite(parts["loss"].detach()).all())):
             return {k: float(v.detach()) for k, v in parts.items()}, False
@@ -129,17 +133,23 @@ def run(build: Build, run_dir: Path, show_bar: bool | None = None, resume: bool 
                   f"({micro} x {accum}{f' x {world} ranks' if world > 1 else ''}), run dir {run_dir}")
     for tower, c in s.trainer.towers.cache_report().items():
         reporter.line(f"outputs of {tower} cached in {c['dir']} ({c['entries']:,} entries, {c['size_mb']:,.1f} MB)")
+    batches = Batches(s.task, micro, (first - 1) * accum, spec.train.steps * accum, spec.data.workers,
+                      spec.data.prefetch, pin_memory=s.trainer.engine.device.type == "cuda")
+    if batches.workers:
+        reporter.line(f"{batches.workers} worker process{'es' if batches.workers > 1 else ''} per rank read and "
+                      f"decode batches ahead ({spec.data.prefetch} each)")
     try:
         with Signals() as signals:
-            val, step_times, skipped = _loop(s, spec, run_dir, first, frozen, reporter, signals)
+            val, step_times, skipped = _loop(s, spec, run_dir, first, frozen, reporter, signals, batches)
     finally:
+        batches.close()
         reporter.close()
     summary = _finish(build, run_dir, s, val, reporter.elapsed, step_times, skipped)
     ranks.finish()
     return summary
 
 
-def _loop(s: Session, spec, run_dir: Path, first: int, frozen: dict, reporter, signals: Signals):
+def _loop(s: Session, spec, run_dir: Path, first: int, frozen: dict, reporter, signals: Signals, batches: Batches):
     """The training steps from `first`: (last validation, step times, steps skipped for a non-finite loss)."""
     every, policy = spec.train.checkpoint_every, spec.train.nonfinite
     val: dict = {}
@@ -147,11 +157,11 @@ def _loop(s: Session, spec, run_dir: Path, first: int, frozen: dict, reporter, s
     skipped = in_a_row = 0
     for step in range(first, spec.train.steps + 1):
         start = time.perf_counter()
-        losses, finite = train_step(s, spec, step)
+        losses, finite = train_step(s, spec, step, batches)
         if finite and not ranks.any_true(not grad_norm_is_finite(s.trainer)):
             in_a_row = 0
             step_times.append(time.perf_counter() - start)
-            reporter.train_step(step, losses, s.trainer.scheduler.get_last_lr()[0])
+            reporter.train_step(step, losses, s.trainer.scheduler.get_last_lr()[0], batches.take_waited())
         elif not finite and policy.action == "skip" and in_a_row < policy.max_in_a_row:
             skipped, in_a_row = skipped + 1, in_a_row + 1
             reporter.line(f"step {step}: the loss is not finite; step skipped ({in_a_row} in a row)")
@@ -221,6 +231,8 @@ def _finish(build: Build, run_dir: Path, s: Session, val: dict, wall: float, ste
         p.numel() for p in trainer.cut.towers.parameters())
     frozen = sum(_numel(p) for n, p in trainer.engine.module.named_parameters() if n in plan.frozen) + sum(
         p.numel() for p in trainer.cut.towers.parameters())
+    decoded = ranks.gather_counts(s.reads["decoded"])
+    replaced = round(ranks.total({"replaced": s.reads["replaced"]})["replaced"])
     caches = trainer.towers.cache_report()
     for c in caches.values():  # lookups of all ranks
         c.update({k: round(v) for k, v in ranks.total({k: c[k] for k in ("hits", "misses", "corrupt")}).items()})
@@ -231,7 +243,10 @@ def _finish(build: Build, run_dir: Path, s: Session, val: dict, wall: float, ste
                "step_time_s": round(statistics.median(step_times), 4) if step_times else None,
                "peak_rss_mb": peak, "ranks": spec.distributed.world_size,
                "params": {"trainable": total - frozen, "frozen": frozen}, "val": val, "checkpoint": str(ckpt),
-               "data": s.task.data_stats, **({"frozen_cache": caches} if caches else {}),
+               "data": {**s.task.data_stats, "train_reads": {"images_decoded": sum(decoded),
+                                                             "images_decoded_per_rank": decoded,
+                                                             "bad_images_replaced": replaced}},
+               **({"frozen_cache": caches} if caches else {}),
                **({"nonfinite_skipped": skipped} if spec.train.nonfinite.action == "skip" else {})}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(format_summary(summary), flush=True)

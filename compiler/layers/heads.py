@@ -65,7 +65,10 @@ class MLMHead(nn.Module):
 
 
 class ITCHead(nn.Module):
-    """Image-text contrastive (CLIP/ALBEF): cosine similarities of projected features over a learned temperature."""
+    """Image-text contrastive (CLIP/ALBEF): both sides projected and normalised, with a learned temperature.
+
+    It gives the features, not the logits, so that the loss can contrast them against every rank's rows
+    (runtime.metrics.itc_logits: scale * text @ image.T)."""
 
     def __init__(self, text_width: int, image_width: int, dim: int, temperature: float):
         super().__init__()
@@ -74,11 +77,11 @@ class ITCHead(nn.Module):
         # Shape (1,), not a scalar: DeepSpeed broadcasts parameters as bytes and cannot view a 0-dim tensor so.
         self.logit_scale = nn.Parameter(torch.tensor([math.log(1.0 / temperature)]))
 
-    def forward(self, text, image) -> torch.Tensor:
+    def forward(self, text, image) -> dict:
         t = F.normalize(self.text_proj(_vector(text)), dim=-1)  # (B, dim)
         i = F.normalize(self.image_proj(_vector(image)), dim=-1)  # (B, dim)
-        scale = self.logit_scale.clamp(max=math.log(100.0)).exp()  # CLIP's cap keeps the softmax trainable
-        return scale * t @ i.T  # (B_text, B_image)
+        scale = self.logit_scale.clamp(max=math.log(100.0)).exp()  # (1,): CLIP's cap keeps the softmax trainable
+        return {"text": t, "image": i, "scale": scale}
 
 
 class ClassifyHead(nn.Module):

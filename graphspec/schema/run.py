@@ -47,6 +47,11 @@ class Data(Strict):
     val: DataSource | None = Field(None, description="Validation data, evaluated every `train.val_every` steps.")
     val_pairs: int = Field(2, ge=1, le=16, description="Image-text pairs per validation scene (half of them "
                            "negatives), fixed across evaluations.")
+    workers: int | None = Field(
+        None, ge=0, le=64, description="Worker processes per rank that read, decode and transform training "
+        "batches ahead of the step (0: in the training process). Unset: one per rank when the rank has two cores "
+        "or more, else none; results do not depend on it.")
+    prefetch: int = Field(2, ge=1, le=64, description="Batches each worker prepares ahead.")
 
 
 class Optimizer(Strict):

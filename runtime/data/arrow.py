@@ -81,6 +81,7 @@ from graphspec.errors import Issue, SpecError, suggest
 
 from .arrow_layouts import FAMILIES, KIND_TEXT, Column, TableSpec, _is, _pyarrow, family_spec
 from .arrow_rows import _RowContext, expand_row
+from .images import ArrowImage
 from .records import (MAX_MESSAGES, SKIP_HINT, BadData, ReadStats, _need_stats, check_image, decode_image,
                       load_images, raise_if_skipped)
 
@@ -152,14 +153,14 @@ def _open(path: Path):
         raise SpecError([Issue((), f"cannot open the table file {path}: {exc}")], title="a table file cannot be read")
     try:
         reader = pa.ipc.open_file(source)
-        batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
+        batches = ((i, reader.get_batch(i)) for i in range(reader.num_record_batches))
         return reader.schema, batches
     except pa.ArrowInvalid:
         pass
     try:
         source.seek(0)
         reader = pa.ipc.open_stream(source)
-        return reader.schema, iter(reader)
+        return reader.schema, ((None, batch) for batch in reader)  # a stream: no batch can be read by position
     except pa.ArrowInvalid as exc:
         raise SpecError([Issue((), f"{path} is not an Arrow IPC table file ({exc})",
                                "the tables are written by pa.RecordBatchFileWriter in ViLT's write_*.py scripts")],
@@ -227,27 +228,32 @@ def _prepare(files: Sequence[Path], spec: TableSpec) -> list:
     return opened
 
 
-def _read_all(opened, spec: TableSpec, skip_bad, stats, decode_images, dedupe) -> Iterator[dict]:
+def _read_all(opened, spec: TableSpec, skip_bad, stats, decode_images, dedupe, refs: bool = False) -> Iterator[dict]:
     for path, batches, use in opened:
         name = path.name[:-6] if path.name.endswith(".arrow") else path.name
         ctx = _RowContext(spec.family, name, dedupe)
         row_index = 0
-        for batch in batches:
-            batch = batch.select(use)
+        for batch_id, batch in batches:
+            lazy = refs and batch_id is not None  # images stay in the mapped file, read when a batch needs them
+            read = [n for n in use if not (lazy and n in spec.image_columns)]
+            batch = batch.select(read)
             for start in range(0, batch.num_rows, SLICE_ROWS):
                 part = batch.slice(start, SLICE_ROWS)
-                cols = {n: part.column(i).to_pylist() for i, n in enumerate(use)}
+                cols = {n: part.column(i).to_pylist() for i, n in enumerate(read)}
                 for k in range(part.num_rows):
                     ctx.row, ctx.where = row_index, f"{path} row {row_index}"
                     row = {n: v[k] for n, v in cols.items()}
+                    if lazy:
+                        row.update({c: ArrowImage(str(path), batch_id, start + k, c, f"{ctx.where} column '{c}'")
+                                    for c in spec.image_columns if c in use})
                     yield from expand_row(spec.expand, row, ctx, spec.image_columns, decode_images=decode_images,
-                                          skip_bad=skip_bad, stats=stats)
+                                          skip_bad=skip_bad, stats=stats, check_images=not lazy)
                     row_index += 1
 
 
 def read_arrow(directory, family: str, split: str = "train", *, tables: Sequence[str] | None = None,
                skip_bad: bool = False, stats: ReadStats | None = None, decode_images: bool = False,
-               dedupe_captions: bool = True) -> Iterator[dict]:
+               dedupe_captions: bool = True, refs: bool = False) -> Iterator[dict]:
     """The examples of a split (or of the named `tables`) of a ViLT/METER/Renaissance Arrow directory.
 
     Missing files raise at once (naming the expected files and listing the directory);
@@ -255,12 +261,16 @@ def read_arrow(directory, family: str, split: str = "train", *, tables: Sequence
     ``stats``, which it then requires) rows whose image does not read and malformed
     entries. ``decode_images`` yields RGB PIL images instead of bytes (and so also
     catches images whose header is fine but whose data is not). ``dedupe_captions``
-    drops repeated captions of an image, as ViLT's caption datasets do.
+    drops repeated captions of an image, as ViLT's caption datasets do. ``refs`` (what
+    training reads) leaves the image columns in the memory-mapped file: each record's
+    image is an `ArrowImage` reference, read and checked when it is decoded, so
+    indexing a table reads only its metadata columns and resident memory does not
+    grow with the table (Arrow streams, which cannot be read by position, keep bytes).
     """
     spec = family_spec(family)
     stats = _need_stats(skip_bad, stats)
     files = table_files(directory, spec.family, split, tables)
-    return _read_all(_prepare(files, spec), spec, skip_bad, stats, decode_images, dedupe_captions)
+    return _read_all(_prepare(files, spec), spec, skip_bad, stats, decode_images, dedupe_captions, refs)
 
 
 @dataclass(frozen=True)
@@ -276,7 +286,7 @@ def describe(directory, family: str, split: str = "train", tables: Sequence[str]
     out = []
     for path, batches, _ in _prepare(table_files(directory, spec.family, split, tables), spec):
         schema, _ = _open(path)
-        out.append(TableInfo(path, sum(b.num_rows for b in batches), {f.name: str(f.type) for f in schema}))
+        out.append(TableInfo(path, sum(b.num_rows for _, b in batches), {f.name: str(f.type) for f in schema}))
     return out
 
 

@@ -162,13 +162,14 @@ class _RowContext:
 
 
 def expand_row(expand: Callable, row: dict, ctx: _RowContext, images: Sequence[str], *, decode_images: bool,
-               skip_bad: bool, stats: ReadStats) -> Iterator[dict]:
-    """Check a row's images, then yield its records (`expand(row, ctx)`, the layout's expander); bad
-    rows/entries raise, or are counted and skipped. `images` are the columns that hold images."""
+               skip_bad: bool, stats: ReadStats, check_images: bool = True) -> Iterator[dict]:
+    """Check a row's images (unless they are references, checked when decoded), then yield its records
+    (`expand(row, ctx)`, the layout's expander); bad rows/entries raise, or are counted and skipped. `images`
+    are the columns that hold images."""
     stats.rows += 1
     try:
         decoded = {}
-        for col in images:
+        for col in images if check_images else ():
             img = _open_image(row[col], f"{ctx.where} column '{col}'", full=decode_images)
             if decode_images:
                 decoded[col] = img

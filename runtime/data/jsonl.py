@@ -34,6 +34,7 @@ from typing import Any, Callable, Iterator
 
 from graphspec.errors import Issue, SpecError, suggest
 
+from .images import FileImage
 from .records import MAX_MESSAGES, SKIP_HINT, BadData, ReadStats, _need_stats, _open_image, _short, raise_if_skipped
 
 
@@ -93,10 +94,11 @@ def _manifest_lines(manifest: Path) -> Iterator[tuple[int, str | None, str]]:
 
 
 def read_jsonl(manifest, layout: JsonlLayout, *, image_root=None, skip_bad: bool = False,
-               stats: ReadStats | None = None, decode_images: bool = False) -> Iterator[dict]:
+               stats: ReadStats | None = None, decode_images: bool = False, lazy: bool = False) -> Iterator[dict]:
     """The examples of a JSONL manifest read with a task's `layout` (see the module docstring), in file order.
 
-    A missing manifest or image root raises at once; lines are read lazily.
+    A missing manifest or image root raises at once; lines are read lazily. With `lazy` (what training
+    reads) each image is a `FileImage` reference: its file must exist, and is read and checked when decoded.
     """
     manifest = Path(manifest)
     if not manifest.is_file():
@@ -111,10 +113,11 @@ def read_jsonl(manifest, layout: JsonlLayout, *, image_root=None, skip_bad: bool
         raise SpecError([Issue((), f"the image root {root} of {manifest} is not a directory")],
                         title="the image folder is missing")
     stats = _need_stats(skip_bad, stats)
-    return _read(manifest, layout, root, skip_bad, stats, decode_images)
+    return _read(manifest, layout, root, skip_bad, stats, decode_images, lazy)
 
 
-def _read(manifest: Path, layout: JsonlLayout, root: Path, skip_bad: bool, stats: ReadStats, decode_images: bool):
+def _read(manifest: Path, layout: JsonlLayout, root: Path, skip_bad: bool, stats: ReadStats, decode_images: bool,
+          lazy: bool = False):
     required, optional, task = layout.fields, layout.optional, layout.name
     name = manifest.name
     for line, text, error in _manifest_lines(manifest):
@@ -147,8 +150,11 @@ def _read(manifest: Path, layout: JsonlLayout, root: Path, skip_bad: bool, stats
             for rel in rels:
                 path, rel = _resolve(root, rel, where, layout.images)
                 ref = f"image '{rel}'"
-                images.append(_open_image(path.read_bytes(), f"{where} {ref}", full=decode_images) if decode_images
-                              else _checked(path.read_bytes(), f"{where} {ref}"))
+                if lazy:
+                    images.append(FileImage(str(path), f"{where} {ref}"))
+                else:
+                    images.append(_open_image(path.read_bytes(), f"{where} {ref}", full=decode_images)
+                                  if decode_images else _checked(path.read_bytes(), f"{where} {ref}"))
                 refs.append(ref)
             ident = obj.get("id")
             extra = {k: v for k, v in obj.items() if k not in required and k not in optional}

@@ -24,7 +24,8 @@ from .. import ranks
 from ..data import scenes
 from ..data.arrow import read_arrow
 from ..data.jsonl import JsonlLayout, read_jsonl
-from ..data.records import ReadStats
+from ..data.images import SceneImage, image_ref
+from ..data.records import BadData, ReadStats
 from ..metrics import accuracy, classify_loss
 
 Forward = Callable[[dict], dict]
@@ -55,12 +56,47 @@ class Task(Protocol):
 
 @dataclass
 class TaskData:
-    """A task's examples (or pairs), read before the tokenizer exists: a trained vocabulary needs the texts."""
+    """A task's examples (or pairs), read before the tokenizer exists: a trained vocabulary needs the texts.
+    Their images are references; `transform` makes the model's pixels of one, at the input's `size`."""
 
     train: object
     val: object
     stats: dict = field(default_factory=dict)
     texts: Callable[[], list[str]] = lambda: []
+    transform: Callable | None = None
+    size: int | None = None
+
+
+def hash_seed(*parts) -> int:
+    """A generator seed from parts (the run's seed, a batch index): stable across processes, unlike hash()."""
+    import hashlib
+
+    return int.from_bytes(hashlib.blake2b(repr(parts).encode(), digest_size=8).digest(), "little") >> 1
+
+
+def load_rows(count: int, mine, load: Callable[[int], object], skip_bad: bool) -> tuple[list[tuple[int, object]], dict]:
+    """Read this rank's rows of a planned micro batch of `count` rows: for each row of `mine`, (the plan row used,
+    what `load(row)` gave) and the counts {"decoded", "replaced"}.
+
+    A row whose image does not read is, with `skip_bad`, replaced by the next row of the plan (wrapping
+    around) that does: a rule of the plan alone, so every rank and every worker replaces a bad sample alike
+    and 1 and N ranks still train on the same batch. Without it the first bad image is a located error.
+    """
+    out, decoded, replaced = [], 0, 0
+    for row in mine:
+        for k in range(count):
+            decoded += 1
+            try:
+                out.append(((row + k) % count, load((row + k) % count)))
+                break
+            except BadData as bad:
+                if not skip_bad:
+                    raise SpecError([bad.issue()], title="an image could not be read") from None
+                replaced += k == 0
+        else:
+            raise SpecError([Issue((), f"every one of the {count} samples of this micro batch is bad",
+                                   "check the data: `graphspec check-data SPEC`")], title="no sample to train on")
+    return out, {"decoded": decoded, "replaced": replaced}
 
 
 REGISTRY: dict[str, type] = {}
@@ -100,11 +136,12 @@ def file_records(source: DataSource, where: tuple, task: TaskFacts, layout: Json
     kind, _, path = source.source.partition(":")
     with _located(where):
         if kind == "jsonl":
-            yield from read_jsonl(path, layout, skip_bad=source.skip_bad, stats=stats)
+            yield from read_jsonl(path, layout, skip_bad=source.skip_bad, stats=stats, lazy=True)
             return
         families = source.family if isinstance(source.family, list) else [source.family or task.families[0]]
         for family in families:
-            yield from read_arrow(path, resolve_family(family), source.split, skip_bad=source.skip_bad, stats=stats)
+            yield from read_arrow(path, resolve_family(family), source.split, skip_bad=source.skip_bad, stats=stats,
+                                  refs=True)
 
 
 # --------------------------------------------------------------------------- downstream tasks
@@ -112,11 +149,18 @@ def file_records(source: DataSource, where: tuple, task: TaskFacts, layout: Json
 
 @dataclass
 class Example:
-    pixels: tuple[torch.Tensor, ...]  # (3, S, S) each: one image, two for NLVR2
+    images: tuple  # references (runtime.data.images): one image, two for NLVR2
     text: str
     label: int = 0  # class, truth (NLVR2), target box or scene (retrieval)
     answers: dict[str, float] | None = None
-    boxes: tuple[tuple[float, float, float, float], ...] = ()
+    boxes: tuple[tuple[float, float, float, float], ...] = ()  # in pixels of the image, or fractions of it
+
+
+def example_images(record: dict) -> tuple:
+    """A record's image(s) as references, named for messages by file, row and column."""
+    images = list(record["images"]) if "images" in record else [record["image"]]
+    refs = list(record.get("image_refs") or [f"image {i}" for i in range(len(images))])
+    return tuple(image_ref(img, f"{record.get('where', '')} {ref}") for img, ref in zip(images, refs))
 
 
 def shapes_config(source: DataSource, image_size: int, where: tuple) -> scenes.ShapesConfig:
@@ -133,16 +177,6 @@ def shapes_config(source: DataSource, image_size: int, where: tuple) -> scenes.S
     return config
 
 
-def pixels(data, where: str, transform):
-    """An encoded image (or a PIL image) -> ((3, S, S) tensor, (width, height))."""
-    import numpy as np
-
-    from ..data.records import decode_image
-
-    image = data if hasattr(data, "convert") else decode_image(data, where)
-    return transform(np.asarray(image.convert("RGB"))), image.size
-
-
 class ExampleTask:
     """A downstream task: one head trained by one objective on examples of one or two images and a text.
 
@@ -157,31 +191,33 @@ class ExampleTask:
     def __init__(self, spec: Spec, roles: Roles, data: TaskData, tokenizer, vocabulary: dict | None = None):
         self.spec, self.roles, self.tokenizer = spec, roles, tokenizer
         self.train, self.val, self.data_stats = data.train, data.val, data.stats
+        self.transform, self.size = data.transform, data.size
 
     @classmethod
     def read(cls, spec: Spec, roles: Roles, transform, split: str | None = None) -> TaskData:
         """The training examples (none when only evaluating a `split`) and the validation ones."""
         stats: dict = {}
-        train = cls._examples(spec, roles, spec.data.train, "train", transform, stats) if split is None else []
+        train = cls._examples(spec, roles, spec.data.train, "train", stats) if split is None else []
         val_source = eval_source(spec, split)
-        val = cls._examples(spec, roles, val_source, "val", transform, stats) if val_source else []
-        return TaskData(train, val, stats, lambda: [e.text for e in train])
+        val = cls._examples(spec, roles, val_source, "val", stats) if val_source else []
+        return TaskData(train, val, stats, lambda: [e.text for e in train], transform,
+                        spec.inputs[roles.image].size)
 
     @classmethod
-    def _examples(cls, spec: Spec, roles: Roles, source: DataSource, key: str, transform, stats: dict) -> list:
+    def _examples(cls, spec: Spec, roles: Roles, source: DataSource, key: str, stats: dict) -> list:
         where = ("data", key)
         if source.source == "builtin:shapes":
             config = shapes_config(source, spec.inputs[roles.image].size, where)
             n = source.samples or scenes.split_size(config, source.split)
             try:
-                return cls.generate_examples(config, source, n, lambda scene: transform(scenes.render(scene)))
+                return cls.generate_examples(config, source, n, lambda scene: SceneImage(scene, "a built-in scene"))
             except ValueError as e:
                 raise SpecError([Issue(where + ("samples",), str(e), "ask for fewer samples, or allow more "
                                        "shapes")]) from None
         examples, read = [], ReadStats()
-        with _located(where):  # an image that does not decode names the file, row and the spec field
+        with _located(where):  # a malformed record names the file, row and the spec field
             for record in file_records(source, where, roles.task, cls.jsonl, read):
-                examples.append(cls.example(record, transform))
+                examples.append(cls.example(record))
                 if source.samples and len(examples) >= source.samples:
                     break
         stats[key] = read.as_dict()
@@ -191,13 +227,13 @@ class ExampleTask:
         return examples
 
     @classmethod
-    def generate_examples(cls, config, source: DataSource, n: int, px) -> list[Example]:
-        """n examples of the built-in scenes; `px(scene)` is a scene's transformed image."""
+    def generate_examples(cls, config, source: DataSource, n: int, image) -> list[Example]:
+        """n examples of the built-in scenes; `image(scene)` is a scene's image reference."""
         raise NotImplementedError
 
     @classmethod
-    def example(cls, record: dict, transform) -> Example:
-        """One example from a file record."""
+    def example(cls, record: dict) -> Example:
+        """One example from a file record (its images as references: `example_images`)."""
         raise NotImplementedError
 
     def describe(self) -> str:
@@ -206,21 +242,34 @@ class ExampleTask:
     def vocabulary(self) -> dict:
         return {}
 
-    def rows(self, examples: list[Example]) -> dict:
-        """Model inputs and targets for a list of examples."""
+    def load(self, example: Example) -> tuple[tuple[torch.Tensor, ...], tuple]:
+        """An example's images read, decoded and transformed: ((3, S, S) each, each image's own (width, height))."""
+        loaded = [ref.load(self.size) for ref in example.images]
+        return tuple(self.transform(px) for px, _ in loaded), tuple(size for _, size in loaded)
+
+    def load_all(self, examples: list[Example]) -> list[tuple]:
+        """Validation examples loaded in order; a bad image (with the val block's skip_bad) gives way to the
+        next example, as in training."""
+        source = self.spec.data.val or self.spec.data.train
+        with _located(("data", "val")):
+            rows, _ = load_rows(len(examples), range(len(examples)), lambda k: self.load(examples[k]), source.skip_bad)
+        return [loaded for _, loaded in rows]
+
+    def rows(self, examples: list[Example], loaded: list[tuple]) -> dict:
+        """Model inputs and targets for examples and their loaded images (`load`)."""
         r = self.roles
-        pairs = [(e.text, px) for e in examples for px in e.pixels]  # NLVR2: two rows per example
+        pairs = [(e.text, px) for e, (pixels, _) in zip(examples, loaded) for px in pixels]  # NLVR2: two rows
         enc = self.tokenizer([t for t, _ in pairs], padding="max_length", truncation=True, return_tensors="pt",
                              max_length=self.spec.inputs[r.text].max_length)
         ids, mask = self.spec.inputs[r.text].tensors(r.text)
         (image,) = self.spec.inputs[r.image].tensors(r.image)
         batch = {ids: enc["input_ids"], mask: enc["attention_mask"], image: torch.stack([px for _, px in pairs]),
                  "label": torch.tensor([e.label for e in examples])}
-        self.collate_more(examples, batch)
+        self.collate_more(examples, [sizes for _, sizes in loaded], batch)
         return batch
 
-    def collate_more(self, examples: list[Example], batch: dict) -> None:
-        """Targets beyond `label` (VQA's scores, the candidate boxes)."""
+    def collate_more(self, examples: list[Example], sizes: list[tuple], batch: dict) -> None:
+        """Targets beyond `label` (VQA's scores, the candidate boxes, which need each image's size)."""
 
     def loss(self, logits: torch.Tensor, batch: dict) -> torch.Tensor:
         return classify_loss(logits, batch["label"])
@@ -237,10 +286,17 @@ class ExampleTask:
         pass
 
     def train_batch(self, size: int, index: int) -> dict:
-        """This rank's `size` examples of the step's global micro batch (the same draw on every rank)."""
+        """This rank's `size` examples of the step's global micro batch: every rank draws the whole batch alike
+        (a function of the index) and reads, decodes and transforms only its own rows."""
         rng = random.Random(f"train:{self.spec.train.seed}:{index}")
-        drawn = [self.train[rng.randrange(len(self.train))] for _ in range(size * ranks.world())]
-        return self.rows(drawn[ranks.part(len(drawn))])
+        total = size * ranks.world()
+        drawn = [self.train[rng.randrange(len(self.train))] for _ in range(total)]
+        mine = range(total)[ranks.part(total)]
+        with _located(("data", "train")):
+            rows, stats = load_rows(total, mine, lambda k: self.load(drawn[k]), self.spec.data.train.skip_bad)
+        batch = self.rows([drawn[k] for k, _ in rows], [loaded for _, loaded in rows])
+        batch["_data"] = stats
+        return batch
 
     def losses(self, out: dict, batch: dict) -> dict[str, torch.Tensor]:
         loss = self.loss(out[self.roles.head], batch)
@@ -252,7 +308,8 @@ class ExampleTask:
         right = total = loss = 0.0
         size = self.spec.batch_plan()[0]
         for start in range(0, len(self.val), size):
-            batch = self.rows(self.val[start:start + size])
+            examples = self.val[start:start + size]
+            batch = self.rows(examples, self.load_all(examples))
             logits = forward(batch)[self.roles.head].float()
             r, n = self.score(logits, batch)
             right, total = right + r, total + n

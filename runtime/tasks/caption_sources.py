@@ -1,58 +1,96 @@
 """The image-caption pairs captions pretraining draws from: the built-in scenes, or captioned images from
 files (ViLT/METER/Renaissance caption tables, a JSONL manifest).
 
-Both give the same interface. Training batches are drawn with a generator seeded by (seed, batch index,
-rank), so a batch is a pure function of its index: runs are reproducible and a resumed run sees the same data.
-Built-in scenes of a split are rendered and transformed once (they are small and deterministic) and kept as
-one tensor. Captions from files are grouped by image (a table row, or a manifest line); an ITM negative is a
-caption of another image, drawn at random as ViLT does: real captions cannot be checked against an image, so
-a rare negative that happens to fit stays a negative. Their images stay encoded in memory and are decoded and
-transformed per batch, so a large split costs its file size, not its pixels.
+Both give the same interface, in two halves. `plan` decides a micro batch from (seed, index) alone: which
+image each row shows, its text (a caption of it, or for an ITM negative a caption of another image) and
+whether they match; every rank plans the whole global micro batch alike, reading no image. `image(i)` is a
+reference to image i (`runtime.data.images`), which a worker reads, decodes and transforms only for the rows
+of its own rank. So batches are pure functions of their index (reproducible, resumable, the same for 1 and N
+ranks and any number of workers) and a rank decodes only what it trains on.
+
+Captions from files are grouped by image (a table row, or a manifest line); an ITM negative is a caption of
+another image, drawn at random as ViLT does: real captions cannot be checked against an image, so a rare
+negative that happens to fit stays a negative. Built-in negatives are checked against the scene.
 """
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Callable
-
-import numpy as np
-import torch
 
 from graphspec.errors import Issue, SpecError
 from graphspec.schema import DataSource
 
 from ..data import scenes as gen
-from ..data.records import ReadStats, decode_image
+from ..data.images import SceneImage, image_ref
+from ..data.records import ReadStats
 from .base import shapes_config
 
 NEGATIVE_TRIES = 50  # a caption of another scene is true of this one ~4% of the time; retry past that
 
 
 @dataclass
-class Pairs:
+class PairPlan:
+    """One batch of image-text pairs, before any image is read."""
+
+    images: list[int]  # the image each row shows (an index into the source)
     texts: list[str]
-    images: torch.Tensor  # (B, 3, S, S)
-    match: torch.Tensor  # (B,) 1 = the text describes the image
+    match: list[int]  # 1: the text describes the image; 0: an ITM negative
+
+    def rows(self, part: slice) -> "PairPlan":
+        return PairPlan(self.images[part], self.texts[part], self.match[part])
 
 
-class SceneSet:
-    """The scenes of one split, with their transformed images."""
+class _Pairs:
+    """What both sources share: batch plans from their captions, and fixed evaluation pairs."""
 
-    def __init__(self, source: DataSource, where: tuple, image_size: int, transform: Callable[[np.ndarray], torch.Tensor]):
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    def image(self, i: int):
+        return self.refs[i]
+
+    def plan_rows(self, indices: list[int], negatives: list[bool], rng: random.Random) -> PairPlan:
+        texts = [self.negative_caption(i, rng) if neg else self.caption(i, rng) for i, neg in zip(indices, negatives)]
+        return PairPlan(list(indices), texts, [0 if n else 1 for n in negatives])
+
+    def plan(self, size: int, negative_prob: float, seed: int, index: int) -> PairPlan:
+        """Micro batch `index` of the run: a function of (seed, index) alone."""
+        rng = random.Random(f"train:{seed}:{index}:0")
+        indices = [rng.randrange(len(self)) for _ in range(size)]
+        return self.plan_rows(indices, [rng.random() < negative_prob for _ in range(size)], rng)
+
+    def eval_plans(self, per_image: int) -> list[PairPlan]:
+        """Fixed pairs, half negatives, the same at every evaluation: one plan per image."""
+        return [self.plan_rows([i] * per_image, [k % 2 == 1 for k in range(per_image)], random.Random(f"eval:{i}"))
+                for i in range(len(self))]
+
+
+def batched(plans: list[PairPlan], size: int) -> list[PairPlan]:
+    """Regroup per-image plans into batches of `size`."""
+    images = [i for p in plans for i in p.images]
+    texts = [t for p in plans for t in p.texts]
+    match = [m for p in plans for m in p.match]
+    return [PairPlan(images[k:k + size], texts[k:k + size], match[k:k + size]) for k in range(0, len(texts), size)]
+
+
+class SceneSet(_Pairs):
+    """The scenes of one split; each image is rendered when a batch needs it."""
+
+    def __init__(self, source: DataSource, where: tuple, image_size: int):
         config = shapes_config(source, image_size, where)
         available = gen.split_size(config, source.split)
         n = source.samples or available
         if n > available:
             raise SpecError([Issue(where + ("samples",), f"asked for {n} {source.split} scenes, but these options "
-                                        f"give only {available} distinct {source.split} scenes",
-                                        f"use samples <= {available}, or allow more variety (e.g. shapes.max_shapes: 4)")],
-                                 title="the data block asks for scenes the generator cannot make")
+                                   f"give only {available} distinct {source.split} scenes",
+                                   f"use samples <= {available}, or allow more variety (e.g. shapes.max_shapes: 4)")],
+                            title="the data block asks for scenes the generator cannot make")
         self.scenes = gen.scenes(config, source.split, n)
-        self.images = torch.stack([transform(gen.render(s)) for s in self.scenes])  # (N, 3, S, S)
+        self.refs = [SceneImage(s, f"builtin scene {k}") for k, s in enumerate(self.scenes)]
 
-    def __len__(self) -> int:
-        return len(self.scenes)
+    def caption(self, i: int, rng: random.Random) -> str:
+        return gen.caption(self.scenes[i], rng)
 
     def negative_caption(self, i: int, rng: random.Random) -> str:
         for _ in range(NEGATIVE_TRIES):
@@ -63,97 +101,41 @@ class SceneSet:
                 return text
         raise RuntimeError(f"no false caption found for scene {i} in {NEGATIVE_TRIES} tries")
 
-    def pairs(self, indices: list[int], negatives: list[bool], rng: random.Random) -> Pairs:
-        texts = [self.negative_caption(i, rng) if neg else gen.caption(self.scenes[i], rng)
-                 for i, neg in zip(indices, negatives)]
-        return Pairs(texts, self.images[indices], torch.tensor([0 if n else 1 for n in negatives]))
-
-    def train_batch(self, size: int, negative_prob: float, seed: int, index: int, rank: int = 0) -> Pairs:
-        rng = random.Random(f"train:{seed}:{index}:{rank}")
-        indices = [rng.randrange(len(self.scenes)) for _ in range(size)]
-        return self.pairs(indices, [rng.random() < negative_prob for _ in range(size)], rng)
-
-    def texts(self) -> list[str]:
-        return all_texts(self)
-
-    def eval_pairs(self, per_scene: int) -> list[Pairs]:
-        """Fixed pairs, half negatives, the same at every evaluation: one Pairs per scene."""
-        out = []
-        for i in range(len(self.scenes)):
-            rng = random.Random(f"eval:{i}")
-            out.append(self.pairs([i] * per_scene, [k % 2 == 1 for k in range(per_scene)], rng))
-        return out
+    def texts(self, per_scene: int = 8) -> list[str]:
+        """Captions to train a vocabulary on: several per training scene."""
+        rng = random.Random("vocabulary")
+        return [gen.caption(s, rng) for s in self.scenes for _ in range(per_scene)]
 
 
-def batched(pairs: list[Pairs], size: int) -> list[Pairs]:
-    """Regroup per-scene pairs into batches of `size`."""
-    texts = [t for p in pairs for t in p.texts]
-    images = torch.cat([p.images for p in pairs])
-    match = torch.cat([p.match for p in pairs])
-    return [Pairs(texts[k:k + size], images[k:k + size], match[k:k + size]) for k in range(0, len(texts), size)]
+class CaptionFiles(_Pairs):
+    """The captioned images of one split from file records (their images stay where they are: references)."""
 
-
-def all_texts(scenes: SceneSet, per_scene: int = 8) -> list[str]:
-    """Captions to train a vocabulary on: several per training scene."""
-    rng = random.Random("vocabulary")
-    return [gen.caption(s, rng) for s in scenes.scenes for _ in range(per_scene)]
-
-
-class CaptionFiles:
-    """The images of one split with their captions; batches are pure functions of (seed, index, rank)."""
-
-    def __init__(self, source: DataSource, where: tuple, transform: Callable[[np.ndarray], torch.Tensor],
-                 records, stats: ReadStats):
-        self.transform, self.stats = transform, stats
-        self.images: list = []  # encoded bytes (or decoded PIL images), one per distinct image
-        self.wheres: list[str] = []
+    def __init__(self, source: DataSource, where: tuple, records, stats: ReadStats):
+        self.stats = stats
+        self.refs: list = []  # one image reference per distinct image
         self.captions: list[list[str]] = []
         index: dict[tuple, int] = {}
         for rec in records:
             key = (rec["table"], rec["row"])  # a row (table) or a line (manifest) is one image
             if key not in index:
-                if source.samples and len(self.images) >= source.samples:
+                if source.samples and len(self.refs) >= source.samples:
                     break
-                index[key] = len(self.images)
-                self.images.append(rec["image"])
-                self.wheres.append(f"{rec['where']} {rec['image_refs'][0]}")
+                index[key] = len(self.refs)
+                self.refs.append(image_ref(rec["image"], f"{rec['where']} {rec['image_refs'][0]}"))
                 self.captions.append([])
             self.captions[index[key]].append(rec["text"])
-        if len(self.images) < 2:
-            raise SpecError([Issue(where + ("source",), f"{source.source} holds {len(self.images)} captioned image(s) "
+        if len(self.refs) < 2:
+            raise SpecError([Issue(where + ("source",), f"{source.source} holds {len(self.refs)} captioned image(s) "
                                    f"for split '{source.split}'; image-text matching needs at least two (a negative "
                                    "caption comes from another image)", "check the split and the files")])
 
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def pixels(self, i: int) -> torch.Tensor:
-        image = self.images[i]
-        if isinstance(image, (bytes, bytearray, memoryview)):
-            image = decode_image(image, self.wheres[i])
-        return self.transform(np.asarray(image.convert("RGB")))  # (3, S, S)
+    def caption(self, i: int, rng: random.Random) -> str:
+        return rng.choice(self.captions[i])
 
     def negative_caption(self, i: int, rng: random.Random) -> str:
-        j = rng.randrange(len(self.images) - 1)
+        j = rng.randrange(len(self.refs) - 1)
         j += j >= i  # never the same image
         return rng.choice(self.captions[j])
-
-    def pairs(self, indices: list[int], negatives: list[bool], rng: random.Random) -> Pairs:
-        texts = [self.negative_caption(i, rng) if neg else rng.choice(self.captions[i])
-                 for i, neg in zip(indices, negatives, strict=True)]
-        decoded = {i: self.pixels(i) for i in set(indices)}  # an image drawn twice is decoded once
-        images = torch.stack([decoded[i] for i in indices])  # (B, 3, S, S)
-        return Pairs(texts, images, torch.tensor([0 if n else 1 for n in negatives]))
-
-    def train_batch(self, size: int, negative_prob: float, seed: int, index: int, rank: int = 0) -> Pairs:
-        rng = random.Random(f"train:{seed}:{index}:{rank}")
-        indices = [rng.randrange(len(self.images)) for _ in range(size)]
-        return self.pairs(indices, [rng.random() < negative_prob for _ in range(size)], rng)
-
-    def eval_pairs(self, per_scene: int) -> list[Pairs]:
-        """Fixed pairs, half negatives, the same at every evaluation: one Pairs per image."""
-        return [self.pairs([i] * per_scene, [k % 2 == 1 for k in range(per_scene)], random.Random(f"eval:{i}"))
-                for i in range(len(self.images))]
 
     def texts(self) -> list[str]:
         """Every caption, to train a vocabulary on."""

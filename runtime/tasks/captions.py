@@ -16,10 +16,10 @@ from graphspec.schema import TASKS, DataSource, Roles, Spec
 from .. import ranks
 from ..data.jsonl import JsonlLayout, field_error
 from ..data.records import ReadStats, _short
-from ..metrics import itc_loss
-from ..objectives import IGNORE, itm_loss, mask_tokens, mlm_loss
-from .base import TaskData, _located, eval_source, file_records, register
-from .caption_sources import CaptionFiles, Pairs, SceneSet, batched
+from ..metrics import contrastive_loss, itc_logits, itc_loss
+from ..objectives import IGNORE, MaskDraws, itm_loss, mask_tokens, mlm_loss
+from .base import TaskData, _located, eval_source, file_records, hash_seed, load_rows, register
+from .caption_sources import CaptionFiles, PairPlan, SceneSet, batched
 
 
 def _parse(obj: dict, where: str) -> tuple[list[dict], list]:
@@ -37,33 +37,35 @@ def matching(logits: torch.Tensor, match: torch.Tensor) -> torch.Tensor:
     return logits[keep][:, keep]  # (P, P)
 
 
-def pair_source(spec: Spec, roles: Roles, source: DataSource, key: str, transform, stats: dict):
+def pair_source(spec: Spec, roles: Roles, source: DataSource, key: str, stats: dict):
     """The built-in scenes, or captioned images from arrow:/jsonl: files (their read counts go to `stats`)."""
     where = ("data", key)
     if source.source == "builtin:shapes":
-        return SceneSet(source, where, spec.inputs[roles.image].size, transform)
+        return SceneSet(source, where, spec.inputs[roles.image].size)
     read = ReadStats()
     with _located(where):
-        pairs = CaptionFiles(source, where, transform, file_records(source, where, roles.task, Captions.jsonl, read),
-                             read)
+        pairs = CaptionFiles(source, where, file_records(source, where, roles.task, Captions.jsonl, read), read)
     stats[key] = read.as_dict()
     return pairs
 
 
-def encode(pairs: Pairs, spec: Spec, roles: Roles, tokenizer, gen: torch.Generator | None) -> dict:
-    """Model inputs for a batch; with `gen`, text is masked for MLM (labels on matching pairs only)."""
-    enc = tokenizer(pairs.texts, padding="max_length", truncation=True, return_tensors="pt",
+def encode(plan: PairPlan, pixels: torch.Tensor, spec: Spec, roles: Roles, tokenizer,
+           draws: MaskDraws | None) -> dict:
+    """Model inputs for planned rows and their pixels (B, 3, S, S); with `draws`, text is masked for MLM
+    (labels on matching pairs only)."""
+    enc = tokenizer(plan.texts, padding="max_length", truncation=True, return_tensors="pt",
                     max_length=spec.inputs[roles.text].max_length, return_special_tokens_mask=True)
     ids, mask = enc["input_ids"], enc["attention_mask"]
     ids_key, mask_key = spec.inputs[roles.text].tensors(roles.text)
     (image_key,) = spec.inputs[roles.image].tensors(roles.image)
-    batch = {ids_key: ids, mask_key: mask, image_key: pairs.images, "match": pairs.match}
-    if roles.mlm is not None and gen is not None:
+    match = torch.tensor(plan.match)
+    batch = {ids_key: ids, mask_key: mask, image_key: pixels, "match": match}
+    if roles.mlm is not None and draws is not None:
         obj = spec.objectives[roles.mlm]
         special = enc["special_tokens_mask"].bool() | (mask == 0)
-        word_ids = [enc.word_ids(i) for i in range(len(pairs.texts))]
+        word_ids = [enc.word_ids(i) for i in range(len(plan.texts))]
         masked, labels = mask_tokens(ids, special, word_ids, obj.mask_prob, obj.whole_word, tokenizer.mask_token_id,
-                                     len(tokenizer), pairs.match.bool(), gen)
+                                     match.bool(), draws)
         batch[ids_key] = masked
         batch[spec.labels_of(spec.objective_head(roles.mlm))] = labels
     return batch
@@ -79,16 +81,16 @@ class Captions:
     def __init__(self, spec: Spec, roles: Roles, data: TaskData, tokenizer, vocabulary: dict | None = None):
         self.spec, self.roles, self.tokenizer = spec, roles, tokenizer
         self.train_set, self.val_set, self.data_stats = data.train, data.val, data.stats
+        self.transform, self.size = data.transform, data.size
         self.negative_prob = spec.objectives[roles.itm].negative_prob if roles.itm else 0.0
-        self.gen = torch.Generator().manual_seed(spec.train.seed)  # masking
 
     @classmethod
     def read(cls, spec: Spec, roles: Roles, transform, split: str | None = None) -> TaskData:
         stats: dict = {}
-        train = pair_source(spec, roles, spec.data.train, "train", transform, stats) if split is None else None
+        train = pair_source(spec, roles, spec.data.train, "train", stats) if split is None else None
         val_source = eval_source(spec, split)
-        val = pair_source(spec, roles, val_source, "val", transform, stats) if val_source else None
-        return TaskData(train, val, stats, lambda: train.texts())
+        val = pair_source(spec, roles, val_source, "val", stats) if val_source else None
+        return TaskData(train, val, stats, lambda: train.texts(), transform, spec.inputs[roles.image].size)
 
     def describe(self) -> str:
         return f"{len(self.train_set)} train images"
@@ -96,31 +98,46 @@ class Captions:
     def vocabulary(self) -> dict:
         return {}
 
-    def rng_state(self) -> torch.Tensor:
-        """The running state of MLM masking, which a resumed run must continue from."""
-        return self.gen.get_state()
+    def rng_state(self) -> None:
+        """Nothing to keep for a resume: a batch, its masking included, is a pure function of its index."""
+        return None
 
-    def set_rng_state(self, state: torch.Tensor) -> None:
-        self.gen.set_state(state)
+    def set_rng_state(self, state) -> None:
+        pass
+
+    def _pixels(self, pairs, plan: PairPlan, mine, skip_bad: bool, where: tuple) -> tuple[PairPlan, torch.Tensor, dict]:
+        """This rank's rows of a plan, read: (the rows used, their pixels (B, 3, S, S), read counts)."""
+        with _located(where):
+            rows, stats = load_rows(len(plan.texts), mine, lambda k: pairs.image(plan.images[k]).load(self.size),
+                                    skip_bad)
+        used = PairPlan([plan.images[k] for k, _ in rows], [plan.texts[k] for k, _ in rows],
+                        [plan.match[k] for k, _ in rows])
+        return used, torch.stack([self.transform(px) for _, (px, _) in rows]), stats
 
     def train_batch(self, size: int, index: int) -> dict:
-        """This rank's `size` rows of the step's global micro batch, which every rank builds alike (masking
-        included), so a batch is a function of the step whatever the number of ranks."""
+        """This rank's `size` rows of the step's global micro batch. Every rank plans the whole batch alike
+        (images, texts, negatives and the masking draws are functions of the index) and reads, decodes and
+        transforms only its own rows, so a batch is the same whatever the number of ranks or workers."""
         total = size * ranks.world()
-        pairs = self.train_set.train_batch(total, self.negative_prob, self.spec.train.seed, index)
-        batch = encode(pairs, self.spec, self.roles, self.tokenizer, self.gen)
-        return batch if total == size else self._share(batch, ranks.part(total))
-
-    def _share(self, batch: dict, rows: slice) -> dict:
-        """A rank's rows. Its MLM loss is weighted by its share of the masked tokens: the ranks' average
-        (what data parallelism takes) is then the mean over every masked token of the global batch."""
-        mine = {k: v[rows] for k, v in batch.items()}
+        seed = self.spec.train.seed
+        plan = self.train_set.plan(total, self.negative_prob, seed, index)
+        mine = range(total)[ranks.part(total)]
+        rows, pixels, stats = self._pixels(self.train_set, plan, mine, self.spec.data.train.skip_bad, ("data", "train"))
+        draws = None
         if self.roles.mlm:
-            key = self.spec.labels_of(self.spec.objective_head(self.roles.mlm))
-            total = int((batch[key] != IGNORE).sum())
-            if total:
-                mine["mlm_weight"] = int((mine[key] != IGNORE).sum()) * ranks.world() / total
-        return mine
+            gen = torch.Generator().manual_seed(hash_seed(seed, index))
+            length = self.spec.inputs[self.roles.text].max_length
+            draws = MaskDraws.draw(gen, total, length, len(self.tokenizer)).rows(slice(mine.start, mine.stop))
+        batch = encode(rows, pixels, self.spec, self.roles, self.tokenizer, draws)
+        batch["_data"] = stats
+        return batch
+
+    def mlm_weight(self, labels: torch.Tensor) -> float:
+        """A rank's MLM loss is weighted by its share of the masked tokens: the ranks' average (what data
+        parallelism takes) is then the mean over every masked token of the global batch (one all-reduce)."""
+        mine = float((labels != IGNORE).sum())
+        total = ranks.total({"masked": mine})["masked"]
+        return mine * ranks.world() / total if total else 1.0
 
     def losses(self, out: dict, batch: dict) -> dict[str, torch.Tensor]:
         spec, roles = self.spec, self.roles
@@ -129,9 +146,11 @@ class Captions:
             parts[roles.itm] = itm_loss(out[spec.objective_head(roles.itm)], batch["match"])
         if roles.mlm:
             head = spec.objective_head(roles.mlm)
-            parts[roles.mlm] = mlm_loss(out[head], batch[spec.labels_of(head)]) * batch.get("mlm_weight", 1.0)
-        if roles.itc:
-            parts[roles.itc] = itc_loss(matching(out[spec.objective_head(roles.itc)], batch["match"]))
+            labels = batch[spec.labels_of(head)]
+            weight = self.mlm_weight(labels) if ranks.world() > 1 else 1.0
+            parts[roles.mlm] = mlm_loss(out[head], labels) * weight
+        if roles.itc:  # against the matching pairs of every rank's rows
+            parts[roles.itc] = contrastive_loss(out[spec.objective_head(roles.itc)], batch["match"])
         parts["loss"] = sum(spec.objectives[k].weight * v for k, v in parts.items())
         return parts
 
@@ -143,16 +162,21 @@ class Captions:
         spec, roles = self.spec, self.roles
         sums = {f"{t}_{k}": 0.0 for t in ("itm", "mlm", "itc") for k in ("hit", "loss", "n")}
         gen = torch.Generator().manual_seed(1234)
-        for pairs in batched(self.val_set.eval_pairs(spec.data.val_pairs), spec.batch_plan()[0]):
+        source = spec.data.val or spec.data.train
+        for planned in batched(self.val_set.eval_plans(spec.data.val_pairs), spec.batch_plan()[0]):
+            plan, pixels, _ = self._pixels(self.val_set, planned, range(len(planned.texts)), source.skip_bad,
+                                           ("data", "val"))
+            match = torch.tensor(plan.match)
             if roles.itm:
-                logits = forward(encode(pairs, spec, roles, self.tokenizer, gen=None))[spec.objective_head(roles.itm)]
-                sums["itm_hit"] += int((logits.float().argmax(-1) == pairs.match).sum())
-                sums["itm_loss"] += float(itm_loss(logits, pairs.match)) * len(pairs.texts)
-                sums["itm_n"] += len(pairs.texts)
+                logits = forward(encode(plan, pixels, spec, roles, self.tokenizer, None))[spec.objective_head(roles.itm)]
+                sums["itm_hit"] += int((logits.float().argmax(-1) == match).sum())
+                sums["itm_loss"] += float(itm_loss(logits, match)) * len(plan.texts)
+                sums["itm_n"] += len(plan.texts)
             if roles.mlm:
-                self._mlm(forward, pairs, gen, sums)
+                draws = MaskDraws.draw(gen, len(plan.texts), spec.inputs[roles.text].max_length, len(self.tokenizer))
+                self._mlm(forward, plan, pixels, draws, sums)
             if roles.itc:
-                self._itc(forward, pairs, sums)
+                self._itc(forward, plan, pixels, sums)
         out = {}
         for task in ("itm", "mlm", "itc"):
             if sums[f"{task}_n"]:
@@ -160,18 +184,18 @@ class Captions:
                 out[f"{task}_loss"] = round(sums[f"{task}_loss"] / sums[f"{task}_n"], 6)
         return out
 
-    def _itc(self, forward, pairs, sums) -> None:
+    def _itc(self, forward, plan, pixels, sums) -> None:
         """In-batch: how often a caption's own image scores highest among the batch's matching pairs."""
-        batch = encode(pairs, self.spec, self.roles, self.tokenizer, gen=None)
-        logits = matching(forward(batch)[self.spec.objective_head(self.roles.itc)].float(), pairs.match)
+        batch = encode(plan, pixels, self.spec, self.roles, self.tokenizer, None)
+        logits = matching(itc_logits(forward(batch)[self.spec.objective_head(self.roles.itc)]), batch["match"])
         n = logits.shape[0]
         if n > 1:
             sums["itc_hit"] += float((logits.argmax(-1) == torch.arange(n)).sum())
             sums["itc_loss"] += float(itc_loss(logits)) * n
             sums["itc_n"] += n
 
-    def _mlm(self, forward, pairs, gen, sums) -> None:
-        batch = encode(pairs, self.spec, self.roles, self.tokenizer, gen=gen)
+    def _mlm(self, forward, plan, pixels, draws, sums) -> None:
+        batch = encode(plan, pixels, self.spec, self.roles, self.tokenizer, draws)
         head = self.spec.objective_head(self.roles.mlm)
         labels = batch[self.spec.labels_of(head)]
         target = labels[labels != IGNORE]

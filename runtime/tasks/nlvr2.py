@@ -15,7 +15,7 @@ from ..data.jsonl import JsonlLayout, field_error, text_field
 from ..data.records import _short
 from ..data.scene_text import Plan, Pool, draw, random_thing, task_rng
 from ..data.scenes import Scene, ShapesConfig
-from .base import Example, ExampleTask, pixels, register
+from .base import Example, ExampleTask, example_images, register
 
 
 @dataclass(frozen=True)
@@ -85,12 +85,10 @@ class Nlvr2(ExampleTask):
     jsonl = JsonlLayout(name, TASKS[name].fields, TASKS[name].optional, "images", _parse)
 
     @classmethod
-    def generate_examples(cls, config, source, n, px):
-        return [Example((px(e.scene_0), px(e.scene_1)), e.statement, int(e.label))
+    def generate_examples(cls, config, source, n, image):
+        return [Example((image(e.scene_0), image(e.scene_1)), e.statement, int(e.label))
                 for e in generate(config, source.split, n, source.shapes.seed)]
 
     @classmethod
-    def example(cls, record, transform):
-        where = record.get("where", "")
-        return Example(tuple(pixels(img, where, transform)[0] for img in record["images"]), record["text"],
-                       int(record["label"]))
+    def example(cls, record):
+        return Example(example_images(record), record["text"], int(record["label"]))

@@ -8,7 +8,7 @@ Renaissance's `refcoco` Arrow tables or a JSONL manifest. Boxes in pixels become
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -27,7 +27,7 @@ from ..data.scene_text import (
     task_rng,
 )
 from ..data.scenes import RELATIONS, Scene, ShapesConfig, shape_box
-from .base import Example, ExampleTask, pixels, register
+from .base import Example, ExampleTask, example_images, register
 
 Box = tuple[float, float, float, float]
 REFERENCE_FAMILIES = ("position", "attribute", "descriptor", "relation")
@@ -122,16 +122,17 @@ class Refexp(ExampleTask):
     jsonl = JsonlLayout(name, TASKS[name].fields, TASKS[name].optional, "image", _parse)
 
     @classmethod
-    def generate_examples(cls, config, source, n, px):
-        return [Example((px(e.scene),), e.expression, e.target, boxes=e.boxes)
+    def generate_examples(cls, config, source, n, image):
+        return [Example((image(e.scene),), e.expression, e.target, boxes=e.boxes)
                 for e in generate(config, source.split, n, source.shapes.seed)]
 
     @classmethod
-    def example(cls, record, transform):
-        px, size = pixels(record["image"], record.get("where", ""), transform)
-        return Example((px,), record["text"], int(record["target"]), boxes=fractions(record["boxes"], size))
+    def example(cls, record):
+        return Example(example_images(record), record["text"], int(record["target"]),
+                       boxes=tuple(tuple(b) for b in record["boxes"]))
 
-    def collate_more(self, examples, batch) -> None:
+    def collate_more(self, examples, sizes, batch) -> None:
+        examples = [replace(e, boxes=fractions(e.boxes, size[0])) for e, size in zip(examples, sizes)]
         name = self.roles.boxes
         k = self.spec.inputs[name].max_candidates
         most = max(len(e.boxes) for e in examples)

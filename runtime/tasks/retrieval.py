@@ -12,7 +12,7 @@ import torch
 
 from ..data.scene_text import Plan, Pool, draw
 from ..data.scenes import Scene, ShapesConfig, caption
-from ..metrics import itc_loss, recall_at_k
+from ..metrics import contrastive_loss, itc_logits, recall_at_k
 from .base import Example, ExampleTask, register
 
 CAPTIONS_PER_SCENE = 3
@@ -59,17 +59,17 @@ class Retrieval(ExampleTask):
     name = "retrieval"
 
     @classmethod
-    def generate_examples(cls, config, source, n, px):
+    def generate_examples(cls, config, source, n, image):
         """One example per caption; the label names its scene."""
         made = generate(config, source.split, n, source.shapes.seed)
-        return [Example((image,), text, i) for i, e in enumerate(made) for image in [px(e.scene)] for text in e.captions]
+        return [Example((image(e.scene),), text, i) for i, e in enumerate(made) for text in e.captions]
 
     @classmethod
-    def example(cls, record, transform):
+    def example(cls, record):
         raise AssertionError("retrieval reads built-in scenes only (the task table lists no files for it)")
 
-    def loss(self, logits, batch):
-        return itc_loss(logits)
+    def loss(self, out, batch):
+        return contrastive_loss(out)  # every text against every rank's images
 
     @torch.no_grad()
     def evaluate(self, forward) -> dict:
@@ -79,16 +79,17 @@ class Retrieval(ExampleTask):
             return {}
         images = {e.label: e for e in self.val}  # one image per scene
         scenes = sorted(images)
+        loaded = dict(zip(scenes, self.load_all([images[s] for s in scenes])))  # each image read once
         size = self.spec.batch_plan()[0]
         sim = torch.zeros(len(self.val), len(scenes))
         for t0 in range(0, len(self.val), size):
             texts = self.val[t0:t0 + size]
             for i0 in range(0, len(scenes), size):
-                block = [images[s] for s in scenes[i0:i0 + size]]
+                block = scenes[i0:i0 + size]
                 n = max(len(texts), len(block))
-                rows = [Example(block[min(k, len(block) - 1)].pixels, texts[min(k, len(texts) - 1)].text)
-                        for k in range(n)]  # padded by repetition to one batch size
-                logits = forward(self.rows(rows))[self.roles.head].float()
+                picks = [(block[min(k, len(block) - 1)], texts[min(k, len(texts) - 1)]) for k in range(n)]
+                rows = [Example(images[s].images, e.text) for s, e in picks]  # padded by repetition to one batch
+                logits = itc_logits(forward(self.rows(rows, [loaded[s] for s, _ in picks]))[self.roles.head])
                 sim[t0:t0 + len(texts), i0:i0 + len(block)] = logits[:len(texts), :len(block)]
         position = {s: i for i, s in enumerate(scenes)}
         return {f"retrieval_{k}": v for k, v in recall_at_k(sim, [position[e.label] for e in self.val]).items()}

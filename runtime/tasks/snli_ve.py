@@ -26,7 +26,7 @@ from ..data.scene_text import (
     task_rng,
 )
 from ..data.scenes import Scene, ShapesConfig
-from .base import Example, ExampleTask, pixels, register
+from .base import Example, ExampleTask, example_images, register
 
 LABELS = {"contradiction": 0, "neutral": 1, "entailment": 2}
 
@@ -124,11 +124,10 @@ class SnliVe(ExampleTask):
     jsonl = JsonlLayout(name, TASKS[name].fields, TASKS[name].optional, "image", _parse)
 
     @classmethod
-    def generate_examples(cls, config, source, n, px):
-        return [Example((px(e.scene),), e.hypothesis, e.label) for e in generate(config, source.split, n,
-                                                                                source.shapes.seed)]
+    def generate_examples(cls, config, source, n, image):
+        return [Example((image(e.scene),), e.hypothesis, e.label) for e in generate(config, source.split, n,
+                                                                                   source.shapes.seed)]
 
     @classmethod
-    def example(cls, record, transform):
-        return Example((pixels(record["image"], record.get("where", ""), transform)[0],), record["text"],
-                       int(record["label"]))
+    def example(cls, record):
+        return Example(example_images(record), record["text"], int(record["label"]))

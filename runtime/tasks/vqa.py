@@ -31,7 +31,7 @@ from ..data.scene_text import (
 )
 from ..data.scenes import Scene, ShapesConfig
 from ..metrics import vqa_loss, vqa_score
-from .base import Example, ExampleTask, pixels, register, shapes_config
+from .base import Example, ExampleTask, example_images, register, shapes_config
 
 Answers = dict[str, float]
 QUESTION_TYPES = ("colour", "shape", "count", "exists")
@@ -122,17 +122,16 @@ class Vqa(ExampleTask):
         self.answers = (vocabulary or {}).get("answers") or self._answer_vocabulary()
 
     @classmethod
-    def generate_examples(cls, config, source, n, px):
-        return [Example((px(e.scene),), e.question, answers=e.answers)
+    def generate_examples(cls, config, source, n, image):
+        return [Example((image(e.scene),), e.question, answers=e.answers)
                 for e in generate(config, source.split, n, source.shapes.seed)]
 
     @classmethod
-    def example(cls, record, transform):
+    def example(cls, record):
         answers = record["answers"]
         scores = dict(zip(answers or [], record.get("answer_scores") or [])) if isinstance(answers, list) \
             else dict(answers or {})
-        return Example((pixels(record["image"], record.get("where", ""), transform)[0],), record["text"],
-                       answers=scores)
+        return Example(example_images(record), record["text"], answers=scores)
 
     def _answer_vocabulary(self) -> list[str]:
         if self.spec.data.train.source == "builtin:shapes":
@@ -148,7 +147,7 @@ class Vqa(ExampleTask):
     def vocabulary(self) -> dict:
         return {"answers": self.answers}
 
-    def collate_more(self, examples, batch) -> None:
+    def collate_more(self, examples, sizes, batch) -> None:
         batch["scores"] = torch.tensor([[e.answers.get(a, 0.0) for a in self.answers] for e in examples])
 
     def loss(self, logits, batch):

@@ -147,7 +147,10 @@ def test_heads_shapes(tiny, write_spec):
     b["regions"] = torch.rand(4, 5, 4)
     b["regions_mask"] = torch.tensor([[1, 1, 1, 0, 0]] * 4, dtype=torch.bool)
     out = model(**b)
-    assert out["itc"].shape == (4, 4) and out["ve"].shape == (4, 3) and out["vqa"].shape == (4, 7)
+    from graphspec.runtime.metrics import itc_logits
+
+    assert itc_logits(out["itc"]).shape == (4, 4) and out["itc"]["text"].shape == (4, 16)
+    assert out["ve"].shape == (4, 3) and out["vqa"].shape == (4, 7)
     assert out["nlvr2"].shape == (2, 2)  # rows (0, 1) and (2, 3) are one example each
     assert out["ref"].shape == (4, 5) and torch.softmax(out["ref"], -1)[:, 3:].max() == 0
     torch.testing.assert_close(model.heads.itc.logit_scale.exp().item(), 1 / 0.07, rtol=1e-5, atol=0)

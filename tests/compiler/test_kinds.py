@@ -119,7 +119,8 @@ def test_every_builder_runs_forward_and_backward(kind):
              if obj.kind == kind]
     assert named, f"the case for {kind} does not use it"
     out = model(**_inputs(spec))
-    loss = sum(v.float().masked_fill(v.float() < -1e30, 0).sum() for v in out.values())
+    tensors = [t for v in out.values() for t in (v.values() if isinstance(v, dict) else [v])]
+    loss = sum(t.float().masked_fill(t.float() < -1e30, 0).sum() for t in tensors)
     loss.backward()
     for prefix in named:
         params = list(model.get_submodule(prefix).named_parameters())

@@ -29,6 +29,9 @@ def spec_file(train_spec, tmp_path):
     Batch 8: 8 x 1 on one rank, 4 x 1 on each of two."""
     for name in ("text_tower", "vision_tower"):
         train_spec["nodes"][name]["dropout"] = 0.0
+    # ITC contrasts every rank's rows (gathered with their gradients), as one rank contrasts the whole batch
+    train_spec["heads"]["itc"] = {"kind": "itc", "inputs": {"text": "text_tower", "image": "vision_tower"}, "dim": 16}
+    train_spec["objectives"]["itc"] = {"weight": 1.0}
     train_spec["train"].update(steps=STEPS, log_every=1, val_every=None, checkpoint_every=6, keep_checkpoints=1)
     train_spec["data"]["val"] = None
     path = tmp_path / "spec.yaml"
@@ -45,13 +48,13 @@ def _ranks(args: list[str]) -> subprocess.CompletedProcess:
 
 def _losses(run_dir) -> list[dict]:
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [{k: r[k] for k in ("step", "loss", "itm", "mlm")} for r in records if r.get("split", "train") == "train"]
+    return [{k: r[k] for k in ("step", "loss", "itm", "mlm", "itc")} for r in records if r.get("split", "train") == "train"]
 
 
 def _close(a: list[dict], b: list[dict]) -> None:
     assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, STEPS + 1))
     for x, y in zip(a, b):
-        for key in ("loss", "itm", "mlm"):
+        for key in ("loss", "itm", "mlm", "itc"):
             assert x[key] == pytest.approx(y[key], abs=TOLERANCE), (x["step"], key)
 
 
@@ -119,7 +122,7 @@ def test_sigterm_to_a_two_rank_run_then_resume_follows_the_uninterrupted_traject
     a, b = _losses(one), _losses(two)
     assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, 41))
     for x, y in zip(a, b):
-        for key in ("loss", "itm", "mlm"):
+        for key in ("loss", "itm", "mlm", "itc"):
             assert x[key] == pytest.approx(y[key], abs=TOLERANCE), (x["step"], key)
 
 
@@ -132,7 +135,7 @@ def _task(spec, build_dir, tokenizer=None):
     """The spec's task over random pixels, with a trained vocabulary unless a tokenizer is given."""
     roles = spec.roles()
     cls = REGISTRY[roles.task.name]
-    data = cls.read(spec, roles, lambda img: torch.rand(3, 32, 32))
+    data = cls.read(spec, roles, lambda px: torch.from_numpy(px.copy()).permute(2, 0, 1).float())
     return cls(spec, roles, data, tokenizer or load_tokenizer(spec, "text", 128, build_dir, data.texts))
 
 
@@ -142,16 +145,24 @@ def test_each_rank_trains_on_its_own_slice_of_the_global_batch(train_spec, compi
     spec = build.spec
     task = _task(spec, build.dir)
     whole = task.train_batch(8, 5)
+    assert whole.pop("_data") == {"decoded": 8, "replaced": 0}
     parts = []
     for rank in (0, 1):
         _as_rank(monkeypatch, rank, 2)
-        task.set_rng_state(torch.Generator().manual_seed(spec.train.seed).get_state())  # masking as for `whole`
         parts.append(task.train_batch(4, 5))
+        assert parts[-1].pop("_data") == {"decoded": 4, "replaced": 0}  # each rank reads only its own rows
     for key, value in whole.items():
         assert torch.equal(torch.cat([p[key] for p in parts]), value), key
-    labels = whole["mlm_labels"]
-    assert sum(p["mlm_weight"] for p in parts) / 2 == pytest.approx(1.0)  # the mean over every masked token
-    assert parts[0]["mlm_weight"] == pytest.approx(2 * int((labels[:4] != -100).sum()) / int((labels != -100).sum()))
+    from graphspec.runtime import ranks
+
+    counts = [int((p["mlm_labels"] != -100).sum()) for p in parts]
+    monkeypatch.setattr(ranks, "total", lambda values: {"masked": float(sum(counts))})  # the all-reduce
+    weights = []
+    for rank in (0, 1):
+        _as_rank(monkeypatch, rank, 2)
+        weights.append(task.mlm_weight(parts[rank]["mlm_labels"]))
+    assert sum(weights) / 2 == pytest.approx(1.0)  # the mean over every masked token of the global batch
+    assert weights[0] == pytest.approx(2 * counts[0] / sum(counts))
 
     train_spec.update(heads={"nli": {"kind": "classify", "input": "pooled", "classes": 3}},
                       objectives={"nli": {"kind": "classify"}}, data={"train": {"task": "snli_ve", "samples": 24}})
@@ -163,8 +174,9 @@ def test_each_rank_trains_on_its_own_slice_of_the_global_batch(train_spec, compi
     for rank in (0, 1):
         _as_rank(monkeypatch, rank, 2)
         parts.append(supervised.train_batch(3, 2))
-    assert torch.equal(torch.cat([p["label"] for p in parts]), whole["label"])
-    assert torch.equal(torch.cat([p["text_ids"] for p in parts]), whole["text_ids"])
+    for key in ("label", "text_ids", "image"):
+        assert torch.equal(torch.cat([p[key] for p in parts]), whole[key]), key
+    assert [p["_data"]["decoded"] for p in parts] == [3, 3] and whole["_data"]["decoded"] == 6
 
 
 def test_a_mistake_found_by_the_ranks_is_located_in_the_spec_file(spec_file, tmp_path, line_of):

@@ -63,6 +63,7 @@ def test_finetune_and_eval(task, pretrained, compile_build, tmp_path, capsys):
 
 def test_recall_fills_the_whole_similarity_matrix_block_by_block():
     """A forward that scores a text against an image by the scene they come from: recall must be perfect."""
+    import numpy as np
     import torch
 
     from graphspec.runtime.tasks.base import Example
@@ -75,7 +76,16 @@ def test_recall_fills_the_whole_similarity_matrix_block_by_block():
         "nodes": {"t": {"kind": "hf_text", "model_type": "bert", "init": "random", "input": "text"}},
         "train": {"batch_size": 3}})  # blocks of 3 over 7 scenes x 3 captions: padding is exercised
     task.roles = Roles(TASKS["retrieval"], "text", "image", None, "itc", "itc")
-    task.val = [Example((torch.full((3, 2, 2), float(s)),), f"scene {s}", s) for s in range(7) for _ in range(3)]
+
+    class Flat:  # an image reference whose pixels all hold its scene's number
+        def __init__(self, s):
+            self.s = s
+
+        def load(self, size):
+            return np.full((2, 2, 3), self.s, dtype=np.uint8), (2, 2)
+
+    task.val = [Example((Flat(s),), f"scene {s}", s) for s in range(7) for _ in range(3)]
+    task.transform, task.size = (lambda px: torch.from_numpy(px).permute(2, 0, 1).float()), 2
 
     def tokenizer(texts, **_):
         ids = torch.tensor([[int(t.split()[1])] for t in texts])

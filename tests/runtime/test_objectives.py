@@ -9,11 +9,11 @@ import torch
 from graphspec.schema import DataSource
 from graphspec.runtime.data import scenes as gen
 from graphspec.runtime.tasks.caption_sources import SceneSet
-from graphspec.runtime.objectives import IGNORE, mask_tokens, mlm_loss
+from graphspec.runtime.objectives import IGNORE, MaskDraws, mask_tokens, mlm_loss
 
 
 def _scene_set(n: int = 40) -> SceneSet:
-    return SceneSet(DataSource(samples=n), ("data", "train"), 32, lambda img: torch.from_numpy(img).permute(2, 0, 1).float())
+    return SceneSet(DataSource(samples=n), ("data", "train"), 32)
 
 
 def test_masking_rate_specials_and_rows():
@@ -22,7 +22,8 @@ def test_masking_rate_specials_and_rows():
     special = torch.zeros(200, 30, dtype=torch.bool)
     special[:, 0] = special[:, -1] = True
     rows = torch.arange(200) % 2 == 0  # only even rows carry the loss
-    masked, labels = mask_tokens(ids, special, [[None] * 30] * 200, 0.15, False, 4, 100, rows, gen_)
+    masked, labels = mask_tokens(ids, special, [[None] * 30] * 200, 0.15, False, 4, rows,
+                                 MaskDraws.draw(gen_, 200, 30, 100))
     chosen = labels != IGNORE
     assert not chosen[:, 0].any() and not chosen[:, -1].any()
     assert not chosen[1::2].any()  # no labels on odd rows...
@@ -43,7 +44,8 @@ def test_whole_word_masks_all_pieces_together():
     ids = torch.randint(5, 100, (300, 8))
     words = [[None, 0, 0, 1, 2, 2, 2, None]] * 300
     special = torch.tensor([[True] + [False] * 6 + [True]] * 300)
-    _, labels = mask_tokens(ids, special, words, 0.3, True, 4, 100, torch.ones(300, dtype=torch.bool), gen_)
+    _, labels = mask_tokens(ids, special, words, 0.3, True, 4, torch.ones(300, dtype=torch.bool),
+                            MaskDraws.draw(gen_, 300, 8, 100))
     chosen = labels != IGNORE
     assert chosen.any()
     assert torch.equal(chosen[:, 1], chosen[:, 2])
@@ -57,12 +59,23 @@ def test_mlm_loss_without_masked_positions_is_zero_but_differentiable():
     assert loss.item() == 0.0
 
 
+def test_masking_a_slice_of_rows_masks_them_as_the_whole_batch_would():
+    """What lets a rank tokenise and mask only its own rows: the draws are the whole batch's, sliced."""
+    ids = torch.randint(5, 100, (8, 10))
+    special = torch.zeros(8, 10, dtype=torch.bool)
+    rows = torch.ones(8, dtype=torch.bool)
+    draws = MaskDraws.draw(torch.Generator().manual_seed(3), 8, 10, 100)
+    whole = mask_tokens(ids, special, [[None] * 10] * 8, 0.3, False, 4, rows, draws)
+    half = mask_tokens(ids[4:], special[4:], [[None] * 10] * 4, 0.3, False, 4, rows[4:], draws.rows(slice(4, 8)))
+    assert torch.equal(whole[0][4:], half[0]) and torch.equal(whole[1][4:], half[1])
+
+
 def test_negatives_come_from_other_scenes_and_are_false():
     scenes = _scene_set()
-    pairs = scenes.train_batch(64, 0.5, seed=0, index=3)
-    assert 20 < int((pairs.match == 0).sum()) < 44  # balanced in expectation
-    again = scenes.train_batch(64, 0.5, seed=0, index=3)
-    assert again.texts == pairs.texts and torch.equal(again.match, pairs.match)
+    plan = scenes.plan(64, 0.5, seed=0, index=3)
+    assert 20 < plan.match.count(0) < 44  # balanced in expectation
+    again = scenes.plan(64, 0.5, seed=0, index=3)
+    assert again == plan
     rng = random.Random(0)
     for i in range(len(scenes)):
         assert not gen.describes(scenes.scenes[i], scenes.negative_caption(i, rng))
@@ -70,6 +83,6 @@ def test_negatives_come_from_other_scenes_and_are_false():
 
 def test_eval_pairs_are_fixed_and_balanced():
     scenes = _scene_set(10)
-    a, b = scenes.eval_pairs(2), scenes.eval_pairs(2)
+    a, b = scenes.eval_plans(2), scenes.eval_plans(2)
     assert [p.texts for p in a] == [p.texts for p in b]
-    assert all(p.match.tolist() == [1, 0] for p in a)
+    assert all(p.match == [1, 0] for p in a)

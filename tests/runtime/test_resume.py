@@ -22,11 +22,12 @@ STEPS, EVERY = 120, 20
 
 @pytest.fixture
 def spec_file(train_spec, tmp_path):
-    """The tiny spec, long enough to be killed midway, checkpointing every 40 steps; the text tower frozen
+    """The tiny spec, long enough to be killed midway, checkpointing every 20 steps; the text tower frozen
     (so that frozen weights are recorded) and dropout on (so that the random state matters)."""
     train_spec["nodes"]["text_tower"]["freeze"] = True
     train_spec["nodes"]["fusion"]["dropout"] = 0.1
     train_spec["data"]["val"] = None
+    train_spec["data"]["workers"] = 2  # signals and kills reach a run whose batches come from worker processes
     train_spec["train"].update(steps=STEPS, log_every=1, val_every=None, checkpoint_every=EVERY, keep_checkpoints=2)
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(train_spec))

@@ -32,7 +32,11 @@ def _finetune(train_spec, source: dict, task: str, head: dict):
     return train_spec
 
 
-def test_snli_ve_from_an_arrow_table_with_a_bad_image_skipped(train_spec, compile_build, tmp_path):
+def test_snli_ve_from_an_arrow_table_with_a_bad_image_replaced(train_spec, compile_build, tmp_path, capsys):
+    """The bad image is found when a batch decodes it (indexing reads no image), replaced by the next sample of
+    its batch and counted; check-data finds it up front, naming file, row and column."""
+    from graphspec.cli import main
+
     rows = [[png((255, 0, 0)), [["a premise", "the picture is red"], ["p", "the picture is blue"]], [2, 0]],
             [b"not an image", [["p", "anything"]], [1]],
             [png((0, 0, 255)), [["p", "the picture is blue"]], [2]]]
@@ -40,8 +44,19 @@ def test_snli_ve_from_an_arrow_table_with_a_bad_image_skipped(train_spec, compil
     spec = _finetune(train_spec, {"source": f"arrow:{tmp_path}", "skip_bad": True}, "snli_ve",
                      {"kind": "classify", "input": "pooled", "classes": 3})
     summary = run(compile_build(spec), tmp_path / "run", show_bar=False)
-    assert summary["data"]["train"]["skipped"] == 1 and summary["steps"] == 2
-    assert json.loads((tmp_path / "run" / "summary.json").read_text())["data"]["train"]["skipped"] == 1
+    assert summary["data"]["train"]["read"] == 4 and summary["data"]["train"]["skipped"] == 0  # indexed whole
+    reads = summary["data"]["train_reads"]
+    assert reads["bad_images_replaced"] >= 1 and reads["images_decoded"] == 2 * 4 + reads["bad_images_replaced"]
+    (tmp_path / "spec.yaml").write_text(json.dumps(spec))
+    capsys.readouterr()
+    assert main(["check-data", str(tmp_path / "spec.yaml"), "--workers", "2"]) == 2
+    out, err = capsys.readouterr()
+    assert "train (arrow:" in out and "3 images decoded" in out and "1 bad (unreadable image: 1)" in out
+    assert f"{tmp_path / 'snli_train.arrow'} row 1 column 'image'" in err and "Traceback" not in err
+    rows[1][0] = png((0, 255, 0))
+    write_snli(tmp_path / "snli_train.arrow", rows)
+    assert main(["check-data", str(tmp_path / "spec.yaml")]) == 0
+    assert "3 images decoded" in capsys.readouterr().out
 
 
 def test_a_bad_image_stops_the_run_without_skip_bad(train_spec, compile_build, tmp_path):
@@ -108,19 +123,18 @@ def test_caption_pairs_from_a_jsonl_manifest(tmp_path):
     source = DataSource(source=f"jsonl:{tmp_path / 'captions.jsonl'}")
     spec = graphspec.Spec.model_validate({**TINY, "data": {"train": source.model_dump()}})
     stats = {}
-    pairs = pair_source(spec, spec.roles(), source, "train",
-                        lambda a: __import__("torch").from_numpy(a.copy()).permute(2, 0, 1), stats)
+    pairs = pair_source(spec, spec.roles(), source, "train", stats)
     assert stats == {"train": {"read": 8, "rows": 4, "skipped": 0, "reasons": {}}}
     assert len(pairs) == 4 and len(pairs.texts()) == 8
-    batch = pairs.train_batch(64, 0.5, seed=0, index=3)
-    again = pairs.train_batch(64, 0.5, seed=0, index=3)
-    assert batch.texts == again.texts and bool((batch.images == again.images).all())
-    for text, image, match in zip(batch.texts, batch.images, batch.match):
-        colour = next(n for n, rgb in COLOURS.items() if tuple(image[:, 0, 0].tolist()) == rgb)
-        assert (colour in text) == bool(match), (text, colour, int(match))  # negatives come from other images
-    assert 0 < int(batch.match.sum()) < 64
-    evals = pairs.eval_pairs(2)
-    assert [p.match.tolist() for p in evals] == [[1, 0]] * 4
+    plan = pairs.plan(64, 0.5, seed=0, index=3)
+    assert plan == pairs.plan(64, 0.5, seed=0, index=3)  # a function of (seed, index)
+    for i, text, match in zip(plan.images, plan.texts, plan.match):
+        pixels, _ = pairs.image(i).load()
+        colour = next(n for n, rgb in COLOURS.items() if tuple(int(v) for v in pixels[0, 0]) == rgb)
+        assert (colour in text) == bool(match), (text, colour, match)  # negatives come from other images
+    assert 0 < sum(plan.match) < 64
+    evals = pairs.eval_plans(2)
+    assert [p.match for p in evals] == [[1, 0]] * 4
 
 
 def test_several_families_are_for_captions_only(train_spec, compile_build, tmp_path):

@@ -154,3 +154,17 @@ def test_itc_pretraining_alongside_itm_and_mlm(train_spec, compile_build, tmp_pa
     assert all("itc" in r for r in train) and train[-1]["itc"] < train[0]["itc"]
     assert summary["val"]["itc_acc"] * 16 == round(summary["val"]["itc_acc"] * 16)  # 16 matching val pairs
     assert 0 < summary["val"]["itc_loss"] < 10
+
+
+def test_worker_processes_change_nothing_but_who_decodes(train_spec, compile_build, tmp_path):
+    """Batches are functions of their index: 0 and 2 workers give the same losses, step by step."""
+    train_spec["train"].update(steps=12, log_every=1, val_every=None)
+    train_spec["data"]["val"] = None
+    runs = {}
+    for workers in (0, 2):
+        summary = run(compile_build(train_spec, [f"data.workers={workers}"]), tmp_path / f"w{workers}", show_bar=False)
+        records = [json.loads(line) for line in (tmp_path / f"w{workers}" / "metrics.jsonl").read_text().splitlines()]
+        runs[workers] = [(r["step"], r["loss"], r["itm"], r["mlm"]) for r in records]
+        assert summary["data"]["train_reads"]["images_decoded"] == 12 * 8  # every row read once, by someone
+        assert all("data_wait_s" in r for r in records)
+    assert runs[0] == runs[2] and len(runs[0]) == 12
