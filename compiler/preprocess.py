@@ -23,6 +23,13 @@ from .graph import references
 from .kinds import KINDS, PIXELS, TOKENS
 
 Transform = Callable[[np.ndarray], torch.Tensor]  # uint8 (H, W, 3) -> float (3, size, size)
+DECODE = "decoded with JPEG draft mode at the input size"  # runtime.data.images; part of how pixels are made
+
+
+def _signed(fn: Transform, signature: str) -> Transform:
+    """A transform that says how it makes pixels: the frozen-tower cache keys its entries by it."""
+    fn.signature = f"{signature}; {DECODE}"
+    return fn
 
 
 def default_transform(size: int, data_config: dict | None = None) -> Transform:
@@ -32,10 +39,11 @@ def default_transform(size: int, data_config: dict | None = None) -> Transform:
     from timm.data import create_transform
 
     cfg = data_config or {}
-    tf = create_transform(input_size=(3, size, size), interpolation=cfg.get("interpolation", "bicubic"),
-                          mean=cfg.get("mean", (0.5,) * 3), std=cfg.get("std", (0.5,) * 3), crop_pct=1.0,
+    interpolation, mean, std = cfg.get("interpolation", "bicubic"), cfg.get("mean", (0.5,) * 3), cfg.get("std", (0.5,) * 3)
+    tf = create_transform(input_size=(3, size, size), interpolation=interpolation, mean=mean, std=std, crop_pct=1.0,
                           crop_mode="squash", is_training=False)
-    return lambda image: tf(Image.fromarray(image))
+    return _signed(lambda image: tf(Image.fromarray(image)),
+                   f"timm eval transform, squash to {size}, {interpolation}, mean {tuple(mean)}, std {tuple(std)}")
 
 
 def timm_transform(node, module: nn.Module, size: int, path: tuple = ()) -> Transform:
@@ -59,8 +67,10 @@ def hf_transform(node, module: nn.Module, size: int, path: tuple = ()) -> Transf
             raise EnvironmentProblem([Issue(path + ("source",), f"no image processor found for '{node.source}': "
                                             f"{e}", "point `source` at a local directory holding "
                                             "preprocessor_config.json")]) from None
-    return lambda image: proc(images=Image.fromarray(image), size={"height": size, "width": size},
-                              do_center_crop=False, return_tensors="pt")["pixel_values"][0]
+    return _signed(lambda image: proc(images=Image.fromarray(image), size={"height": size, "width": size},
+                                      do_center_crop=False, return_tensors="pt")["pixel_values"][0],
+                   f"{type(proc).__name__}, {size}x{size}, resample {getattr(proc, 'resample', None)}, mean "
+                   f"{getattr(proc, 'image_mean', None)}, std {getattr(proc, 'image_std', None)}")
 
 
 def hf_tokenizer(node, path: tuple):

@@ -174,6 +174,15 @@ def data_fits_the_task(spec: Spec) -> Iterator[Issue]:
                         f"set `task: {task.name}` (a run validates the task it trains)")
             continue
         kind = source.source.partition(":")[0]
+        if kind == "webdataset":
+            if not task.streams:
+                yield Issue(where + ("source",), f"the {task.name} task reads no webdataset shards (captions "
+                            "pretraining does)", "use arrow: or jsonl: files")
+            for name in ("family", "samples"):
+                if getattr(source, name) is not None:
+                    yield Issue(where + (name,), f"a webdataset stream takes no `{name}`",
+                                "remove it (shards are read whole, epoch after epoch)")
+            continue
         if kind == "arrow" and not task.families or kind == "jsonl" and not task.fields:
             yield Issue(where + ("source",), f"the {task.name} task reads builtin:shapes only, not {kind} files",
                         "use `source: builtin:shapes`")

@@ -117,8 +117,12 @@ def make_trainer(spec: Spec, model: fx.GraphModule, plan: FreezePlan, groups: li
                                                           config=ds_config)
     towers = TowerRunner(cut, placement(spec, model, plan), frozen_dtype(spec), engine.device, plan.train_mode)
     if spec.distributed.frozen.cache_outputs:
+        from graphspec.compiler.preprocess import image_transform
+
+        images = {spec.inputs[n].tensors(n)[0]: image_transform(spec, n, model).signature
+                  for n, i in spec.inputs.items() if i.modality == "image"}
         towers.use_cache(Path(spec.distributed.frozen.cache_dir) if spec.distributed.frozen.cache_dir
-                         else default_root())
+                         else default_root(), images)
     inside = set(params)
     trainer = Trainer(engine, optimizer, scheduler, cut, [m for m in plan.eval_modules if
                                                           any(p.startswith(m + ".") for p in inside)], towers)

@@ -90,4 +90,13 @@ class Batches:
         return waited
 
     def close(self) -> None:
-        del self.iterator  # ends the workers
+        """End the workers now: they ignore SIGTERM (see `_quiet_worker`), so a terminate() at exit would not."""
+        iterator, self.iterator = self.iterator, None
+        workers = list(getattr(iterator, "_workers", []))
+        shutdown = getattr(iterator, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()  # asks each worker to stop, then joins it
+        for w in workers:
+            if w.is_alive():
+                w.kill()
+                w.join()

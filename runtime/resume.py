@@ -90,7 +90,7 @@ def _suffix(rank: int) -> str:
 # --------------------------------------------------------------------------- writing
 
 
-def _write_rank_files(tmp: Path, step: int, trainer, task) -> None:
+def _write_rank_files(tmp: Path, step: int, trainer, task, reading: dict) -> None:
     trainer.engine.save_checkpoint(str(tmp), tag="engine", exclude_frozen_parameters=True)
     suffix = _suffix(ranks.rank())
     rng = {"torch": torch.get_rng_state()}
@@ -99,10 +99,10 @@ def _write_rank_files(tmp: Path, step: int, trainer, task) -> None:
         rng["task"] = task_rng
     save_file({k: v.contiguous() for k, v in rng.items()}, str(tmp / f"rng{suffix}.safetensors"))
     (tmp / f"state{suffix}.json").write_text(json.dumps({"format_version": FORMAT, "step": step,
-                                                         "world": ranks.world()}) + "\n")
+                                                         "world": ranks.world(), "reading": reading}) + "\n")
 
 
-def save(run_dir: Path, step: int, trainer, task, frozen: dict, keep: int) -> Path | None:
+def save(run_dir: Path, step: int, trainer, task, frozen: dict, keep: int, reading: dict | None = None) -> Path | None:
     """Collective: every rank writes its shards and random state; rank 0 renames the folder once all have.
 
     A write that fails on any rank (a full disk) is undone on all: the partial folder goes, the previous
@@ -121,7 +121,7 @@ def save(run_dir: Path, step: int, trainer, task, frozen: dict, keep: int) -> Pa
     failed = ranks.any_text(failed)
     if not failed:
         try:
-            _write_rank_files(tmp, step, trainer, task)
+            _write_rank_files(tmp, step, trainer, task, reading or {})
         except (OSError, RuntimeError, SafetensorError) as e:  # torch reports a short write as RuntimeError
             failed = getattr(e, "strerror", None) or str(e).splitlines()[0][:200]
         failed = ranks.any_text(failed)
@@ -231,8 +231,9 @@ def _read_state(folder: Path) -> tuple[dict, dict]:
     return state, rng
 
 
-def restore(run_dir: Path, trainer, task, frozen: dict) -> int:
-    """Load the newest checkpoint into the trainer and the task (on every rank); return its step."""
+def restore(run_dir: Path, trainer, task, frozen: dict) -> tuple[int, dict]:
+    """Load the newest checkpoint into the trainer and the task (on every rank); return its step and where
+    this rank's data stream was (`reading`: a stream's position; empty for sources read by index)."""
     if ranks.is_main():
         for partial in (run_dir / FOLDER).glob("*.partial"):  # cut off while being written: never complete
             shutil.rmtree(partial)
@@ -266,4 +267,4 @@ def restore(run_dir: Path, trainer, task, frozen: dict) -> int:
     torch.set_rng_state(rng["torch"])
     if "task" in rng:
         task.set_rng_state(rng["task"])
-    return int(state["step"])
+    return int(state["step"]), state.get("reading") or {}

@@ -49,7 +49,7 @@ class Session:
     task: Task
     plan: FreezePlan
     trainer: Trainer
-    reads: dict = field(default_factory=lambda: {"decoded": 0, "replaced": 0})  # this rank's training reads
+    reads: dict = field(default_factory=lambda: {"decoded": 0, "replaced": 0, "decodes_saved": 0})  # this rank's
 
 
 def prepare(build: Build, outside: bool = True) -> Session:
@@ -61,6 +61,7 @@ def prepare(build: Build, outside: bool = True) -> Session:
     vocab = model.get_submodule(text_node(spec, text)[0]).vocab_size
     task = make_task(spec, model, lambda data: load_tokenizer(spec, text, vocab, build.dir, data.texts))
     trainer = make_trainer(spec, model, plan, build.groups, build.ds_config, outside)
+    task.caches = trainer.towers.image_caches  # workers look a sample up there before decoding it
     return Session(task, plan, trainer)
 
 
@@ -74,6 +75,8 @@ def train_step(s: Session, spec, step: int, batches: Batches) -> tuple[dict[str,
         batch = batches.next((step - 1) * accum + m)
         for k, v in batch.pop("_data", {}).items():
             s.reads[k] = s.reads.get(k, 0) + v
+        if "_stream" in batch:  # where this rank's stream is after this batch: what a checkpoint records
+            s.reads["position"] = batch.pop("_stream")
         parts = s.task.losses(s.trainer.forward(batch), batch)
         if ranks.any_true(not bool(torch.isfinite(parts["loss"].detach()).all())):
             return {k: float(v.detach()) for k, v in parts.items()}, False
@@ -122,7 +125,11 @@ def run(build: Build, run_dir: Path, show_bar: bool | None = None, resume: bool 
     micro, accum = spec.batch_plan()
     torch.manual_seed(spec.train.seed + ranks.rank())  # dropout: the same run twice gives the same losses
     frozen = frozen_record(spec, s.trainer.engine.module, s.trainer.cut.towers, set(s.plan.frozen))
-    first = restore(run_dir, s.trainer, s.task, frozen) + 1 if resume else 1
+    first, reading = restore(run_dir, s.trainer, s.task, frozen) if resume else (0, {})
+    first += 1
+    if reading.get("position"):  # a stream goes on from where it was, neither re-reading nor skipping
+        s.task.resume_reading((first - 1) * accum * micro, reading["position"])
+        s.reads["position"] = reading["position"]
     if resume and main:
         trim_metrics(run_dir, first - 1)
     reporter = Reporter(run_dir, spec.train.steps, spec.train.batch_size, spec.train.log_every,
@@ -175,7 +182,8 @@ def _loop(s: Session, spec, run_dir: Path, first: int, frozen: dict, reporter, s
             val = validate(s, reporter, step)
         stop = step < spec.train.steps and ranks.any_true(signals.pending)  # at the last step: just finish
         if stop or (every and step % every == 0 and step < spec.train.steps):
-            saved = save_state(run_dir, step, s.trainer, s.task, frozen, spec.train.keep_checkpoints)
+            reading = {"position": s.reads["position"]} if "position" in s.reads else {}
+            saved = save_state(run_dir, step, s.trainer, s.task, frozen, spec.train.keep_checkpoints, reading)
             if stop:
                 ranks.finish()
                 if saved is None:
@@ -233,6 +241,8 @@ def _finish(build: Build, run_dir: Path, s: Session, val: dict, wall: float, ste
         p.numel() for p in trainer.cut.towers.parameters())
     decoded = ranks.gather_counts(s.reads["decoded"])
     replaced = round(ranks.total({"replaced": s.reads["replaced"]})["replaced"])
+    saved = round(ranks.total({"saved": s.reads["decodes_saved"]})["saved"])
+    stream = ranks.total({k: s.reads.get(k, 0) for k in ("stream_read", "stream_skipped")})
     caches = trainer.towers.cache_report()
     for c in caches.values():  # lookups of all ranks
         c.update({k: round(v) for k, v in ranks.total({k: c[k] for k in ("hits", "misses", "corrupt")}).items()})
@@ -243,9 +253,10 @@ def _finish(build: Build, run_dir: Path, s: Session, val: dict, wall: float, ste
                "step_time_s": round(statistics.median(step_times), 4) if step_times else None,
                "peak_rss_mb": peak, "ranks": spec.distributed.world_size,
                "params": {"trainable": total - frozen, "frozen": frozen}, "val": val, "checkpoint": str(ckpt),
-               "data": {**s.task.data_stats, "train_reads": {"images_decoded": sum(decoded),
-                                                             "images_decoded_per_rank": decoded,
-                                                             "bad_images_replaced": replaced}},
+               "data": {**s.task.data_stats, "train_reads": {
+                   "images_decoded": sum(decoded), "images_decoded_per_rank": decoded, "bad_images_replaced": replaced,
+                   "decodes_saved": saved,
+                   **({k: round(v) for k, v in stream.items()} if stream["stream_read"] else {})}},
                **({"frozen_cache": caches} if caches else {}),
                **({"nonfinite_skipped": skipped} if spec.train.nonfinite.action == "skip" else {})}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

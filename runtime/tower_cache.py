@@ -1,11 +1,15 @@
 """A frozen tower's outputs on disk, computed once per sample and reused by later epochs and later runs.
 
 The key has two parts. The folder: the tower's name, a hash of its frozen
-weights, its precision, and the versions of the libraries that compute it. The
-file: a hash of one sample's inputs to the tower, exactly as the tower receives
-them (transformed pixels, or token ids and mask). Whatever changes an output
-changes its key (other weights, another transform or image size, other text),
-so a stale entry is never read; it only takes space, which the run reports.
+weights, its precision, the versions of the libraries that compute it, and how
+its input is made from a sample (for an image tower: the decoding and the
+transform, with its size, mean, std, interpolation and resize mode). The file:
+the sample's own key. An image tower's is the encoded image (a hash of its bytes,
+or a built-in scene's name), so a worker finds a hit before decoding anything and
+a hit costs a file read, no decode and no transform; other towers' is a hash of
+their inputs as they receive them (token ids and mask). Whatever changes an
+output changes its key (other weights, another transform or image size, other
+text), so a stale entry is never read; it only takes space, which the run reports.
 Entries are written whole (a temporary file, then a rename), so ranks and runs
 can share one cache. An entry that does not read back (cut short, altered, not
 the structure the tower gives) is counted as corrupt, removed and computed
@@ -23,7 +27,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-FORMAT = 2  # bump when the layout or the key changes (2: each entry carries the sha256 of its tensors)
+FORMAT = 3  # bump when the layout or the key changes (3: image towers keyed by the encoded sample)
 
 
 def default_root() -> Path:
@@ -41,8 +45,8 @@ def _versions() -> str:
 class TowerCache:
     """Outputs of one tower: `outputs(tower, args)` computes only the rows it has not stored before."""
 
-    def __init__(self, root: Path, tower: str, weights_sha256: str, dtype: str):
-        ident = f"format {FORMAT}; weights {weights_sha256}; {dtype}; {_versions()}"
+    def __init__(self, root: Path, tower: str, weights_sha256: str, dtype: str, inputs: str = ""):
+        ident = f"format {FORMAT}; weights {weights_sha256}; {dtype}; {_versions()}; inputs {inputs or 'as given'}"
         self.dir = Path(root) / f"{tower}-{hashlib.sha256(ident.encode()).hexdigest()[:16]}"
         self.dir.mkdir(parents=True, exist_ok=True)
         about = self.dir / "about.json"
@@ -71,31 +75,44 @@ class TowerCache:
             path.unlink(missing_ok=True)
             return None
 
-    def _read(self, key: str) -> dict | None:
-        """A stored row, or None when there is none or it is damaged (then it is removed, to be recomputed)."""
+    def read(self, key: str) -> tuple[dict | None, dict]:
+        """(a stored row, its metadata), or (None, {}) when there is none or it is damaged (then it is removed,
+        to be computed again). Safe in worker processes: entries are written whole, by the training process."""
         path = self._path(key)
-        if not path.is_file():
-            return None
+        if self.structure is None:
+            self.structure = self._read_structure()
+        if not path.is_file() or self.structure is None:
+            return None, {}
         try:
             with safe_open(str(path), framework="pt") as f:
-                recorded = (f.metadata() or {}).get("sha256")
+                meta = f.metadata() or {}
                 row = {k: f.get_tensor(k) for k in f.keys()}
             _unflatten(self.structure, row)  # the row holds every tensor the structure names
-            if recorded != _row_digest(row):
+            if meta.get("sha256") != _row_digest(row):
                 raise ValueError("altered")
-            return row
+            return row, meta
         except (OSError, SafetensorError, KeyError, ValueError, TypeError):
             self.corrupt += 1
             path.unlink(missing_ok=True)
-            return None
+            return None, {}
 
-    def outputs(self, tower, args: list[torch.Tensor]):
+    def outputs(self, tower, args: list[torch.Tensor], keys: list[str] | None = None,
+                found: dict[int, dict] | None = None, meta: dict[int, dict] | None = None):
+        """The tower's outputs for a batch: stored rows read, the others computed and stored.
+
+        `keys`: the samples' own keys (an image tower's encoded images), with the rows a worker already read
+        (`found`; the args hold placeholders there) and what to record with the rows it did not (`meta`:
+        the image's size); without them, rows are keyed by a hash of the args.
+        """
         n = args[0].shape[0]
-        keys = [self.key(args, r) for r in range(n)]
         rows: list[dict | None] = [None] * n
-        if self.structure is not None:
+        if keys is None:
+            keys = [self.key(args, r) for r in range(n)]
             for r, k in enumerate(keys):
-                rows[r] = self._read(k)
+                rows[r] = self.read(k)[0]
+        else:
+            for r, row in (found or {}).items():
+                rows[r] = row
         missing = [r for r in range(n) if rows[r] is None]
         if missing:
             pick = torch.tensor(missing, device=args[0].device)
@@ -109,7 +126,8 @@ class TowerCache:
                 path = self._path(keys[r])
                 path.parent.mkdir(exist_ok=True)
                 tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-                save_file(rows[r], str(tmp), metadata={"sha256": _row_digest(rows[r])})
+                extra = {k: str(v) for k, v in (meta or {}).get(r, {}).items()}
+                save_file(rows[r], str(tmp), metadata={**extra, "sha256": _row_digest(rows[r])})
                 os.replace(tmp, path)
         self.hits += n - len(missing)
         self.misses += len(missing)

@@ -76,6 +76,7 @@ class TowerRunner:
         self.train_mode = set(train_mode)
         self.streams: dict[str, LayerStream] = {}
         self.caches: dict[str, TowerCache] = {}
+        self.image_caches: dict[str, tuple[str, TowerCache]] = {}  # image input -> (tower, its cache)
         for name, tower in cut.towers.items():
             tower.to(self.dtype)
             if rows.get(name, {}).get("weights") == "cpu, moved per layer" and device.type != "cpu":
@@ -83,12 +84,18 @@ class TowerRunner:
             else:
                 tower.to(device)
 
-    def use_cache(self, root: Path) -> None:
-        """Serve the outputs of the towers the placement plan marks cacheable from `root`."""
+    def use_cache(self, root: Path, image_inputs: dict[str, str]) -> None:
+        """Serve the outputs of the towers the placement plan marks cacheable from `root`. `image_inputs`: the
+        image input tensors and how their pixels are made (a tower reading one alone is keyed by the encoded
+        image, which workers look up before decoding)."""
         for name, tower in self.cut.towers.items():
             if self.rows.get(name, {}).get("cache"):
                 sha = digest((f"{name}.{n}", p) for n, p in tower.named_parameters())
-                self.caches[name] = TowerCache(root, name, sha, self.dtype_name)
+                args = self.cut.tower_args[name]
+                inputs = image_inputs.get(args[0], "") if len(args) == 1 else ""
+                self.caches[name] = TowerCache(root, name, sha, self.dtype_name, inputs)
+                self.image_caches[args[0]] = (name, self.caches[name]) if inputs else None
+        self.image_caches = {k: v for k, v in self.image_caches.items() if v is not None}
 
     def cache_report(self) -> dict:
         return {name: cache.report() for name, cache in self.caches.items()}
@@ -104,7 +111,12 @@ class TowerRunner:
         for name, tower in self.cut.towers.items():
             args = [_to(batch[a], self.device, self.dtype) for a in self.cut.tower_args[name]]
             cache = self.caches.get(name)
-            out[name] = cache.outputs(tower, args) if cache is not None else tower(*args)
+            if cache is None:
+                out[name] = tower(*args)
+                continue
+            known = dict(batch.get("_cache", {}).get(name) or {})  # keyed and looked up by the batch's worker
+            cache.corrupt += known.pop("corrupt", 0)
+            out[name] = cache.outputs(tower, args, **known) if known else cache.outputs(tower, args)
         return out
 
 

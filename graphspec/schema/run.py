@@ -23,10 +23,11 @@ class ShapesOptions(Strict):
 
 class DataSource(Strict):
     source: str = Field(
-        "builtin:shapes", pattern=r"^(builtin:shapes|arrow:.+|jsonl:.+)$",
+        "builtin:shapes", pattern=r"^(builtin:shapes|arrow:.+|jsonl:.+|webdataset:.+)$",
         description="'builtin:shapes' (scenes generated offline), 'arrow:DIR' (the ViLT/METER/Renaissance Arrow "
-        "tables in DIR) or 'jsonl:FILE' (a manifest; image paths relative to it). Paths relative to the current "
-        "directory.")
+        "tables in DIR), 'jsonl:FILE' (a manifest; image paths relative to it) or, for captions pretraining, "
+        "'webdataset:PATTERN' (tar shards as img2dataset writes them, e.g. data/shards/{00000..00099}.tar, read "
+        "as a stream). Paths relative to the current directory.")
     family: str | list[str] | None = Field(
         None, description="Arrow only: the table family (snli, nlvr2, vqav2, refcoco, or for captions "
         "coco_caption_karpathy, f30k_caption_karpathy, vg, sbu, conceptual_caption; short names coco, f30k, gcc); "

@@ -24,6 +24,7 @@ class TaskFacts:
     fields: dict[str, str] = field(default_factory=dict)  # JSONL manifest fields -> what each holds; {}: none
     optional: tuple[str, ...] = ("id",)  # JSONL fields it also reads when present
     metric: str = ""  # the validation metric a study compares first
+    streams: bool = False  # reads webdataset: shards as a stream
 
 
 CAPTION_FAMILIES = ("coco_caption_karpathy", "f30k_caption_karpathy", "vg", "sbu", "conceptual_caption")
@@ -31,7 +32,7 @@ CAPTION_FAMILIES = ("coco_caption_karpathy", "f30k_caption_karpathy", "vg", "sbu
 TASKS: dict[str, TaskFacts] = {t.name: t for t in (
     TaskFacts("captions", "pretraining on captioned images: MLM, ITM and ITC", None, ("mlm", "itm", "itc"),
               ("text", "image"), CAPTION_FAMILIES,
-              {"image": "image path", "text": "caption, or list of captions"}, metric="itm_acc"),
+              {"image": "image path", "text": "caption, or list of captions"}, metric="itm_acc", streams=True),
     TaskFacts("nlvr2", "two images, a statement, true/false", "pair_classify", ("pair_classify",),
               ("text", "image"), ("nlvr2",),
               {"images": "[left image path, right image path]", "text": "statement", "label": "true or false"},

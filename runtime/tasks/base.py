@@ -67,6 +67,54 @@ class TaskData:
     size: int | None = None
 
 
+@dataclass
+class Loaded:
+    """One image of a batch row: its pixels (placeholder zeros when a cached tower output stands in for them),
+    its own (width, height), and for a cached tower the sample's key and the stored output found."""
+
+    pixels: torch.Tensor  # (3, S, S)
+    size: tuple[int, int]
+    key: str | None = None
+    found: dict | None = None
+
+
+class ImageReader:
+    """Reads an image reference for a batch: a frozen tower's stored output when the sample has one (then
+    nothing is decoded or transformed), else the image decoded and transformed."""
+
+    def __init__(self, transform, size: int, channels: int, cache=None):
+        self.transform, self.size, self.channels, self.cache = transform, size, channels, cache
+        self.decoded = self.saved = self.corrupt = 0
+
+    def __call__(self, ref) -> Loaded:
+        key = found = None
+        if self.cache is not None:
+            before = self.cache.corrupt
+            key = ref.key()
+            found, meta = self.cache.read(key)
+            self.corrupt += self.cache.corrupt - before
+            if found is not None and "width" in meta:
+                self.saved += 1
+                placeholder = torch.zeros(self.channels, self.size, self.size)  # the tower never sees it
+                return Loaded(placeholder, (int(meta["width"]), int(meta["height"])), key, found)
+        self.decoded += 1
+        pixels, size = ref.load(self.size)
+        return Loaded(self.transform(pixels), size, key, None)
+
+
+def cache_rows(tower: str | None, loaded: list[Loaded], reader: ImageReader) -> dict:
+    """What a batch tells the tower runner of its rows: their keys, the outputs found, the sizes to record."""
+    if tower is None:
+        return {}
+    info = {"keys": [item.key for item in loaded],
+            "found": {r: item.found for r, item in enumerate(loaded) if item.found is not None},
+            "meta": {r: {"width": item.size[0], "height": item.size[1]} for r, item in enumerate(loaded)
+                     if item.found is None},
+            "corrupt": reader.corrupt}
+    reader.corrupt = 0
+    return {"_cache": {tower: info}}
+
+
 def hash_seed(*parts) -> int:
     """A generator seed from parts (the run's seed, a batch index): stable across processes, unlike hash()."""
     import hashlib
@@ -76,16 +124,15 @@ def hash_seed(*parts) -> int:
 
 def load_rows(count: int, mine, load: Callable[[int], object], skip_bad: bool) -> tuple[list[tuple[int, object]], dict]:
     """Read this rank's rows of a planned micro batch of `count` rows: for each row of `mine`, (the plan row used,
-    what `load(row)` gave) and the counts {"decoded", "replaced"}.
+    what `load(row)` gave) and the count {"replaced"}.
 
     A row whose image does not read is, with `skip_bad`, replaced by the next row of the plan (wrapping
     around) that does: a rule of the plan alone, so every rank and every worker replaces a bad sample alike
     and 1 and N ranks still train on the same batch. Without it the first bad image is a located error.
     """
-    out, decoded, replaced = [], 0, 0
+    out, replaced = [], 0
     for row in mine:
         for k in range(count):
-            decoded += 1
             try:
                 out.append(((row + k) % count, load((row + k) % count)))
                 break
@@ -96,7 +143,7 @@ def load_rows(count: int, mine, load: Callable[[int], object], skip_bad: bool) -
         else:
             raise SpecError([Issue((), f"every one of the {count} samples of this micro batch is bad",
                                    "check the data: `graphspec check-data SPEC`")], title="no sample to train on")
-    return out, {"decoded": decoded, "replaced": replaced}
+    return out, {"replaced": replaced}
 
 
 REGISTRY: dict[str, type] = {}
@@ -192,6 +239,13 @@ class ExampleTask:
         self.spec, self.roles, self.tokenizer = spec, roles, tokenizer
         self.train, self.val, self.data_stats = data.train, data.val, data.stats
         self.transform, self.size = data.transform, data.size
+        self.caches: dict = {}  # image input -> (tower, TowerCache): set by the run when a tower's outputs are cached
+
+    def reader(self) -> tuple[str | None, ImageReader]:
+        """How this task's images are read for training: (the cached tower reading them, or None; the reader)."""
+        (image,) = self.spec.inputs[self.roles.image].tensors(self.roles.image)
+        tower, cache = self.caches.get(image, (None, None))
+        return tower, ImageReader(self.transform, self.size, self.spec.inputs[self.roles.image].channels, cache)
 
     @classmethod
     def read(cls, spec: Spec, roles: Roles, transform, split: str | None = None) -> TaskData:
@@ -242,10 +296,10 @@ class ExampleTask:
     def vocabulary(self) -> dict:
         return {}
 
-    def load(self, example: Example) -> tuple[tuple[torch.Tensor, ...], tuple]:
-        """An example's images read, decoded and transformed: ((3, S, S) each, each image's own (width, height))."""
-        loaded = [ref.load(self.size) for ref in example.images]
-        return tuple(self.transform(px) for px, _ in loaded), tuple(size for _, size in loaded)
+    def load(self, example: Example, reader: ImageReader | None = None) -> tuple[Loaded, ...]:
+        """An example's images read: decoded and transformed, or (a cached tower's) found in its cache."""
+        reader = reader or ImageReader(self.transform, self.size, self.spec.inputs[self.roles.image].channels)
+        return tuple(reader(ref) for ref in example.images)
 
     def load_all(self, examples: list[Example]) -> list[tuple]:
         """Validation examples loaded in order; a bad image (with the val block's skip_bad) gives way to the
@@ -255,17 +309,18 @@ class ExampleTask:
             rows, _ = load_rows(len(examples), range(len(examples)), lambda k: self.load(examples[k]), source.skip_bad)
         return [loaded for _, loaded in rows]
 
-    def rows(self, examples: list[Example], loaded: list[tuple]) -> dict:
+    def rows(self, examples: list[Example], loaded: list[tuple[Loaded, ...]]) -> dict:
         """Model inputs and targets for examples and their loaded images (`load`)."""
         r = self.roles
-        pairs = [(e.text, px) for e, (pixels, _) in zip(examples, loaded) for px in pixels]  # NLVR2: two rows
+        pairs = [(e.text, item) for e, items in zip(examples, loaded) for item in items]  # NLVR2: two rows
         enc = self.tokenizer([t for t, _ in pairs], padding="max_length", truncation=True, return_tensors="pt",
                              max_length=self.spec.inputs[r.text].max_length)
         ids, mask = self.spec.inputs[r.text].tensors(r.text)
         (image,) = self.spec.inputs[r.image].tensors(r.image)
-        batch = {ids: enc["input_ids"], mask: enc["attention_mask"], image: torch.stack([px for _, px in pairs]),
+        batch = {ids: enc["input_ids"], mask: enc["attention_mask"],
+                 image: torch.stack([item.pixels for _, item in pairs]),
                  "label": torch.tensor([e.label for e in examples])}
-        self.collate_more(examples, [sizes for _, sizes in loaded], batch)
+        self.collate_more(examples, [tuple(item.size for item in items) for items in loaded], batch)
         return batch
 
     def collate_more(self, examples: list[Example], sizes: list[tuple], batch: dict) -> None:
@@ -292,10 +347,13 @@ class ExampleTask:
         total = size * ranks.world()
         drawn = [self.train[rng.randrange(len(self.train))] for _ in range(total)]
         mine = range(total)[ranks.part(total)]
+        tower, reader = self.reader()
         with _located(("data", "train")):
-            rows, stats = load_rows(total, mine, lambda k: self.load(drawn[k]), self.spec.data.train.skip_bad)
-        batch = self.rows([drawn[k] for k, _ in rows], [loaded for _, loaded in rows])
-        batch["_data"] = stats
+            rows, stats = load_rows(total, mine, lambda k: self.load(drawn[k], reader), self.spec.data.train.skip_bad)
+        loaded = [items for _, items in rows]
+        batch = self.rows([drawn[k] for k, _ in rows], loaded)
+        batch.update(cache_rows(tower, [item for items in loaded for item in items], reader))
+        batch["_data"] = {**stats, "decoded": reader.decoded, "decodes_saved": reader.saved}
         return batch
 
     def losses(self, out: dict, batch: dict) -> dict[str, torch.Tensor]:

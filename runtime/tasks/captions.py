@@ -7,6 +7,7 @@ MLM accuracy on a fixed masking and in-batch ITC accuracy.
 
 from __future__ import annotations
 
+import random
 from typing import Callable
 
 import torch
@@ -15,10 +16,11 @@ from graphspec.schema import TASKS, DataSource, Roles, Spec
 
 from .. import ranks
 from ..data.jsonl import JsonlLayout, field_error
+from ..data.shards import Position, ShardStream
 from ..data.records import ReadStats, _short
 from ..metrics import contrastive_loss, itc_logits, itc_loss
 from ..objectives import IGNORE, MaskDraws, itm_loss, mask_tokens, mlm_loss
-from .base import TaskData, _located, eval_source, file_records, hash_seed, load_rows, register
+from .base import ImageReader, TaskData, _located, cache_rows, eval_source, file_records, hash_seed, load_rows, register
 from .caption_sources import CaptionFiles, PairPlan, SceneSet, batched
 
 
@@ -38,15 +40,35 @@ def matching(logits: torch.Tensor, match: torch.Tensor) -> torch.Tensor:
 
 
 def pair_source(spec: Spec, roles: Roles, source: DataSource, key: str, stats: dict):
-    """The built-in scenes, or captioned images from arrow:/jsonl: files (their read counts go to `stats`)."""
+    """The built-in scenes, captioned images from arrow:/jsonl: files, or (training) this rank's stream of
+    webdataset: shards; their read counts go to `stats`."""
     where = ("data", key)
     if source.source == "builtin:shapes":
         return SceneSet(source, where, spec.inputs[roles.image].size)
     read = ReadStats()
+    kind, _, pattern = source.source.partition(":")
+    if kind == "webdataset":
+        stream = ShardStream(pattern, where, spec.train.seed, ranks.rank(), ranks.world(), source.skip_bad, read)
+        stats[key] = {"stream": source.source}  # counted as it is read: the run summary's train_reads
+        if key == "train":
+            return stream
+        with _located(where):  # validation: the whole split, read once, as fixed pairs
+            records = stream.records()
+            return CaptionFiles(source, where, records, read)
     with _located(where):
         pairs = CaptionFiles(source, where, file_records(source, where, roles.task, Captions.jsonl, read), read)
     stats[key] = read.as_dict()
     return pairs
+
+
+class _Batch:
+    """A stream batch's samples as a pair source: image i is sample i's."""
+
+    def __init__(self, samples):
+        self.samples = samples
+
+    def image(self, i: int):
+        return self.samples[i].image
 
 
 def encode(plan: PairPlan, pixels: torch.Tensor, spec: Spec, roles: Roles, tokenizer,
@@ -82,6 +104,7 @@ class Captions:
         self.spec, self.roles, self.tokenizer = spec, roles, tokenizer
         self.train_set, self.val_set, self.data_stats = data.train, data.val, data.stats
         self.transform, self.size = data.transform, data.size
+        self.caches: dict = {}  # image input -> (tower, TowerCache): set by the run when a tower's outputs are cached
         self.negative_prob = spec.objectives[roles.itm].negative_prob if roles.itm else 0.0
 
     @classmethod
@@ -93,6 +116,8 @@ class Captions:
         return TaskData(train, val, stats, lambda: train.texts(), transform, spec.inputs[roles.image].size)
 
     def describe(self) -> str:
+        if isinstance(self.train_set, ShardStream):
+            return f"a stream of {len(self.train_set.shards)} shards ({len(self.train_set.order(0))} on this rank)"
         return f"{len(self.train_set)} train images"
 
     def vocabulary(self) -> dict:
@@ -105,31 +130,72 @@ class Captions:
     def set_rng_state(self, state) -> None:
         pass
 
-    def _pixels(self, pairs, plan: PairPlan, mine, skip_bad: bool, where: tuple) -> tuple[PairPlan, torch.Tensor, dict]:
-        """This rank's rows of a plan, read: (the rows used, their pixels (B, 3, S, S), read counts)."""
+    def _pixels(self, pairs, plan: PairPlan, mine, skip_bad: bool, where: tuple, cached: bool = False
+                ) -> tuple[PairPlan, torch.Tensor, dict]:
+        """This rank's rows of a plan, read: (the rows used, their pixels (B, 3, S, S), what the batch tells the
+        tower runner and the run summary). With `cached`, a cached tower's stored outputs stand in for images."""
+        (image,) = self.spec.inputs[self.roles.image].tensors(self.roles.image)
+        tower, cache = self.caches.get(image, (None, None)) if cached else (None, None)
+        reader = ImageReader(self.transform, self.size, self.spec.inputs[self.roles.image].channels, cache)
         with _located(where):
-            rows, stats = load_rows(len(plan.texts), mine, lambda k: pairs.image(plan.images[k]).load(self.size),
-                                    skip_bad)
+            rows, stats = load_rows(len(plan.texts), mine, lambda k: reader(pairs.image(plan.images[k])), skip_bad)
         used = PairPlan([plan.images[k] for k, _ in rows], [plan.texts[k] for k, _ in rows],
                         [plan.match[k] for k, _ in rows])
-        return used, torch.stack([self.transform(px) for _, (px, _) in rows]), stats
+        extra = {**cache_rows(tower, [item for _, item in rows], reader),
+                 "_data": {**stats, "decoded": reader.decoded, "decodes_saved": reader.saved}}
+        return used, torch.stack([item.pixels for _, item in rows]), extra
+
+    def resume_reading(self, samples_done: int, position: list[int]) -> None:
+        """A stream source goes on from where a checkpoint says it was."""
+        if isinstance(self.train_set, ShardStream):
+            self.train_set.start(samples_done, Position(*position))
+
+    def _stream_batch(self, size: int, index: int) -> dict:
+        """Micro batch `index` of this rank's stream: its samples [index * size, (index + 1) * size); an ITM
+        negative is a caption of another sample of the batch (the stream's buffer)."""
+        stream, seed, rank = self.train_set, self.spec.train.seed, ranks.rank()
+        samples, position = stream.take(index * size, size)
+        rng = random.Random(f"stream:{seed}:{rank}:{index}")
+        texts, match = [], []
+        for j, sample in enumerate(samples):
+            negative = size > 1 and rng.random() < self.negative_prob
+            other = (j + 1 + rng.randrange(size - 1)) % size if negative else j
+            texts.append(samples[other].text)
+            match.append(0 if negative else 1)
+        plan = PairPlan(list(range(size)), texts, match)
+        rows, pixels, extra = self._pixels(_Batch(samples), plan, range(size), self.spec.data.train.skip_bad,
+                                           ("data", "train"), cached=True)
+        draws = None
+        if self.roles.mlm:
+            gen = torch.Generator().manual_seed(hash_seed(seed, index, "rank", rank))
+            draws = MaskDraws.draw(gen, size, self.spec.inputs[self.roles.text].max_length, len(self.tokenizer))
+        batch = encode(rows, pixels, self.spec, self.roles, self.tokenizer, draws)
+        batch.update(extra)
+        batch["_data"] = {**batch["_data"], "stream_read": stream.stats.read, "stream_skipped": stream.stats.skipped}
+        stream.stats.read = stream.stats.skipped = 0  # counts per batch: the training process sums them
+        batch["_stream"] = position.as_list()
+        return batch
 
     def train_batch(self, size: int, index: int) -> dict:
         """This rank's `size` rows of the step's global micro batch. Every rank plans the whole batch alike
         (images, texts, negatives and the masking draws are functions of the index) and reads, decodes and
-        transforms only its own rows, so a batch is the same whatever the number of ranks or workers."""
+        transforms only its own rows, so a batch is the same whatever the number of ranks or workers. A
+        stream source gives each rank its own samples instead (`_stream_batch`)."""
+        if isinstance(self.train_set, ShardStream):
+            return self._stream_batch(size, index)
         total = size * ranks.world()
         seed = self.spec.train.seed
         plan = self.train_set.plan(total, self.negative_prob, seed, index)
         mine = range(total)[ranks.part(total)]
-        rows, pixels, stats = self._pixels(self.train_set, plan, mine, self.spec.data.train.skip_bad, ("data", "train"))
+        rows, pixels, extra = self._pixels(self.train_set, plan, mine, self.spec.data.train.skip_bad, ("data", "train"),
+                                           cached=True)
         draws = None
         if self.roles.mlm:
             gen = torch.Generator().manual_seed(hash_seed(seed, index))
             length = self.spec.inputs[self.roles.text].max_length
             draws = MaskDraws.draw(gen, total, length, len(self.tokenizer)).rows(slice(mine.start, mine.stop))
         batch = encode(rows, pixels, self.spec, self.roles, self.tokenizer, draws)
-        batch["_data"] = stats
+        batch.update(extra)
         return batch
 
     def mlm_weight(self, labels: torch.Tensor) -> float:

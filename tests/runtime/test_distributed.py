@@ -231,3 +231,35 @@ def test_nproc_and_hostfile_exclude_each_other(spec_file, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["run", str(spec_file), "--nproc", "2", "--hostfile", str(tmp_path / "h")])
     assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_two_nodes_of_one_rank_each_train_and_checkpoint(spec_file, tmp_path):
+    """Two torchrun processes with --nnodes 2 on this machine: RANK 1 with LOCAL_RANK 0, as on a second
+    machine. Each node has its own frozen-output cache; rank 0 alone writes the run's files, both write their
+    part of the checkpoints; the trajectory is one rank's."""
+    from graphspec.runtime.launch import free_port
+    from graphspec.study_run import fresh_env
+
+    spec = yaml.safe_load(spec_file.read_text())
+    spec["nodes"]["vision_tower"]["freeze"] = True
+    spec["distributed"] = {"frozen": {"cache_outputs": True}}
+    spec_file.write_text(yaml.safe_dump(spec))
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main(["run", str(spec_file), "--run-dir", str(one), "--build-dir", str(tmp_path / "b1"), "--set",
+                 f"distributed.frozen.cache_dir={tmp_path / 'cache-one'}"]) == 0
+    assert main(["compile", str(spec_file), "-o", str(tmp_path / "b2"), "--set", "distributed.world_size=2"]) == 0
+    port = free_port()
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(n),
+                               "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", port,
+                               "--module", "graphspec.cli", "run", str(tmp_path / "b2"), "--run-dir", str(two)],
+                              env={**fresh_env(), "GRAPHSPEC_CACHE": str(tmp_path / f"cache-node{n}"),
+                                   "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for n in (0, 1)]
+    done = [(p.wait(timeout=300), p.communicate()) for p in nodes]
+    assert [code for code, _ in done] == [0, 0], done[0][1][1][-2000:] + done[1][1][1][-2000:]
+    _close(_losses(one), _losses(two))
+    checkpoint = two / "checkpoints" / "step-00000006"
+    assert {"state.json", "state-1.json", "rng.safetensors", "rng-1.safetensors"} <= {p.name for p in checkpoint.iterdir()}
+    assert json.loads((two / "summary.json").read_text())["ranks"] == 2
+    for n in (0, 1):  # each node computed and stored the vision outputs of its own rows in its own cache
+        assert list((tmp_path / f"cache-node{n}").rglob("*.safetensors"))

@@ -82,6 +82,10 @@ def test_cached_outputs_are_reused_by_a_later_run_and_change_with_the_weights(tr
     assert 0 < a["entries"] == len(stored) <= a["misses"]  # a file per distinct sample (one drawn twice: one file)
     assert a["size_mb"] == round(sum(f.stat().st_size for f in stored) / 2**20, 1)
     assert b["misses"] == 0 and b["hits"] == a["hits"] + a["misses"] and b["entries"] == a["entries"]
+    # a hit is found by the worker before any image is read: the second run decoded (rendered) none
+    assert again["data"]["train_reads"]["images_decoded"] == 0
+    assert again["data"]["train_reads"]["decodes_saved"] == 12 * 8  # every training row
+    assert first["data"]["train_reads"]["decodes_saved"] + first["data"]["train_reads"]["images_decoded"] == 12 * 8
     assert _losses(tmp_path / "plain") == _losses(tmp_path / "first") == _losses(tmp_path / "again")
     assert "frozen_cache" not in plain
     other = run(compile_build(train_spec, ["distributed.frozen.cache_outputs=true", cache, "train.seed=1"]),
