@@ -50,6 +50,8 @@ class Session:
     plan: FreezePlan
     trainer: Trainer
     reads: dict = field(default_factory=lambda: {"decoded": 0, "replaced": 0, "decodes_saved": 0})  # this rank's
+    started: float = field(default_factory=time.perf_counter)  # when run() began: for the time to the first step
+    first_step_s: float | None = None
 
 
 def prepare(build: Build, outside: bool = True) -> Session:
@@ -116,10 +118,12 @@ def run(build: Build, run_dir: Path, show_bar: bool | None = None, resume: bool 
     SIGTERM, SIGUSR1 or Ctrl-C finish the step, write a checkpoint and raise `Preempted` (exit code 75); a
     loss that is not finite stops the run (`Diverged`, exit code 4) or, as the spec asks, skips the step.
     """
+    started = time.perf_counter()
     spec = build.spec
     main = ranks.is_main()
     run_dir = prepare_run_dir(run_dir)
     s = prepare(build)
+    s.started = started
     if main:
         keep_build(build, run_dir)
     micro, accum = spec.batch_plan()
@@ -141,7 +145,7 @@ def run(build: Build, run_dir: Path, show_bar: bool | None = None, resume: bool 
     for tower, c in s.trainer.towers.cache_report().items():
         reporter.line(f"outputs of {tower} cached in {c['dir']} ({c['entries']:,} entries, {c['size_mb']:,.1f} MB)")
     batches = Batches(s.task, micro, (first - 1) * accum, spec.train.steps * accum, spec.data.workers,
-                      spec.data.prefetch, pin_memory=s.trainer.engine.device.type == "cuda")
+                      spec.data.prefetch, accelerator=s.trainer.engine.device.type != "cpu")
     if batches.workers:
         reporter.line(f"{batches.workers} worker process{'es' if batches.workers > 1 else ''} per rank read and "
                       f"decode batches ahead ({spec.data.prefetch} each)")
@@ -168,6 +172,8 @@ def _loop(s: Session, spec, run_dir: Path, first: int, frozen: dict, reporter, s
         if finite and not ranks.any_true(not grad_norm_is_finite(s.trainer)):
             in_a_row = 0
             step_times.append(time.perf_counter() - start)
+            if s.first_step_s is None:
+                s.first_step_s = round(time.perf_counter() - s.started, 2)
             reporter.train_step(step, losses, s.trainer.scheduler.get_last_lr()[0], batches.take_waited())
         elif not finite and policy.action == "skip" and in_a_row < policy.max_in_a_row:
             skipped, in_a_row = skipped + 1, in_a_row + 1
@@ -251,7 +257,7 @@ def _finish(build: Build, run_dir: Path, s: Session, val: dict, wall: float, ste
     summary = {"run_dir": str(run_dir), "spec": spec.name, "steps": spec.train.steps, "wall_time_s": round(wall, 1),
                "samples_per_s": round(len(step_times) * spec.train.batch_size / max(wall, 1e-9), 2),
                "step_time_s": round(statistics.median(step_times), 4) if step_times else None,
-               "peak_rss_mb": peak, "ranks": spec.distributed.world_size,
+               "peak_rss_mb": peak, "ranks": spec.distributed.world_size, "first_step_s": s.first_step_s,
                "params": {"trainable": total - frozen, "frozen": frozen}, "val": val, "checkpoint": str(ckpt),
                "data": {**s.task.data_stats, "train_reads": {
                    "images_decoded": sum(decoded), "images_decoded_per_rank": decoded, "bad_images_replaced": replaced,

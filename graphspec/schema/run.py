@@ -50,8 +50,9 @@ class Data(Strict):
                            "negatives), fixed across evaluations.")
     workers: int | None = Field(
         None, ge=0, le=64, description="Worker processes per rank that read, decode and transform training "
-        "batches ahead of the step (0: in the training process). Unset: one per rank when the rank has two cores "
-        "or more, else none; results do not depend on it.")
+        "batches ahead of the step (0: in the training process). Unset: none when training on the CPU (the "
+        "model's threads use every core already), else the rank's cores but one, up to 8; results do not depend "
+        "on it.")
     prefetch: int = Field(2, ge=1, le=64, description="Batches each worker prepares ahead.")
 
 
