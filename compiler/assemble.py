@@ -14,6 +14,7 @@ from graphspec.schema import Spec
 from .builders import BuildContext
 from .kinds import KINDS
 from .graph import resolve_port
+from .init_params import init_new_params, library_params
 
 
 def input_ports(g: nx.MultiDiGraph, name: str) -> dict:
@@ -27,6 +28,7 @@ def build_modules(spec: Spec, g: nx.MultiDiGraph, meta: bool) -> tuple[dict[str,
     ctx = BuildContext(spec=spec, graph=g, meta=meta, modules={}, warnings=[])
     issues: list[Issue] = []
     env: list[Issue] = []
+    library: set[int] = set()  # library towers' parameters: they keep their own initialisation
     for name in nx.topological_sort(g):
         attrs = g.nodes[name]
         if attrs["section"] == "inputs":
@@ -43,6 +45,9 @@ def build_modules(spec: Spec, g: nx.MultiDiGraph, meta: bool) -> tuple[dict[str,
         except SpecError as e:
             issues.extend(e.issues)
             continue
+        if not meta:
+            library |= library_params(module)
+            init_new_params(module, spec.param_init, library)
         ctx.modules[name] = module
         _store_widths(attrs, module)
     if env and not issues:

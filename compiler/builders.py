@@ -144,20 +144,22 @@ def _fusion_widths(node, ins) -> tuple[int, int, int]:
 @register("co_attention", reads=TWO_STREAMS, gives={"text": seq("text"), "image": seq("image")})
 def build_co_attention(node, path, ins, ctx):
     return TwoStreamFusion(*_fusion_widths(node, ins), node.layers, node.heads, node.mlp_ratio, node.dropout,
-                           cross_first=True)
+                           cross_first=True, share_cross=node.share_cross,
+                           always_project=node.project_inputs == "always")
 
 
 @register("cross_attention", reads=TWO_STREAMS, gives={"text": seq("text"), "image": seq("image")})
 def build_cross_attention(node, path, ins, ctx):
     return TwoStreamFusion(*_fusion_widths(node, ins), node.layers, node.heads, node.mlp_ratio, node.dropout,
                            cross_first=False, text=node.direction in ("both", "text"),
-                           image=node.direction in ("both", "image"))
+                           image=node.direction in ("both", "image"), always_project=node.project_inputs == "always")
 
 
 @register("merged_attention", reads=TWO_STREAMS,
           gives={"text": seq("text"), "image": seq("image"), "seq": seq("joint")}, main="seq")
 def build_merged_attention(node, path, ins, ctx):
-    return MergedAttention(*_fusion_widths(node, ins), node.layers, node.heads, node.mlp_ratio, node.dropout)
+    return MergedAttention(*_fusion_widths(node, ins), node.layers, node.heads, node.mlp_ratio, node.dropout,
+                           always_project=node.project_inputs == "always")
 
 
 @register("cls_pool", reads={"inputs.0": Want(SEQ), "inputs.1": Want(SEQ)}, gives=_pooled)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from graphspec.errors import Issue
 from graphspec.schema import Spec
 
 
@@ -18,6 +19,20 @@ def lr_multiplier(spec: Spec, param: str) -> float:
         if (param == key or param.startswith(key + ".")) and len(key) > best:
             best, scale = len(key), value
     return scale
+
+
+def unmatched_multipliers(spec: Spec, model: nn.Module) -> list[Issue]:
+    """A key naming a part of a node (`fusion.type_embed`) must prefix at least one parameter name."""
+    names = [n for n, _ in model.named_parameters()]
+    issues = []
+    for key in spec.train.lr_multipliers:
+        if not any(n == key or n.startswith(key + ".") for n in names):
+            node = key.split(".")[0] if not key.startswith("heads.") else ".".join(key.split(".")[:2])
+            parts = sorted({n[len(node) + 1:].split(".")[0] for n in names if n.startswith(node + ".")})
+            issues.append(Issue(("train", "lr_multipliers", key), f"no parameter of the model is named '{key}' "
+                                "or starts with it", "use a node name, or one of its parts: "
+                                + ", ".join(f"{node}.{p}" for p in parts[:8])))
+    return issues
 
 
 def param_groups(spec: Spec, model: nn.Module, frozen: frozenset[str]) -> list[dict]:

@@ -27,7 +27,7 @@ from .emit import emit_module, input_names, label_names
 from .freeze import FreezePlan, resolve_freeze
 from .init_from import load_into, match_checkpoint
 from .graph import build_graph
-from .groups import param_groups
+from .groups import param_groups, unmatched_multipliers
 from .picture import write_pictures
 from .rules import STRUCTURE_RULES, WIDTH_RULES, run_rules
 from .meta_shapes import propagate_shapes
@@ -79,6 +79,7 @@ def compile_spec(spec: Spec) -> Compiled:
     if spec.init_from:
         match, more = match_checkpoint(spec.init_from, gm, plan.frozen)
         issues += more
+    issues += unmatched_multipliers(spec, gm)
     groups = param_groups(spec, gm, plan.frozen)
     ds = emit_ds_config(spec, groups)
     placed = placement(spec, gm, plan)

@@ -99,7 +99,7 @@ def objectives_reference_heads(spec: Spec, g: nx.MultiDiGraph) -> Iterator[Issue
 def lr_multipliers_reference_nodes(spec: Spec, g: nx.MultiDiGraph) -> Iterator[Issue]:
     known = set(spec.nodes) | {"heads"} | {f"heads.{h}" for h in spec.heads}
     for key in spec.train.lr_multipliers:
-        if key not in known:
+        if key not in known and not any(key.startswith(k + ".") for k in known):  # a node, or a part of one
             yield Issue(("train", "lr_multipliers", key), f"unknown node '{key}'", suggest(key, known))
 
 

@@ -35,14 +35,23 @@ class StreamLayer(nn.Module):
 
 
 class FusionLayer(nn.Module):
+    """Both streams' halves of a layer. With `share_cross` (co-attention only), one cross-attention block and
+    its residual norm serve both directions, then each stream's self-attention and FFN: transformers'
+    `LxmertXLayer`, whose `visual_attention` both streams call."""
+
     def __init__(self, width: int, heads: int, mlp_hidden: int, dropout: float, cross_first: bool,
-                 text: bool = True, image: bool = True):
+                 text: bool = True, image: bool = True, share_cross: bool = False):
         super().__init__()
-        self.text = StreamLayer(width, heads, mlp_hidden, dropout, cross_first) if text else None
-        self.image = StreamLayer(width, heads, mlp_hidden, dropout, cross_first) if image else None
+        own = not share_cross
+        self.cross = Attention(width, heads, dropout) if share_cross else None
+        self.cross_res = Residual(width, dropout) if share_cross else None
+        self.text = StreamLayer(width, heads, mlp_hidden, dropout, cross_first, cross=own) if text else None
+        self.image = StreamLayer(width, heads, mlp_hidden, dropout, cross_first, cross=own) if image else None
 
     def forward(self, t, t_mask, i, i_mask):
         # Both directions read the other stream as it was before this layer.
+        if self.cross is not None:
+            t, i = self.cross_res(t, self.cross(t, i, i_mask)), self.cross_res(i, self.cross(i, t, t_mask))
         t_new = self.text(t, t_mask, i, i_mask) if self.text is not None else t
         i_new = self.image(i, i_mask, t, t_mask) if self.image is not None else i
         return t_new, i_new
@@ -51,10 +60,10 @@ class FusionLayer(nn.Module):
 class _Streams(nn.Module):
     """Shared front of every fusion kind: project each stream to the width, add a modality-type embedding."""
 
-    def __init__(self, text_width: int, image_width: int, width: int):
+    def __init__(self, text_width: int, image_width: int, width: int, always_project: bool = False):
         super().__init__()
-        self.text_proj = nn.Linear(text_width, width) if text_width != width else nn.Identity()
-        self.image_proj = nn.Linear(image_width, width) if image_width != width else nn.Identity()
+        self.text_proj = nn.Linear(text_width, width) if always_project or text_width != width else nn.Identity()
+        self.image_proj = nn.Linear(image_width, width) if always_project or image_width != width else nn.Identity()
         self.type_embed = nn.Embedding(2, width)
         self.width = width
 
@@ -75,10 +84,11 @@ class TwoStreamFusion(_Streams):
     """Co-attention (LXMERT: cross then self) or cross-attention (METER: self then cross), per stream."""
 
     def __init__(self, text_width: int, image_width: int, width: int, layers: int, heads: int, mlp_ratio: float,
-                 dropout: float, cross_first: bool, text: bool = True, image: bool = True):
-        super().__init__(text_width, image_width, width)
+                 dropout: float, cross_first: bool, text: bool = True, image: bool = True,
+                 share_cross: bool = False, always_project: bool = False):
+        super().__init__(text_width, image_width, width, always_project)
         hidden = int(width * mlp_ratio)
-        self.layers = nn.ModuleList(FusionLayer(width, heads, hidden, dropout, cross_first, text, image)
+        self.layers = nn.ModuleList(FusionLayer(width, heads, hidden, dropout, cross_first, text, image, share_cross)
                                     for _ in range(layers))
 
     def forward(self, text: tuple, image: tuple) -> dict:
@@ -107,8 +117,8 @@ class MergedAttention(_Streams):
     """Merged attention: [text; image] through self-attention layers; outputs split back, and joint."""
 
     def __init__(self, text_width: int, image_width: int, width: int, layers: int, heads: int, mlp_ratio: float,
-                 dropout: float):
-        super().__init__(text_width, image_width, width)
+                 dropout: float, always_project: bool = False):
+        super().__init__(text_width, image_width, width, always_project)
         self.layers = nn.ModuleList(EncoderLayer(width, heads, int(width * mlp_ratio), dropout) for _ in range(layers))
 
     def forward(self, text: tuple, image: tuple) -> dict:

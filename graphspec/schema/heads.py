@@ -103,13 +103,26 @@ class MLMObjective(_Objective):
     kind: Literal["mlm"] = Field("mlm", description="Defaults to the objective's name.")
     mask_prob: float = Field(0.15, gt=0, lt=1, description="Probability that a token (or word) is masked.")
     whole_word: bool = Field(False, description="Mask all pieces of a word together.")
+    selection: Literal["probability", "fixed_count"] = Field(
+        "probability", description="probability: each word (or token) is chosen with `mask_prob`, "
+        "independently; fixed_count: round(mask_prob x the padded text length) positions' worth of candidates "
+        "(words with `whole_word`, else tokens; padding positions are candidates too, [CLS] and [SEP] are not) "
+        "are chosen in random order, and those that fall on padding are then dropped: transformers 4's "
+        "whole-word collator, which ViLT, METER and Renaissance use.")
 
 
 class ITMObjective(_Objective):
     kind: Literal["itm"] = Field("itm", description="Defaults to the objective's name.")
     negative_prob: float = Field(
-        0.5, gt=0, lt=1, description="Share of pairs whose text comes from another scene (balanced by default)."
+        0.5, gt=0, lt=1, description="Share of negative pairs (balanced by default): with `recipe: one_pass` each "
+        "pair is one with this probability, its text a caption of another image; with `two_pass` exactly this "
+        "share of the global micro batch, its image another one."
     )
+    recipe: Literal["one_pass", "two_pass"] = Field(
+        "one_pass", description="one_pass: ITM on the same (masked) text MLM reads, in the same forward pass; "
+        "negatives are captions of other images. two_pass: ITM in a pass of its own on unmasked text, exactly "
+        "`negative_prob` of the global micro batch with the image swapped for another (ViLT, METER, "
+        "Renaissance); MLM's pass keeps the true images. two_pass runs the model on twice the rows.")
 
 
 class HeadObjective(_Objective):

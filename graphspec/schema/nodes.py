@@ -89,6 +89,18 @@ class TimmVision(_Encoder):
     )
 
 
+class ParamInit(Strict):
+    """How graphspec initialises the parameters it creates (projections, fusion, token types, poolers, heads,
+    one-tower embeddings). Library towers (transformers, timm) keep their own initialisation, and weights
+    loaded from a checkpoint replace both."""
+
+    scheme: Literal["normal", "torch"] = Field(
+        "normal", description="normal: BERT's (Linear, Conv and Embedding weights from N(0, std), biases 0, "
+        "LayerNorm 1 and 0), as ViLT, METER, LXMERT and Renaissance do; torch: PyTorch's defaults per layer "
+        "(Kaiming-uniform Linear with non-zero biases, N(0, 1) embeddings).")
+    std: float = Field(0.02, gt=0, le=1, description="Standard deviation of the normal scheme.")
+
+
 class Projection(Strict):
     kind: Literal["projection"] = Field(description="A linear map to a new width.")
     input: Ref = Field(description="The sequence or vector to project.")
@@ -109,8 +121,10 @@ class _Fusion(Strict):
         description="Fusion width. Set it to project both streams to it; leave it out when both streams "
         "already have the same width.",
     )
-    project_inputs: bool = Field(
-        True, description="Project a stream whose width differs from `width`; false makes that an error."
+    project_inputs: bool | Literal["always"] = Field(
+        True, description="true: project a stream whose width differs from `width`; `always`: project both "
+        "streams even where the widths match (a Linear each, as METER and Renaissance do); false: a width "
+        "that differs is an error."
     )
     layers: int = Field(6, ge=1, le=64, description="Fusion layers.")
     heads: int = Field(4, ge=1, description="Attention heads; must divide the width.")
@@ -123,6 +137,9 @@ class CoAttention(_Fusion):
     """LXMERT-style co-attention: each layer lets each stream attend to the other, then to itself."""
 
     kind: Literal["co_attention"] = Field(description="LXMERT-style co-attention fusion.")
+    share_cross: bool = Field(
+        False, description="One cross-attention block per layer, used by both directions (transformers' "
+        "LxmertXLayer, as Renaissance and LXMERT build it); false gives each stream its own.")
 
 
 class CrossAttention(_Fusion):

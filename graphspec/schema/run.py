@@ -93,7 +93,8 @@ class Train(Strict):
     schedule: Schedule = Field(default_factory=Schedule, description="The learning-rate schedule.")
     lr_multipliers: dict[str, float] = Field(
         default_factory=dict,
-        description="Learning-rate multipliers by node name, `heads`, or `heads.NAME`; the longest match wins.",
+        description="Learning-rate multipliers by node name, `heads`, `heads.NAME`, or a part of a node by its "
+        "parameter-name prefix (`fusion.type_embed`); the longest match wins.",
     )
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="Training precision.")
     grad_clip: float | None = Field(1.0, gt=0, description="Clip the global gradient norm; null for no clipping.")

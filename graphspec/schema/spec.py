@@ -9,7 +9,7 @@ from pydantic import Field, PrivateAttr, model_validator
 from .base import Strict
 from .heads import Head, Objective, OBJECTIVE_KINDS
 from .inputs import Input
-from .nodes import Node
+from .nodes import Node, ParamInit
 from .run import Data, Distributed, Train
 from .tasks import TASKS, Roles
 
@@ -26,6 +26,9 @@ class Spec(Strict):
         None, description="A checkpoint directory (a run's `checkpoint/`) whose weights initialise this model by "
         "parameter name, e.g. to fine-tune a pretrained encoder with new heads; every key that does not match is "
         "reported. Relative to the current directory.")
+    param_init: ParamInit = Field(
+        default_factory=ParamInit, description="How the parameters graphspec creates are initialised (library "
+        "towers keep their own).")
     inputs: dict[str, Input] = Field(min_length=1, description="Named inputs.")
     nodes: dict[str, Node] = Field(min_length=1, description="Named nodes: encoders, projections, fusion, poolers.")
     heads: dict[str, Head] = Field(default_factory=dict, description="Named task heads.")

@@ -66,6 +66,16 @@ class _Pairs:
                 for i in range(len(self))]
 
 
+def swap_images(plan: PairPlan, share: float, rng: random.Random, other) -> PairPlan:
+    """The ITM pass of the two-pass recipe (ViLT, METER, Renaissance): the plan's true pairs, exactly `share`
+    of them (rounded up: half of an odd batch) with the image swapped for another, `other(image, text, rng)`."""
+    n = len(plan.texts)
+    negatives = set(rng.sample(range(n), n - int(n * (1 - share) + 1e-9))) if n > 1 else set()
+    images = [other(img, text, rng) if k in negatives else img
+              for k, (img, text) in enumerate(zip(plan.images, plan.texts))]
+    return PairPlan(images, list(plan.texts), [0 if k in negatives else 1 for k in range(n)])
+
+
 def batched(plans: list[PairPlan], size: int) -> list[PairPlan]:
     """Regroup per-image plans into batches of `size`."""
     images = [i for p in plans for i in p.images]
@@ -91,6 +101,15 @@ class SceneSet(_Pairs):
 
     def caption(self, i: int, rng: random.Random) -> str:
         return gen.caption(self.scenes[i], rng)
+
+    def negative_image(self, i: int, text: str, rng: random.Random) -> int:
+        """Another scene, one the text is not true of."""
+        for _ in range(NEGATIVE_TRIES):
+            j = rng.randrange(len(self.scenes) - 1)
+            j += j >= i
+            if not gen.describes(self.scenes[j], text):
+                return j
+        raise RuntimeError(f"no scene found that '{text}' is false of in {NEGATIVE_TRIES} tries")
 
     def negative_caption(self, i: int, rng: random.Random) -> str:
         for _ in range(NEGATIVE_TRIES):
@@ -131,6 +150,11 @@ class CaptionFiles(_Pairs):
 
     def caption(self, i: int, rng: random.Random) -> str:
         return rng.choice(self.captions[i])
+
+    def negative_image(self, i: int, text: str, rng: random.Random) -> int:
+        """Another image, drawn at random as ViLT draws its `false_image` (its captions are not checked)."""
+        j = rng.randrange(len(self.refs) - 1)
+        return j + (j >= i)
 
     def negative_caption(self, i: int, rng: random.Random) -> str:
         j = rng.randrange(len(self.refs) - 1)

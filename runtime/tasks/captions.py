@@ -21,7 +21,7 @@ from ..data.records import ReadStats, _short
 from ..metrics import contrastive_loss, itc_logits, itc_loss
 from ..objectives import IGNORE, MaskDraws, itm_loss, mask_tokens, mlm_loss
 from .base import ImageReader, TaskData, _located, cache_rows, eval_source, file_records, hash_seed, load_rows, register
-from .caption_sources import CaptionFiles, PairPlan, SceneSet, batched
+from .caption_sources import CaptionFiles, PairPlan, SceneSet, batched, swap_images
 
 
 def _parse(obj: dict, where: str) -> tuple[list[dict], list]:
@@ -86,11 +86,35 @@ def encode(plan: PairPlan, pixels: torch.Tensor, spec: Spec, roles: Roles, token
         obj = spec.objectives[roles.mlm]
         special = enc["special_tokens_mask"].bool() | (mask == 0)
         word_ids = [enc.word_ids(i) for i in range(len(plan.texts))]
+        pad = (mask == 0) if obj.selection == "fixed_count" else None
         masked, labels = mask_tokens(ids, special, word_ids, obj.mask_prob, obj.whole_word, tokenizer.mask_token_id,
-                                     match.bool(), draws)
+                                     match.bool(), draws, pad)
         batch[ids_key] = masked
         batch[spec.labels_of(spec.objective_head(roles.mlm))] = labels
     return batch
+
+
+def two_passes(mlm: dict | None, itm: dict, labels_key: str | None) -> dict:
+    """One batch of both passes of the two-pass recipe, MLM's rows (masked text, true images) first and ITM's
+    (unmasked text, half the images swapped) after: one forward over twice the rows computes what two passes
+    would. `itm_rows` marks the rows the ITM (and ITC) losses read; MLM labels only the first half."""
+    if mlm is None:
+        return {**itm, "itm_rows": torch.ones(len(itm["match"]), dtype=torch.bool)}
+    out = {k: torch.cat([mlm[k], itm[k]]) for k in itm}
+    labels = mlm[labels_key]
+    out[labels_key] = torch.cat([labels, torch.full((len(itm["match"]), labels.shape[1]), IGNORE, dtype=labels.dtype)])
+    out["itm_rows"] = torch.cat([torch.zeros(len(mlm["match"]), dtype=torch.bool),
+                                 torch.ones(len(itm["match"]), dtype=torch.bool)])
+    return out
+
+
+def _rows_of(out, rows: torch.Tensor | None):
+    """A head's output for the rows a loss reads (the itc head's features are a dict)."""
+    if rows is None:
+        return out
+    if isinstance(out, dict):
+        return {k: v[rows] if k in ("text", "image") else v for k, v in out.items()}
+    return out[rows]
 
 
 @register
@@ -106,6 +130,7 @@ class Captions:
         self.transform, self.size = data.transform, data.size
         self.caches: dict = {}  # image input -> (tower, TowerCache): set by the run when a tower's outputs are cached
         self.negative_prob = spec.objectives[roles.itm].negative_prob if roles.itm else 0.0
+        self.two_pass = bool(roles.itm) and spec.objectives[roles.itm].recipe == "two_pass"
 
     @classmethod
     def read(cls, spec: Spec, roles: Roles, transform, split: str | None = None) -> TaskData:
@@ -134,16 +159,45 @@ class Captions:
                 ) -> tuple[PairPlan, torch.Tensor, dict]:
         """This rank's rows of a plan, read: (the rows used, their pixels (B, 3, S, S), what the batch tells the
         tower runner and the run summary). With `cached`, a cached tower's stored outputs stand in for images."""
+        (used,), (pixels,), extra = self._read_plans(pairs, [plan], mine, skip_bad, where, cached)
+        return used, pixels, extra
+
+    def _read_plans(self, pairs, plans: list[PairPlan], mine, skip_bad: bool, where: tuple, cached: bool
+                    ) -> tuple[list[PairPlan], list[torch.Tensor], dict]:
+        """`_pixels` of several plans of one batch (the two-pass recipe's), their rows in that order; an image
+        two plans share is read once."""
         (image,) = self.spec.inputs[self.roles.image].tensors(self.roles.image)
         tower, cache = self.caches.get(image, (None, None)) if cached else (None, None)
         reader = ImageReader(self.transform, self.size, self.spec.inputs[self.roles.image].channels, cache)
-        with _located(where):
-            rows, stats = load_rows(len(plan.texts), mine, lambda k: reader(pairs.image(plan.images[k])), skip_bad)
-        used = PairPlan([plan.images[k] for k, _ in rows], [plan.texts[k] for k, _ in rows],
-                        [plan.match[k] for k, _ in rows])
-        extra = {**cache_rows(tower, [item for _, item in rows], reader),
+        memo: dict = {}
+
+        def read(index: int):
+            if index not in memo:
+                memo[index] = reader(pairs.image(index))
+            return memo[index]
+
+        used, pixels, loaded, stats = [], [], [], {"replaced": 0}
+        for plan in plans:
+            with _located(where):
+                rows, got = load_rows(len(plan.texts), mine, lambda k, plan=plan: read(plan.images[k]), skip_bad)
+            stats["replaced"] += got["replaced"]
+            used.append(PairPlan([plan.images[k] for k, _ in rows], [plan.texts[k] for k, _ in rows],
+                                 [plan.match[k] for k, _ in rows]))
+            pixels.append(torch.stack([item.pixels for _, item in rows]))
+            loaded += [item for _, item in rows]
+        extra = {**cache_rows(tower, loaded, reader),
                  "_data": {**stats, "decoded": reader.decoded, "decodes_saved": reader.saved}}
-        return used, torch.stack([item.pixels for _, item in rows]), extra
+        return used, pixels, extra
+
+    def _encode_two_pass(self, pairs, plan: PairPlan, itm: PairPlan, mine, draws, where: tuple) -> dict:
+        """Both passes of the two-pass recipe: MLM on the plan's true pairs, ITM on `itm` (see `two_passes`)."""
+        spec, roles = self.spec, self.roles
+        plans = [plan, itm] if roles.mlm else [itm]
+        used, pixels, extra = self._read_plans(pairs, plans, mine, spec.data.train.skip_bad, where, cached=True)
+        mlm = encode(used[0], pixels[0], spec, roles, self.tokenizer, draws) if roles.mlm else None
+        unmasked = encode(used[-1], pixels[-1], spec, roles, self.tokenizer, None)
+        labels = spec.labels_of(spec.objective_head(roles.mlm)) if roles.mlm else None
+        return {**two_passes(mlm, unmasked, labels), **extra}
 
     def resume_reading(self, samples_done: int, position: list[int]) -> None:
         """A stream source goes on from where a checkpoint says it was."""
@@ -156,6 +210,12 @@ class Captions:
         stream, seed, rank = self.train_set, self.spec.train.seed, ranks.rank()
         samples, position = stream.take(index * size, size)
         rng = random.Random(f"stream:{seed}:{rank}:{index}")
+        if self.two_pass:  # a negative's image is another sample's of the batch
+            plan = PairPlan(list(range(size)), [s.text for s in samples], [1] * size)
+            itm = swap_images(plan, self.negative_prob, rng, lambda k, text, rng: (k + 1 + rng.randrange(size - 1)) % size)
+            batch = self._encode_two_pass(_Batch(samples), plan, itm, range(size), self._draws(size, index, rank),
+                                          ("data", "train"))
+            return self._stream_extra(batch, stream, position)
         texts, match = [], []
         for j, sample in enumerate(samples):
             negative = size > 1 and rng.random() < self.negative_prob
@@ -165,12 +225,19 @@ class Captions:
         plan = PairPlan(list(range(size)), texts, match)
         rows, pixels, extra = self._pixels(_Batch(samples), plan, range(size), self.spec.data.train.skip_bad,
                                            ("data", "train"), cached=True)
-        draws = None
-        if self.roles.mlm:
-            gen = torch.Generator().manual_seed(hash_seed(seed, index, "rank", rank))
-            draws = MaskDraws.draw(gen, size, self.spec.inputs[self.roles.text].max_length, len(self.tokenizer))
-        batch = encode(rows, pixels, self.spec, self.roles, self.tokenizer, draws)
+        batch = encode(rows, pixels, self.spec, self.roles, self.tokenizer, self._draws(size, index, rank))
         batch.update(extra)
+        return self._stream_extra(batch, stream, position)
+
+    def _draws(self, size: int, index: int, rank: int) -> MaskDraws | None:
+        """A stream batch's masking draws: its own per rank (each rank reads its own samples)."""
+        if not self.roles.mlm:
+            return None
+        gen = torch.Generator().manual_seed(hash_seed(self.spec.train.seed, index, "rank", rank))
+        return MaskDraws.draw(gen, size, self.spec.inputs[self.roles.text].max_length, len(self.tokenizer))
+
+    @staticmethod
+    def _stream_extra(batch: dict, stream, position) -> dict:
         batch["_data"] = {**batch["_data"], "stream_read": stream.stats.read, "stream_skipped": stream.stats.skipped}
         stream.stats.read = stream.stats.skipped = 0  # counts per batch: the training process sums them
         batch["_stream"] = position.as_list()
@@ -185,18 +252,27 @@ class Captions:
             return self._stream_batch(size, index)
         total = size * ranks.world()
         seed = self.spec.train.seed
-        plan = self.train_set.plan(total, self.negative_prob, seed, index)
         mine = range(total)[ranks.part(total)]
+        if self.two_pass:  # true pairs for MLM; the same pairs, exactly a share with other images, for ITM
+            plan = self.train_set.plan(total, 0.0, seed, index)
+            itm = swap_images(plan, self.negative_prob, random.Random(f"itm:{seed}:{index}"),
+                              self.train_set.negative_image)
+            return self._encode_two_pass(self.train_set, plan, itm, mine, self._global_draws(total, index, mine),
+                                         ("data", "train"))
+        plan = self.train_set.plan(total, self.negative_prob, seed, index)
         rows, pixels, extra = self._pixels(self.train_set, plan, mine, self.spec.data.train.skip_bad, ("data", "train"),
                                            cached=True)
-        draws = None
-        if self.roles.mlm:
-            gen = torch.Generator().manual_seed(hash_seed(seed, index))
-            length = self.spec.inputs[self.roles.text].max_length
-            draws = MaskDraws.draw(gen, total, length, len(self.tokenizer)).rows(slice(mine.start, mine.stop))
-        batch = encode(rows, pixels, self.spec, self.roles, self.tokenizer, draws)
+        batch = encode(rows, pixels, self.spec, self.roles, self.tokenizer, self._global_draws(total, index, mine))
         batch.update(extra)
         return batch
+
+    def _global_draws(self, total: int, index: int, mine: range) -> MaskDraws | None:
+        """The global micro batch's masking draws, this rank's rows of them."""
+        if not self.roles.mlm:
+            return None
+        gen = torch.Generator().manual_seed(hash_seed(self.spec.train.seed, index))
+        length = self.spec.inputs[self.roles.text].max_length
+        return MaskDraws.draw(gen, total, length, len(self.tokenizer)).rows(slice(mine.start, mine.stop))
 
     def mlm_weight(self, labels: torch.Tensor) -> float:
         """A rank's MLM loss is weighted by its share of the masked tokens: the ranks' average (what data
@@ -208,15 +284,17 @@ class Captions:
     def losses(self, out: dict, batch: dict) -> dict[str, torch.Tensor]:
         spec, roles = self.spec, self.roles
         parts: dict[str, torch.Tensor] = {}
+        rows = batch.get("itm_rows")  # two-pass: ITM and ITC read the unmasked rows
+        match = batch["match"] if rows is None else batch["match"][rows]
         if roles.itm:
-            parts[roles.itm] = itm_loss(out[spec.objective_head(roles.itm)], batch["match"])
+            parts[roles.itm] = itm_loss(_rows_of(out[spec.objective_head(roles.itm)], rows), match)
         if roles.mlm:
             head = spec.objective_head(roles.mlm)
             labels = batch[spec.labels_of(head)]
             weight = self.mlm_weight(labels) if ranks.world() > 1 else 1.0
             parts[roles.mlm] = mlm_loss(out[head], labels) * weight
         if roles.itc:  # against the matching pairs of every rank's rows
-            parts[roles.itc] = contrastive_loss(out[spec.objective_head(roles.itc)], batch["match"])
+            parts[roles.itc] = contrastive_loss(_rows_of(out[spec.objective_head(roles.itc)], rows), match)
         parts["loss"] = sum(spec.objectives[k].weight * v for k, v in parts.items())
         return parts
 
