@@ -22,12 +22,15 @@ def linear(i: int, o: int) -> int:
     return i * o + o
 
 
-def co_attention(text_w: int, image_w: int, width: int, layers: int, mlp: int) -> int:
-    """By hand: per layer and stream, cross- and self-attention (4 linears + LayerNorm each) and an FFN + LayerNorm."""
+def co_attention(text_w: int, image_w: int, width: int, layers: int, mlp: int, shared: bool = False,
+                 always: bool = False) -> int:
+    """By hand: per layer and stream, cross- and self-attention (4 linears + LayerNorm each) and an FFN + LayerNorm;
+    `shared`: one cross-attention for both streams; `always`: a projection even where the widths match."""
     attn = 4 * linear(width, width) + 2 * width
     ffn = linear(width, mlp) + linear(mlp, width) + 2 * width
-    proj = (linear(text_w, width) if text_w != width else 0) + (linear(image_w, width) if image_w != width else 0)
-    return proj + 2 * width + layers * 2 * (2 * attn + ffn)
+    proj = sum(linear(w, width) for w in (text_w, image_w) if always or w != width)
+    per_layer = attn + 2 * (attn + ffn) if shared else 2 * (2 * attn + ffn)
+    return proj + 2 * width + layers * per_layer
 
 
 def test_experiment_1_counts():
@@ -36,7 +39,7 @@ def test_experiment_1_counts():
     deit = timm.create_model("deit_tiny_patch16_224", num_classes=0)
     assert summary["text_tower"]["total"] == n_params(electra) == 13_483_008
     assert summary["vision_tower"]["total"] == n_params(deit) == 5_524_416
-    assert summary["fusion"]["total"] == co_attention(256, 192, 256, 6, 1024)
+    assert summary["fusion"]["total"] == co_attention(256, 192, 256, 6, 1024, shared=True, always=True)
     assert summary["pooled"]["total"] == 2 * linear(256, 256)
     assert summary["heads.itm"]["total"] == linear(512, 2)
     assert summary["heads.mlm"]["total"] == linear(256, 256) + 2 * 256 + linear(256, 30522)
@@ -71,8 +74,9 @@ def test_frozen_counts_follow_the_freeze(tiny, write_spec):
 
 
 def _heads_and_pool(width: int, vocab: int, embedding: int) -> int:
-    """cls_pool over one stream, an itm head, an untied mlm head (transform + LayerNorm + decoder)."""
-    return linear(width, width) + linear(width, 2) + linear(width, width) + 2 * width + linear(width, vocab)
+    """cls_pool over the text and image parts (the platform's double pooler), an itm head on both, an untied mlm
+    head (transform + LayerNorm + decoder)."""
+    return 2 * linear(width, width) + linear(2 * width, 2) + linear(width, width) + 2 * width + linear(width, vocab)
 
 
 def test_experiment_2_counts():

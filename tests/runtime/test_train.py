@@ -12,6 +12,8 @@ from safetensors.torch import load_file
 import graphspec.runtime.run as run_mod
 from graphspec.runtime.run import run
 
+from .plans import distinct_images
+
 
 @pytest.fixture
 def captured(monkeypatch):
@@ -37,7 +39,8 @@ def test_loss_falls_frozen_weights_stay_trainable_ones_move(train_spec, compile_
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if "split" not in r]
     assert [r["step"] for r in train] == [10, 20, 30, 40, 50, 60]
-    assert train[-1]["loss"] < 0.75 * train[0]["loss"]  # measured: 5.1 -> 3.4
+    # a logged loss is one step's (batch 8, a few masked tokens: noisy); measured: 5.38 -> 3.97 over the last three
+    assert sum(r["loss"] for r in train[-3:]) / 3 < 0.8 * train[0]["loss"]
     assert {"itm", "mlm", "lr", "samples_per_s"} <= set(train[0])
     assert [r["step"] for r in records if r.get("split") == "val"] == [30, 60]
 
@@ -162,9 +165,11 @@ def test_worker_processes_change_nothing_but_who_decodes(train_spec, compile_bui
     train_spec["data"]["val"] = None
     runs = {}
     for workers in (0, 2):
-        summary = run(compile_build(train_spec, [f"data.workers={workers}"]), tmp_path / f"w{workers}", show_bar=False)
+        build = compile_build(train_spec, [f"data.workers={workers}"])
+        summary = run(build, tmp_path / f"w{workers}", show_bar=False)
         records = [json.loads(line) for line in (tmp_path / f"w{workers}" / "metrics.jsonl").read_text().splitlines()]
         runs[workers] = [(r["step"], r["loss"], r["itm"], r["mlm"]) for r in records]
-        assert summary["data"]["train_reads"]["images_decoded"] == 12 * 8  # every row read once, by someone
+        # every distinct image of a batch read once, by someone
+        assert summary["data"]["train_reads"]["images_decoded"] == distinct_images(build.spec, 8, 12) > 80
         assert all("data_wait_s" in r for r in records)
     assert runs[0] == runs[2] and len(runs[0]) == 12
