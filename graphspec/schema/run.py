@@ -63,6 +63,11 @@ class Optimizer(Strict):
     betas: tuple[float, float] = Field((0.9, 0.999), description="Adam betas.")
     eps: float = Field(1e-8, gt=0, description="Adam epsilon.")
     momentum: float = Field(0.0, ge=0, lt=1, description="SGD momentum.")
+    kernel: Literal["fused", "foreach", "loop"] = Field(
+        "fused", description="How torch's Adam/AdamW updates the weights when the optimizer is not offloaded "
+        "(offloaded, DeepSpeed's CPU Adam does): fused, one kernel over all tensors (torch's fused AdamW, on "
+        "the CPU and CUDA); foreach, vectorised over tensors; loop, one tensor at a time (graphspec 0.2's "
+        "path, kept to measure against). Numerically the same update up to rounding.")
 
 
 class Schedule(Strict):
