@@ -54,23 +54,40 @@ def diverged(step: int, what: str, losses: dict[str, float], last: Path | None, 
                     title="the run diverged")
 
 
+class HandlerScope:
+    """`handler` for `signals` while the scope is open, the previous handlers restored after. Only the main
+    thread may install handlers (Python delivers signals there); elsewhere the scope installs nothing."""
+
+    def __init__(self, signals, handler):
+        self.signals, self.handler = tuple(signals), handler
+        self.previous: dict = {}
+
+    def __enter__(self) -> "HandlerScope":
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.signals:
+                self.previous[sig] = signal.signal(sig, self.handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        self.previous.clear()
+
+
 class Signals:
     """The preemption signals, caught in the training loop: the first asks for a graceful stop at the end of
     the step (the loop checks `pending`), a second SIGINT stops now."""
 
     def __init__(self):
         self.received: int | None = None
-        self.previous: dict = {}
+        self.scope = HandlerScope(GRACEFUL, self._handle)
 
     def __enter__(self) -> "Signals":
-        if threading.current_thread() is threading.main_thread():
-            for sig in GRACEFUL:
-                self.previous[sig] = signal.signal(sig, self._handle)
+        self.scope.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
+        self.scope.__exit__(*exc)
 
     def _handle(self, signum: int, frame) -> None:
         if signum == signal.SIGINT and self.received == signal.SIGINT:

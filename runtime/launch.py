@@ -22,10 +22,11 @@ import shutil
 import signal
 import socket
 import sys
-import threading
 from pathlib import Path
 
 from graphspec.errors import EnvironmentProblem, Issue, Loc, SpecError
+
+from .guard import HandlerScope
 
 
 SELF_STARTED = "GRAPHSPEC_SINGLE_PROCESS"  # set where a single-process run filled in the rank variables itself
@@ -97,18 +98,15 @@ class Forward:
     SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
     def __init__(self):
-        self.previous: dict = {}
+        self.scope = HandlerScope(self.SIGNALS, self._forward)
         self.sent: list[int] = []
 
     def __enter__(self) -> "Forward":
-        if threading.current_thread() is threading.main_thread():
-            for sig in self.SIGNALS:
-                self.previous[sig] = signal.signal(sig, self._forward)
+        self.scope.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
+        self.scope.__exit__(*exc)
 
     def _forward(self, signum: int, frame) -> None:
         import psutil  # a dependency of DeepSpeed

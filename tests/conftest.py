@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+from pathlib import Path
 
 import pytest
 import yaml
@@ -79,3 +80,19 @@ def _line_of(text, needle: str, nth: int = 1) -> int:
 def line_of():
     """line_of(text_or_path, needle, nth=1): where a spec says something, to check located errors."""
     return _line_of
+
+
+def finished_run(base, name: str, samples: int, val_samples: int, steps: int, batch_size: int,
+                 warmup: int) -> tuple[dict, Path]:
+    """Train the tiny spec for a few steps in `base` (module-scoped fixtures share one): (its spec, the run's
+    final checkpoint)."""
+    from graphspec.cli import main
+
+    spec = copy.deepcopy(TINY)
+    spec["nodes"]["text_tower"]["size"]["vocab_size"] = 128
+    spec["data"] = {"train": {"samples": samples}, "val": {"split": "val", "samples": val_samples}}
+    spec["train"].update(steps=steps, batch_size=batch_size, schedule={"warmup": warmup})
+    (base / f"{name}.yaml").write_text(yaml.safe_dump(spec))
+    assert main(["run", str(base / f"{name}.yaml"), "--run-dir", str(base / "run"),
+                 "--build-dir", str(base / "build")]) == 0
+    return spec, base / "run" / "checkpoint"

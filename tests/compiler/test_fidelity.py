@@ -168,9 +168,15 @@ def test_library_towers_keep_their_init_and_torch_defaults_stay_available():
 
 
 def test_tied_decoder_keeps_the_tower_embeddings():
-    path = SPECS / "families" / "albef_style.yaml"
-    spec = graphspec.load(path)
-    model, _ = build_model(spec)
-    emb = model.get_submodule("text_tower").input_embeddings().weight
-    assert model.get_submodule("heads.mlm").decoder.weight is emb
-    assert emb.std().item() == pytest.approx(spec.nodes["text_tower"].size and 0.02, rel=0.1)  # BERT's own range
+    """The MLM decoder shares the text tower's embedding matrix: graphspec's init must not draw it again (with
+    std 0.05 a redraw would show), while the decoder's own bias is graphspec's (zero)."""
+    data = graphspec.load(SPECS / "families" / "albef_style.yaml").model_dump(mode="json", exclude={"extends"},
+                                                                              exclude_none=True)
+    embeddings = {}
+    for how in ({"scheme": "torch"}, {"std": 0.05}):
+        model, _ = build_model(validate_data({**data, "param_init": how}, SourceMap()))
+        emb = model.get_submodule("text_tower").input_embeddings().weight
+        assert model.get_submodule("heads.mlm").decoder.weight is emb
+        embeddings[how.get("scheme", "normal")] = emb.detach().clone()
+    assert torch.equal(embeddings["torch"], embeddings["normal"])  # same seed, the library's draw both times
+    assert torch.equal(model.get_submodule("heads.mlm").decoder.bias, torch.zeros_like(emb[:, 0]))

@@ -23,21 +23,10 @@ TASKS = {
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
     """A tiny captions run whose checkpoint the fine-tuning starts from."""
-    import copy
+    from tests.conftest import finished_run
 
-    import yaml
-
-    from tests.conftest import TINY
-
-    base = tmp_path_factory.mktemp("pretrain")
-    spec = copy.deepcopy(TINY)
-    spec["nodes"]["text_tower"]["size"]["vocab_size"] = 128
-    spec["data"] = {"train": {"samples": 64}, "val": {"split": "val", "samples": 16}}
-    spec["train"].update(steps=5, batch_size=8, schedule={"warmup": 1})
-    (base / "pretrain.yaml").write_text(yaml.safe_dump(spec))
-    assert main(["run", str(base / "pretrain.yaml"), "--run-dir", str(base / "run"),
-                 "--build-dir", str(base / "build")]) == 0
-    return spec, base / "run" / "checkpoint"
+    return finished_run(tmp_path_factory.mktemp("pretrain"), "pretrain", samples=64, val_samples=16, steps=5,
+                        batch_size=8, warmup=1)
 
 
 @pytest.mark.parametrize("task", list(TASKS))

@@ -119,20 +119,10 @@ def test_a_damaged_build_directory_names_the_file(file, content, expected, train
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     """A short finished run, whose final checkpoint the damage tests copy."""
-    import copy
+    from tests.conftest import finished_run
 
-    import yaml
-
-    from tests.conftest import TINY
-
-    base = tmp_path_factory.mktemp("finished")
-    spec = copy.deepcopy(TINY)
-    spec["nodes"]["text_tower"]["size"]["vocab_size"] = 128
-    spec["data"] = {"train": {"samples": 16}, "val": {"split": "val", "samples": 4}}
-    spec["train"].update(steps=2, batch_size=4, schedule={"warmup": 0})
-    (base / "spec.yaml").write_text(yaml.safe_dump(spec))
-    assert main(["run", str(base / "spec.yaml"), "--run-dir", str(base / "run"), "--build-dir", str(base / "b")]) == 0
-    return base / "run" / "checkpoint"
+    return finished_run(tmp_path_factory.mktemp("finished"), "spec", samples=16, val_samples=4, steps=2,
+                        batch_size=4, warmup=0)[1]
 
 
 @pytest.mark.parametrize("damage", ["cut", "altered"])
