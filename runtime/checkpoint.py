@@ -13,10 +13,12 @@ import shutil
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from graphspec.compiler import FreezePlan
 from graphspec.compiler.checksums import write_checksums
+from graphspec.errors import EnvironmentProblem, Issue, Loc
 
 FORMAT_VERSION = 2  # of a final checkpoint (state.json); 1 (no version written) reads the same
 
@@ -36,16 +38,26 @@ def trainable_weights(module: torch.nn.Module, frozen: set[str]) -> dict[str, to
 
 def save_checkpoint(path: Path, weights: dict[str, torch.Tensor], spec_json: dict, plan: FreezePlan, extra: dict,
                     tokenizer) -> Path:
+    """Write the checkpoint; a write that fails (a full disk) leaves no partial folder and an existing
+    checkpoint at `path` as it was, and is an EnvironmentProblem naming the folder."""
     tmp = path.with_name(path.name + ".partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    save_file(weights, str(tmp / "model.safetensors"))
-    (tmp / "spec.resolved.json").write_text(json.dumps(spec_json, indent=2) + "\n")
-    (tmp / "freeze.json").write_text(json.dumps(plan.to_json(), indent=2) + "\n")
-    (tmp / "state.json").write_text(json.dumps({"format_version": FORMAT_VERSION, **extra}, indent=2) + "\n")
-    tokenizer.save_pretrained(str(tmp / "tokenizer"))  # the exact vocabulary the weights were trained with
-    write_checksums(tmp)  # last: a file cut short or altered later is named by whoever reads it
+    try:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        save_file(weights, str(tmp / "model.safetensors"))
+        (tmp / "spec.resolved.json").write_text(json.dumps(spec_json, indent=2) + "\n")
+        (tmp / "freeze.json").write_text(json.dumps(plan.to_json(), indent=2) + "\n")
+        (tmp / "state.json").write_text(json.dumps({"format_version": FORMAT_VERSION, **extra}, indent=2) + "\n")
+        tokenizer.save_pretrained(str(tmp / "tokenizer"))  # the exact vocabulary the weights were trained with
+        write_checksums(tmp)  # last: a file cut short or altered later is named by whoever reads it
+    except (OSError, SafetensorError) as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        why = getattr(e, "strerror", None) or str(e).splitlines()[0][:200]
+        raise EnvironmentProblem([Issue((), f"the final checkpoint could not be written ({why})",
+                                        "free disk space, then `graphspec run --resume` the run (its training "
+                                        "checkpoints, if any, are intact) or run it again", loc=Loc(str(path)))],
+                                 title="the run trained but its checkpoint was not saved") from None
     if path.exists():
         shutil.rmtree(path)
     tmp.rename(path)

@@ -43,15 +43,19 @@ class Diverged(GraphspecError):
 
 
 def diverged(step: int, what: str, losses: dict[str, float], last: Path | None, run_dir: Path,
-             skipped_in_a_row: int = 0) -> Diverged:
+             skipped_in_a_row: int = 0, applied: bool = False) -> Diverged:
     shown = ", ".join(f"{k} {v:.4g}" for k, v in losses.items())
     where = (f"the last good checkpoint is {last} (graphspec run --resume {run_dir} goes on from it)" if last
              else "no checkpoint was written before it (train.checkpoint_every)")
     row = f" after {skipped_in_a_row} skipped steps in a row" if skipped_in_a_row else ""
-    return Diverged([Issue(("train",), f"step {step}: {what} ({shown}){row}; the run stopped before this step's "
-                           f"update; {where}", "lower train.optimizer.lr (or raise the warm-up), or set "
-                           "train.nonfinite.action: skip to skip such steps", loc=Loc(str(run_dir)))],
-                    title="the run diverged")
+    if applied:  # the gradient norm is known only once DeepSpeed has stepped: that update cannot be skipped
+        when, hint = ("the run stopped after this step's update (not saved)",
+                      "lower train.optimizer.lr (or raise the warm-up); skipping applies to non-finite losses only")
+    else:
+        when, hint = ("the run stopped before this step's update", "lower train.optimizer.lr (or raise the "
+                      "warm-up), or set train.nonfinite.action: skip to skip such steps")
+    return Diverged([Issue(("train",), f"step {step}: {what} ({shown}){row}; {when}; {where}", hint,
+                           loc=Loc(str(run_dir)))], title="the run diverged")
 
 
 class HandlerScope:

@@ -217,7 +217,15 @@ def _read_state(folder: Path) -> tuple[dict, dict]:
     if not state_file.is_file():
         raise _refuse(folder, f"this checkpoint has no state for rank {ranks.rank()}: it was written by "
                       "another number of ranks", "resume with the world size the run started with")
-    state = json.loads(state_file.read_text())
+    verify(folder)  # every file as written, before any is read
+    try:
+        state = json.loads(state_file.read_text())
+        if not isinstance(state, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, UnicodeDecodeError, ValueError) as e:  # cut short or altered: named before anything loads
+        raise _refuse(state_file, f"this file is damaged ({str(e).splitlines()[0][:200]})",
+                      "delete this checkpoint folder to resume from the one before it, or start the run anew"
+                      ) from None
     if state.get("format_version") != FORMAT:
         raise _refuse(state_file, f"training checkpoint format {state.get('format_version')!r}; this graphspec "
                       f"resumes format {FORMAT}", "resume it with the graphspec that wrote it")
@@ -244,7 +252,6 @@ def restore(run_dir: Path, trainer, task, frozen: dict) -> tuple[int, dict]:
                       "set `train.checkpoint_every` so the run writes them, or start it anew")
     path = found[-1]
     state, rng = _read_state(path)
-    verify(path)
     recorded = json.loads((path / "frozen.json").read_text())
     changed = sorted(n for n in set(recorded) | set(frozen) if recorded.get(n) != frozen.get(n))
     if changed:

@@ -182,7 +182,7 @@ def _loop(s: Session, spec, run_dir: Path, first: int, frozen: dict, reporter, s
             last = (checkpoints(run_dir) or [None])[-1]
             what = "the loss is not finite" if not finite else "the gradient norm is not finite"
             ranks.finish()  # every rank decided alike: they leave the group together
-            raise diverged(step, what, losses, last, run_dir, in_a_row)
+            raise diverged(step, what, losses, last, run_dir, in_a_row, applied=finite)
         if spec.data.val and ((spec.train.val_every and step % spec.train.val_every == 0)
                               or step == spec.train.steps):
             val = validate(s, reporter, step)
@@ -238,9 +238,17 @@ def _finish(build: Build, run_dir: Path, s: Session, val: dict, wall: float, ste
     weights = trainable_weights(trainer.engine.module, set(plan.frozen))
     peak = ranks.maximum(_peak_rss_mb())
     ckpt = run_dir / "checkpoint"
+    failed: EnvironmentProblem | None = None
     if ranks.is_main():
-        save_checkpoint(ckpt, weights, spec.model_dump(mode="json", exclude={"extends"}), plan,
-                        {"step": spec.train.steps, "val": val, **s.task.vocabulary()}, s.task.tokenizer)
+        try:
+            save_checkpoint(ckpt, weights, spec.model_dump(mode="json", exclude={"extends"}), plan,
+                            {"step": spec.train.steps, "val": val, **s.task.vocabulary()}, s.task.tokenizer)
+        except EnvironmentProblem as e:
+            failed = e
+    if ranks.any_true(failed is not None):  # every rank stops, none waits in a collective below
+        ranks.finish()
+        raise failed or EnvironmentProblem([Issue((), "rank 0 could not write the final checkpoint", "see rank 0's "
+                                                  "message", loc=Loc(str(ckpt)))], title="the run stopped")
     total = sum(_numel(p) for p in trainer.engine.module.parameters()) + sum(
         p.numel() for p in trainer.cut.towers.parameters())
     frozen = sum(_numel(p) for n, p in trainer.engine.module.named_parameters() if n in plan.frozen) + sum(

@@ -38,6 +38,21 @@ def test_every_spec_kind_has_a_builder_and_every_builder_a_spec_kind():
     assert set(KINDS) == set(CLASSES)
 
 
+def test_the_schema_encoder_kinds_are_the_builders_with_a_layer_stack():
+    """`layer_N` ports: the spec language (ENCODER_KINDS) and the builders (`layers=True`) agree on who has them."""
+    from graphspec.schema import ENCODER_KINDS
+
+    assert set(ENCODER_KINDS) == {name for name, kind in KINDS.items() if kind.layers}
+
+
+def test_every_task_row_has_a_registered_task_module_and_back():
+    """A row without a module would pass `validate` and fail at `run`; a module without a row is unreachable."""
+    from graphspec.runtime.tasks import REGISTRY
+    from graphspec.schema import TASKS
+
+    assert set(TASKS) == set(REGISTRY)
+
+
 @pytest.mark.parametrize("kind", sorted(KINDS))
 def test_declared_ports_match_the_spec_class(kind):
     k = KINDS[kind]

@@ -92,6 +92,52 @@ def test_skip_stops_after_too_many_in_a_row(spec_file, tmp_path, nan_images, cap
     assert "step 8: the loss is not finite" in err and "after 2 skipped steps in a row" in err
 
 
+def test_a_non_finite_gradient_norm_stops_after_the_update_it_could_not_prevent(spec_file, tmp_path, monkeypatch,
+                                                                                capsys):
+    """DeepSpeed knows the norm only after its step (with clipping): the run stops then, and says the update was
+    applied; skip mode cannot skip it."""
+    from deepspeed.runtime.engine import DeepSpeedEngine
+
+    real, seen = DeepSpeedEngine.get_global_grad_norm, {"n": 0}
+
+    def norm(self):
+        seen["n"] += 1
+        return float("inf") if seen["n"] == 5 else real(self)
+
+    monkeypatch.setattr(DeepSpeedEngine, "get_global_grad_norm", norm)
+    run_dir = tmp_path / "run"
+    assert main(["run", str(spec_file), "--set", "train.grad_clip=1.0", "--set",
+                 "train.nonfinite={action: skip, max_in_a_row: 3}", "--run-dir", str(run_dir), "--build-dir",
+                 str(tmp_path / "b")]) == 4
+    err = capsys.readouterr().err
+    assert "train: step 5: the gradient norm is not finite (" in err and "Traceback" not in err
+    assert "the run stopped after this step's update (not saved)" in err
+    assert "skipping applies to non-finite losses only" in err
+    assert [r["step"] for r in _records(run_dir)] == [1, 2, 3, 4]
+
+
+def test_a_full_disk_at_the_final_checkpoint_is_named_and_leaves_nothing_half_written(spec_file, tmp_path,
+                                                                                      monkeypatch, capsys):
+    import errno
+
+    import safetensors.torch
+
+    from graphspec.runtime import checkpoint
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "save_file", full)
+    run_dir = tmp_path / "run"
+    assert main(["run", str(spec_file), "--set", "train.steps=3", "--run-dir", str(run_dir), "--build-dir",
+                 str(tmp_path / "b")]) == 3
+    err = capsys.readouterr().err
+    assert f"{run_dir / 'checkpoint'}: the final checkpoint could not be written (No space left on device)" in err
+    assert "Traceback" not in err and not (run_dir / "checkpoint.partial").exists()
+    assert not (run_dir / "checkpoint").exists() and not (run_dir / "summary.json").exists()
+    assert safetensors.torch.save_file is not full  # only graphspec's writer was made to fail
+
+
 HOOK = """
 import os
 if os.environ.get("RANK") == "1":  # only rank 1 sees the bad micro batch: the ranks must agree anyway

@@ -116,12 +116,13 @@ def killed(tmp_path_factory):
     return base / "run"
 
 
-@pytest.mark.parametrize("damage", ["cut", "altered", "missing"])
+@pytest.mark.parametrize("damage", ["cut", "altered", "missing", "cut-state", "altered-state"])
 def test_a_damaged_checkpoint_file_is_named_before_anything_loads(damage, killed, tmp_path, capsys):
     run_dir = tmp_path / "run"
     shutil.copytree(killed, run_dir)
     newest = sorted((run_dir / "checkpoints").glob("step-*"))[-1]
-    victim = next(newest.glob("engine/*model_states.pt"))
+    victim = newest / "state.json" if damage.endswith("-state") else next(newest.glob("engine/*model_states.pt"))
+    damage = damage.removesuffix("-state")
     data = victim.read_bytes()
     if damage == "cut":
         victim.write_bytes(data[: len(data) // 2])
@@ -174,10 +175,13 @@ class Payload:
         return os.system, (f"touch {self.marker}",)
 
 
-@pytest.mark.parametrize("stage", [0, 3])
-def test_a_payload_planted_in_every_pickle_file_never_runs(stage, spec_file, tmp_path, capsys):
+@pytest.mark.parametrize("stage, files", [(0, "*.pt"), (3, "*.pt"), (1, "*optim_states.pt"),
+                                          (2, "*optim_states.pt")])
+def test_a_payload_planted_in_every_pickle_file_never_runs(stage, files, spec_file, tmp_path, capsys):
     """Every pickle-format file of a checkpoint replaced by one that runs a command when unpickled, and the
-    file list updated to match (a deliberate attacker): resume refuses the first file it reads, naming it."""
+    file list updated to match (a deliberate attacker): resume refuses the first file it reads, naming it.
+    Under ZeRO 1 and 2 only the optimizer states are replaced, so the refused file is the one DeepSpeed reads
+    after the model states (the loss scaler and fragment addresses live there)."""
     import torch
 
     spec = yaml.safe_load(spec_file.read_text())
@@ -185,16 +189,17 @@ def test_a_payload_planted_in_every_pickle_file_never_runs(stage, spec_file, tmp
     spec_file.write_text(yaml.safe_dump(spec))
     run_dir, marker = tmp_path / "run", tmp_path / "pwned"
     _kill_after_first_checkpoint(_start(spec_file, run_dir), run_dir)
-    planted = 0
+    planted = []
     for ckpt in (run_dir / "checkpoints").glob("step-*"):
-        for pickled in ckpt.rglob("*.pt"):
+        for pickled in ckpt.rglob(files):
             torch.save({"module": Payload(marker), "optimizer_state_dict": Payload(marker)}, pickled)
-            planted += 1
+            planted.append(pickled)
         (ckpt / "checksums.json").write_text(json.dumps(checksums(ckpt)))
-    assert planted == (1 if stage == 0 else 2)  # model states, and ZeRO's optimizer states
+    assert len(planted) == (1 if stage in (0, 1, 2) else 2)  # model states, and ZeRO's optimizer states
     assert main(["run", "--resume", str(run_dir)]) == 2
     err = capsys.readouterr().err
     assert "holds objects graphspec does not load" in err and ".pt:" in err and "Traceback" not in err
+    assert stage in (0, 3) or f"{planted[0]}:" in err  # the optimizer file itself was refused
     assert "posix.system" in err or "os.system" in err  # what it would have called
     assert not marker.exists()
 
@@ -284,3 +289,15 @@ def test_zero_1_and_2_checkpoints_resume_through_the_allow_list(stage, spec_file
     assert sorted(again) == list(range(1, EVERY + 5))
     assert [again[s] for s in range(EVERY + 1, EVERY + 5)] == pytest.approx(
         [whole[s] for s in range(EVERY + 1, EVERY + 5)], rel=0, abs=1.5e-5)
+
+
+def test_a_training_checkpoint_of_format_1_is_refused_naming_its_format(tmp_path):
+    """graphspec 0.1 pickled its random states in state.pt: that folder is refused, never unpickled."""
+    from graphspec.runtime.resume import ResumeError, _read_state
+
+    folder = tmp_path / "step-00000010"
+    folder.mkdir()
+    (folder / "state.pt").write_bytes(b"not read")
+    with pytest.raises(ResumeError) as e:
+        _read_state(folder)
+    assert "a training checkpoint of format 1" in e.value.format() and str(folder) in e.value.format()
