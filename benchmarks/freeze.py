@@ -1,6 +1,7 @@
 """The freeze benchmark: what freezing saves per training step of the paper's Experiment 1 model.
 
-    python benchmarks/freeze.py [--steps 5] [--warmup 2] [--only none,vision,...] [--json FILE]
+    python benchmarks/freeze.py [--steps 5] [--warmup 2] [--only none,vision,...] [--profile none,...]
+                                [--json FILE]
 
 Experiment 1's two-tower model (ELECTRA-small + DeiT-tiny, 6 shared co-attention
 layers of width 256, text 50, images 224, bf16, ZeRO-2) trains MLM + ITM (the
@@ -15,7 +16,15 @@ engine; compare them with each other. Per configuration: median step time (batch
 counts it) and its parts (frozen towers outside the engine, engine forward with
 the losses, backward, optimizer step), peak resident memory, optimizer-state
 bytes (Adam moments and fp32 master weights), the FLOPs a step executes and the
-FLOP/s achieved against this machine's bf16 matmul peak, measured here first.
+FLOP/s achieved against the GEMM rate this machine reaches at the model's own
+matrix shapes (bf16, or fp32 for the fp32 rows), measured at the end of the run:
+the shapes holding 80% of the matrix FLOPs of the first configuration's step,
+each timed alone, best of 5 rounds after a warm-up.
+
+`none@plain` is graphspec 0.2's path (torch's dropout and attention kernels, text
+padded to max_length, AdamW one tensor at a time): `none / none@plain` is what
+the faster path gains. `--profile none,none@fp32` adds a table per configuration
+of where a step's time goes, by torch operation.
 """
 
 from __future__ import annotations
@@ -39,12 +48,17 @@ COMMON = ["nodes.text_tower.init=random", "nodes.text_tower.source=null", "nodes
           "data.train.samples=64", "data.val=null"]
 VISION, TEXT = "nodes.vision_tower.freeze=true", "nodes.text_tower.freeze=true"
 CACHE = "distributed.frozen.cache_outputs=true"
+PLAIN = ["train.kernels=plain", "inputs.text.pad_to=max_length", "train.optimizer.kernel=loop"]
 X2 = ["distributed.zero_stage=3", "distributed.world_size=2", f"train.batch_size={2 * MICRO}"]
 
 # name: (overrides, towers outside the engine, frozen modules pinned to eval mode)
 CONFIGS = {
     "none": ([], True, True),
     "none@loop-optimizer": (["train.optimizer.kernel=loop"], True, True),  # graphspec 0.2's AdamW, per tensor
+    # graphspec 0.2's whole path: torch's dropout and SDPA, text padded to max_length, the per-tensor AdamW
+    "none@plain": ([*PLAIN], True, True),
+    "none@fp32": (["train.precision=fp32"], True, True),
+    "none@plain-fp32": ([*PLAIN, "train.precision=fp32"], True, True),
     "vision": ([VISION], True, True),
     "text": ([TEXT], True, True),
     "both": ([VISION, TEXT], True, True),
@@ -60,7 +74,7 @@ CONFIGS = {
     "vision@zero3x2": ([VISION, *X2], True, True),
     "renaissance-vision@zero3x2": ([VISION, *X2], False, False),
 }
-TARGETS = [("vision", "none", 0.55), ("both+cache", "none", 0.15), ("vision", "renaissance-vision", 0.70),
+TARGETS = [("none", "none@plain", 0.6), ("vision", "none", 0.55), ("both+cache", "none", 0.15), ("vision", "renaissance-vision", 0.70),
            ("vision+cache", "renaissance-vision", 0.70), ("vision@zero3", "renaissance-vision@zero3", 0.70),
            ("vision@zero3x2", "renaissance-vision@zero3x2", 0.70)]
 
@@ -69,18 +83,56 @@ def _world(name: str) -> int:
     return 2 if X2[1] in CONFIGS[name][0] else 1
 
 
-def matmul_peak(dtype_name: str, n: int = 2048, reps: int = 10) -> float:
-    """GFLOP/s of a square matmul on all of this process's threads."""
+def gemm_shapes(run) -> list[dict]:
+    """The matrix products `run()` executes, by shape: [{op, a, b, calls, gflop}], most FLOPs first.
+    (addmm counts as its product; a bmm's shapes carry the batch.)"""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    found: dict[tuple, dict] = {}
+
+    class Shapes(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = func.overloadpacket.__name__
+            if name in ("mm", "addmm", "bmm"):
+                a, b = (args[1], args[2]) if name == "addmm" else (args[0], args[1])
+                key = ("bmm" if name == "bmm" else "mm", tuple(a.shape), tuple(b.shape))
+                flop = 2 * a.shape[-2] * a.shape[-1] * b.shape[-1] * (a.shape[0] if name == "bmm" else 1)
+                entry = found.setdefault(key, {"op": key[0], "a": key[1], "b": key[2], "calls": 0, "gflop": 0.0})
+                entry["calls"] += 1
+                entry["gflop"] += flop / 1e9
+            return func(*args, **(kwargs or {}))
+
+    with Shapes():
+        run()
+    return sorted(found.values(), key=lambda e: -e["gflop"])
+
+
+def model_shape_peak(shapes: list[dict], dtype_name: str, share: float = 0.8, rounds: int = 5,
+                     reps: int = 3) -> tuple[float, int]:
+    """(GFLOP/s, shapes timed): the GEMM rate this machine reaches at the model's own shapes, alone. The
+    shapes holding `share` of the products' FLOPs are each timed best of `rounds` (after a warm-up) and
+    combined as the model would spend them: their FLOPs over the time they take."""
     import torch
 
     dtype = getattr(torch, dtype_name)
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    for _ in range(2):
-        a @ b
-    start = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    return 2 * n**3 * reps / (time.perf_counter() - start) / 1e9
+    total, chosen = sum(s["gflop"] for s in shapes), []
+    for s in shapes:
+        if sum(c["gflop"] for c in chosen) >= share * total:
+            break
+        chosen.append(s)
+    flop = seconds = 0.0
+    for s in chosen:
+        a, b = torch.randn(s["a"], dtype=dtype), torch.randn(s["b"], dtype=dtype)
+        op = torch.bmm if s["op"] == "bmm" else torch.mm
+        op(a, b)
+        best = float("inf")
+        for _ in range(rounds):
+            start = time.perf_counter()
+            for _ in range(reps):
+                op(a, b)
+            best = min(best, (time.perf_counter() - start) / reps)
+        flop, seconds = flop + s["gflop"], seconds + best * s["calls"]
+    return flop / seconds, len(chosen)
 
 
 class _Timed:
@@ -109,7 +161,21 @@ def _optimizer_bytes(optimizer) -> int:
     return total + sum(t.numel() * t.element_size() for t in masters)
 
 
-def measure(name: str, steps: int, warmup: int, cache_dir: str, base: Path = BASE) -> dict:
+def op_table(run, rows: int = 14) -> list[dict]:
+    """Where `run()`'s time goes, by torch operation: [{op, s, calls}] by self CPU time, the rest as one row."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        run()
+    ops = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+    table = [{"op": e.key, "s": e.self_cpu_time_total / 1e6, "calls": e.count} for e in ops[:rows]]
+    rest = ops[rows:]
+    table.append({"op": "(the rest)", "s": sum(e.self_cpu_time_total for e in rest) / 1e6,
+                  "calls": sum(e.count for e in rest)})
+    return table
+
+
+def measure(name: str, steps: int, warmup: int, cache_dir: str, base: Path = BASE, profile: bool = False) -> dict:
     """One configuration, in this process."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
@@ -162,6 +228,8 @@ def measure(name: str, steps: int, warmup: int, cache_dir: str, base: Path = BAS
     hits = {n: (c.hits - before[n][0], c.misses - before[n][1]) for n, c in caches.items()}
     with FlopCounterMode(display=False) as counter:
         step(warmup + steps)
+    shapes = gemm_shapes(lambda: step(warmup + steps + 1)) if ranks.world() == 1 else []
+    ops = op_table(lambda: step(warmup + steps + 2)) if profile else []
     trainable = sum(getattr(p, "ds_numel", p.numel()) for p in trainer.engine.module.parameters()
                     if p.requires_grad)  # ZeRO-3 keeps only a shard: ds_numel is the whole
     return {"config": name, **{f"{k}_s": statistics.median(v) for k, v in parts.items()},
@@ -169,10 +237,12 @@ def measure(name: str, steps: int, warmup: int, cache_dir: str, base: Path = BAS
             "ranks": ranks.world(),
             "optimizer_mb": _optimizer_bytes(trainer.optimizer) / 2**20, "trainable": trainable,
             "gflop_per_step": counter.get_total_flops() * ranks.world() / 1e9,  # every rank alike
-            "cache": {n: {"hits": h, "misses": m} for n, (h, m) in hits.items()}}
+            "cache": {n: {"hits": h, "misses": m} for n, (h, m) in hits.items()}, "gemm_shapes": shapes,
+            "precision": spec.train.precision, "ops": ops}
 
 
-def _row(r: dict, base: dict, peak: float) -> str:
+def _row(r: dict, base: dict, peaks: dict) -> str:
+    peak = peaks["float32" if r.get("precision") == "fp32" else "bfloat16"]
     gflops = r["gflop_per_step"] / r["step_s"]
     spread = "-".join(f"{t:.2f}" for t in (min(r["rounds_step_s"]), max(r["rounds_step_s"])))
     return (f"| {r['config']} | {r['step_s']:.3f} ({spread}) | {r['step_s'] / base['step_s']:.2f}x | {r['towers_s']:.3f} | "
@@ -189,8 +259,10 @@ def _run_one(name: str, args, cache_dir: str) -> dict | None:
     launcher = [sys.executable] if world == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
                                                      "--nproc_per_node", str(world)]
     threads = {} if world == 1 else {"OMP_NUM_THREADS": str(threads_per_rank(world))}
+    profile = ["--profile-this"] if name in (args.profile or "").split(",") else []
     done = subprocess.run([*launcher, __file__, "--one", name, "--steps", str(args.steps), "--warmup",
-                           str(args.warmup), "--cache-dir", cache_dir, "--spec", str(Path(args.spec).resolve())],
+                           str(args.warmup), "--cache-dir", cache_dir, "--spec", str(Path(args.spec).resolve()),
+                           *profile],
                           capture_output=True, text=True, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1", **threads})
     if done.returncode:
         print(done.stderr[-4000:], file=sys.stderr)
@@ -208,23 +280,25 @@ def main() -> int:
     p.add_argument("--json", help="also write the figures here")
     p.add_argument("--spec", default=str(BASE), help="another two-tower spec (nodes text_tower and vision_tower) "
                    "to measure instead of Experiment 1's")
+    p.add_argument("--profile", help="comma-separated configurations to profile too (one more step under torch's "
+                   "profiler): a table of where their step's time goes, by operation")
     p.add_argument("--one", help=argparse.SUPPRESS)
+    p.add_argument("--profile-this", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--cache-dir", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.one:  # a worker: one configuration, its figures as JSON on the last line
-        figures = measure(args.one, args.steps, args.warmup, args.cache_dir, Path(args.spec))
+        figures = measure(args.one, args.steps, args.warmup, args.cache_dir, Path(args.spec), args.profile_this)
         if os.environ.get("RANK", "0") == "0":
             print(json.dumps(figures), flush=True)
         from graphspec.runtime import ranks
 
         ranks.finish()
         return 0
-    names = ["none"] + [n for n in (args.only.split(",") if args.only else CONFIGS) if n != "none"]
+    asked = (args.only.split(",") if args.only else list(CONFIGS)) + (args.profile.split(",") if args.profile else [])
+    names = ["none"] + [n for n in dict.fromkeys(asked) if n != "none"]
     unknown = [n for n in names if n not in CONFIGS]
     if unknown:
         p.error(f"unknown configuration {unknown[0]!r}; choose from {', '.join(CONFIGS)}")
-    peaks = {d: matmul_peak(d) for d in ("bfloat16", "float32")}
-    print(f"matmul peak on this machine: bf16 {peaks['bfloat16']:,.0f} GFLOP/s, fp32 {peaks['float32']:,.0f} GFLOP/s")
     rounds: dict[str, list[dict]] = {n: [] for n in names}
     with tempfile.TemporaryDirectory() as cache_dir:
         for turn in range(args.rounds):  # each round runs every configuration once, in the same order
@@ -242,13 +316,18 @@ def main() -> int:
         results.append({**best, "rounds_step_s": [r["step_s"] for r in rounds[name]]})
     base = results[0]
     by = {r["config"]: r for r in results}
+    peaks, timed = {}, 0
+    for d in ("bfloat16", "float32"):  # after the configurations, on a quiet machine
+        peaks[d], timed = model_shape_peak(base["gemm_shapes"], d)
+    print(f"\nGEMM rate at the model's own shapes (the {timed} shapes holding 80% of nothing-frozen's matrix FLOPs, "
+          f"each best of 5 rounds): bf16 {peaks['bfloat16']:,.0f} GFLOP/s, fp32 {peaks['float32']:,.0f} GFLOP/s")
     print(f"\n{Path(args.spec).name} at micro-batch {MICRO}, median of {args.steps} steps after {args.warmup}, "
           f"fastest of {args.rounds} round{'s' if args.rounds > 1 else ''}:\n")
     print("| config | step s (rounds) | vs nothing frozen | towers s | forward s | backward s | optimizer s | peak MB | optimizer "
-          "state MB | trainable | GFLOP/step | GFLOP/s | of bf16 peak |")
+          "state MB | trainable | GFLOP/step | GFLOP/s | of GEMM rate |")
     print("|---" * 13 + "|")
     for r in results:  # two-rank rows against two ranks with nothing frozen
-        print(_row(r, by.get("none@zero3x2", base) if r.get("ranks", 1) > 1 else base, peaks["bfloat16"]))
+        print(_row(r, by.get("none@zero3x2", base) if r.get("ranks", 1) > 1 else base, peaks))
     for r in results:
         for tower, c in r["cache"].items():
             print(f"{r['config']}: {tower} cache {c['hits']} hits, {c['misses']} misses in the measured steps")
@@ -258,6 +337,13 @@ def main() -> int:
         print(f"\nwith no tower cost at all, a step would still take {floor:.3f} s ({floor / base['step_s']:.2f}x): "
               f"the trainable part's forward {r['forward_s']:.3f} s, backward {r['backward_s']:.3f} s and "
               f"optimizer step {r['optimizer_s']:.3f} s")
+    for r in results:
+        if r["ops"]:
+            print(f"\n{r['config']}: one step under torch's profiler, by operation (self time; the profiler adds "
+                  f"its own cost to every call)\n\n| operation | s | share | calls |\n|---|---|---|---|")
+            whole = sum(o["s"] for o in r["ops"])
+            for o in r["ops"]:
+                print(f"| {o['op']} | {o['s']:.3f} | {100 * o['s'] / whole:.0f}% | {o['calls']} |")
     print("\ntargets:")
     for a, b, limit in TARGETS:
         if a in by and b in by:

@@ -15,6 +15,7 @@ from .builders import BuildContext
 from .kinds import KINDS
 from .graph import resolve_port
 from .init_params import init_new_params, library_params
+from .layers.attention import use_fast_dropout, use_plain_kernels
 
 
 def input_ports(g: nx.MultiDiGraph, name: str) -> dict:
@@ -48,6 +49,10 @@ def build_modules(spec: Spec, g: nx.MultiDiGraph, meta: bool) -> tuple[dict[str,
         if not meta:
             library |= library_params(module)
             init_new_params(module, spec.param_init, library)
+        if spec.train.kernels == "fast":
+            use_fast_dropout(module)
+        else:
+            use_plain_kernels(module)
         ctx.modules[name] = module
         _store_widths(attrs, module)
     if env and not issues:

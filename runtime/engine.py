@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,11 +19,13 @@ import torch
 import torch.fx as fx
 
 from graphspec.compiler.ds_config import resolve_accelerator
+from graphspec.compiler.layers.attention import unfused_library_attention
 from graphspec.compiler.freeze import FreezePlan
 from graphspec.compiler.placement import frozen_dtype, outside_towers, placement
 from graphspec.errors import Issue, SpecError
 from graphspec.schema import Spec
 
+from . import ranks
 from .launch import SELF_STARTED, free_port
 from .model_cut import ModelCut
 from .tower_cache import default_root
@@ -100,6 +103,34 @@ class _NotBeforeStart(logging.Filter):
         return "before it has started" not in record.getMessage()
 
 
+def unbuilt_ops(spec: Spec) -> list[str]:
+    """DeepSpeed's C++ ops this run compiles before it starts, because no earlier run on this machine did:
+    the CPU accelerator's shared-memory collectives always, its Adam when the optimizer is offloaded. torch
+    keeps what it compiled under its extensions folder (TORCH_EXTENSIONS_DIR), one folder per op."""
+    from torch.utils.cpp_extension import _get_build_directory
+
+    names = []
+    if os.environ.get("DS_ACCELERATOR", resolve_accelerator(spec)) == "cpu":
+        names.append("deepspeed_shm_comm")
+        if spec.distributed.offload_optimizer != "none":
+            names.append("cpu_adam")
+    try:
+        return [n for n in names if not (Path(_get_build_directory(n, verbose=False)) / f"{n}.so").is_file()]
+    except Exception:  # noqa: BLE001 - a private torch helper: if it changes, say nothing rather than fail
+        return []
+
+
+def announce_op_builds(spec: Spec) -> float | None:
+    """Say, before the silent minute it takes, that DeepSpeed is about to compile ops; the start time."""
+    names = unbuilt_ops(spec)
+    if not names:
+        return None
+    if ranks.is_main():
+        print(f"graphspec: DeepSpeed compiles {' and '.join(names)} first, once per machine (with gcc; usually "
+              f"30-60 s each here), then keeps {'them' if len(names) > 1 else 'it'} for later runs", flush=True)
+    return time.perf_counter()
+
+
 def make_trainer(spec: Spec, model: fx.GraphModule, plan: FreezePlan, groups: list[dict], ds_config: dict,
                  outside: bool = True) -> Trainer:
     """The engine over the trainable part; `outside=False` keeps frozen towers inside it (a baseline to compare)."""
@@ -113,8 +144,14 @@ def make_trainer(spec: Spec, model: fx.GraphModule, plan: FreezePlan, groups: li
     params = dict(cut.inner.named_parameters())
     param_groups = [{"params": [params[n] for n in g["params"]], "weight_decay": g["weight_decay"],
                      "lr": spec.train.optimizer.lr * g["lr_scale"], "name": g["name"]} for g in groups]
+    building = announce_op_builds(spec)
     engine, optimizer, _, scheduler = deepspeed.initialize(model=cut.inner, model_parameters=param_groups,
                                                           config=ds_config)
+    if building is not None and ranks.is_main():
+        print(f"graphspec: DeepSpeed's start, op builds included, took {time.perf_counter() - building:.0f} s",
+              flush=True)
+    if engine.device.type == "cpu" and spec.train.kernels == "fast":
+        unfused_library_attention(model)
     towers = TowerRunner(cut, placement(spec, model, plan), frozen_dtype(spec), engine.device, plan.train_mode)
     if spec.distributed.frozen.cache_outputs:
         from graphspec.compiler.preprocess import image_transform

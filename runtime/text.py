@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from collections import Counter
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from graphspec.compiler.preprocess import source_tokenizer, text_reader
 from graphspec.errors import Issue, SpecError
@@ -22,6 +22,31 @@ def text_node(spec: Spec, input_name: str) -> tuple[str, object]:
         raise SpecError([Issue(("inputs", input_name), f"no node reads the text input '{input_name}' as tokens",
                                "add one (an hf_text or one_tower node): the tokenizer comes from it")])
     return found
+
+
+def padded_length(spec: Spec, input_name: str, tokenizer, texts: Sequence[str]) -> int | None:
+    """The length a batch holding `texts` is cut to (`pad_to: longest`): its longest text's tokens, special
+    tokens included; None to keep max_length."""
+    text = spec.inputs[input_name]
+    if text.pad_to == "max_length" or not texts:
+        return None
+    ids = tokenizer(list(texts), truncation=True, max_length=text.max_length)["input_ids"]
+    return max(len(row) for row in ids)
+
+
+def cut_text(batch: dict, length: int | None, keys: Sequence[str], labels: str | None = None) -> dict:
+    """The batch's per-token tensors (`keys`, and the MLM `labels`) cut to `length` columns. Only padding
+    goes: the mask past `length` is all zeros and no label is on it (checked: a bug, never a user's error)."""
+    if length is None:
+        return batch
+    mask = batch[keys[1]]
+    assert not bool(mask[:, length:].any()), f"{keys[1]}: a real token past column {length}"
+    if labels is not None and labels in batch:
+        assert not bool((batch[labels][:, length:] != -100).any()), f"{labels}: a label on padding"
+    for key in (*keys, labels):
+        if key is not None and key in batch:
+            batch[key] = batch[key][:, :length].contiguous()
+    return batch
 
 
 def load_tokenizer(spec: Spec, input_name: str, vocab_size: int, cache_dir: Path, texts: Callable[[], list[str]]):

@@ -1,13 +1,87 @@
-"""Multi-head attention and a feed-forward block, on fused `scaled_dot_product_attention`."""
+"""Multi-head attention, a feed-forward block and dropout, with CPU kernels that avoid torch's slow paths.
+
+On the CPU, torch draws a dropout mask one random number per element (`bernoulli_`,
+about 10 ns each): in Experiment 1's fusion that was 1.6 s of an 8 s step. `dropout`
+here draws 64 random bits per four elements and keeps an element when its 16 bits
+are at least round(p x 65536) (so p is honoured to 1/65536), about 3x faster.
+`scaled_dot_product_attention` with dropout and a mask takes its unfused math path
+on the CPU (mask checks, an additive mask rebuilt per call, that slow dropout), so
+attention computes its probabilities itself there (as timm's blocks are made to,
+`unfused_library_attention`: SDPA's CPU flash kernel is slower in bf16). Self-attention
+multiplies by the q, k and v weights at once (one GEMM, the weights concatenated
+per call, so the parameters keep their names).
+
+`fast = False` on a module gives torch's own kernels (nn.Dropout's, SDPA's),
+graphspec 0.2's path: `train.kernels: plain`, kept so that the gain stays measurable.
+Off the CPU, torch's kernels are used either way.
+"""
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
+def _keep_mask(shape: torch.Size, p: float) -> torch.Tensor:
+    """A boolean mask, True with probability 1 - p (to 1/65536), from torch's default generator."""
+    n = math.prod(shape)
+    words = torch.randint(-2**63, 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64)  # every bit random
+    return (words.view(torch.int16)[:n] >= -32768 + round(p * 65536)).view(shape)
+
+
+def dropout(x: torch.Tensor, p: float, training: bool, fast: bool = True) -> torch.Tensor:
+    if not training or p == 0.0:
+        return x
+    if not fast or x.device.type != "cpu" or p >= 1.0:
+        return F.dropout(x, p, True)
+    return x * _keep_mask(x.shape, p).to(x.dtype).mul_(1.0 / (1.0 - p))
+
+
+class Dropout(nn.Dropout):
+    """nn.Dropout with the fast CPU mask (same `p`, same module interface, no parameters)."""
+
+    fast = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return dropout(x, self.p, self.training, self.fast)
+
+
+def use_fast_dropout(model: nn.Module) -> int:
+    """Every plain nn.Dropout in `model` (library towers' included) becomes a `Dropout`; how many."""
+    swapped = 0
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if type(child) is nn.Dropout and child.p > 0:
+                setattr(module, name, Dropout(child.p, child.inplace))
+                swapped += 1
+    return swapped
+
+
+def unfused_library_attention(model: nn.Module) -> int:
+    """timm's attention blocks compute q k^T, softmax and the product themselves instead of calling SDPA,
+    whose CPU flash kernel is measured 1.8x slower in bf16 at DeiT's shapes (forward and backward). For the
+    CPU only: on an accelerator SDPA's fused kernels are the fast path. How many blocks changed."""
+    changed = 0
+    for module in model.modules():
+        if isinstance(getattr(module, "fused_attn", None), bool) and module.fused_attn:
+            module.fused_attn = False
+            changed += 1
+    return changed
+
+
+def use_plain_kernels(model: nn.Module) -> None:
+    """torch's own dropout and attention kernels in every graphspec layer of `model`."""
+    for module in model.modules():
+        if isinstance(module, (Attention, Dropout)):
+            module.fast = False
+
+
 class Attention(nn.Module):
+    fast = True
+
     def __init__(self, width: int, heads: int, dropout: float):
         super().__init__()
         self.heads = heads
@@ -17,14 +91,28 @@ class Attention(nn.Module):
         self.v = nn.Linear(width, width)
         self.out = nn.Linear(width, width)
 
+    def _project(self, x: torch.Tensor, ctx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self.fast and x is ctx:  # self-attention: one GEMM for q, k and v
+            w = torch.cat([self.q.weight, self.k.weight, self.v.weight])
+            bias = torch.cat([self.q.bias, self.k.bias, self.v.bias])
+            return F.linear(x, w, bias).chunk(3, dim=-1)
+        return self.q(x), self.k(ctx), self.v(ctx)
+
     def forward(self, x: torch.Tensor, ctx: torch.Tensor, ctx_mask: torch.Tensor) -> torch.Tensor:
         b, t, d = x.shape
-        h = self.heads
-        q = self.q(x).view(b, t, h, d // h).transpose(1, 2)  # (B, h, T, d/h)
-        k = self.k(ctx).view(b, ctx.shape[1], h, d // h).transpose(1, 2)  # (B, h, S, d/h)
-        v = self.v(ctx).view(b, ctx.shape[1], h, d // h).transpose(1, 2)  # (B, h, S, d/h)
-        mask = ctx_mask[:, None, None, :]  # (B, 1, 1, S), True = attend
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
+        h, s = self.heads, ctx.shape[1]
+        q, k, v = self._project(x, ctx)
+        q = q.reshape(b, t, h, d // h).transpose(1, 2)  # (B, h, T, d/h)
+        k = k.reshape(b, s, h, d // h).transpose(1, 2)  # (B, h, S, d/h)
+        v = v.reshape(b, s, h, d // h).transpose(1, 2)  # (B, h, S, d/h)
+        mask = ctx_mask[:, None, None, :].bool()  # (B, 1, 1, S), True = attend
+        p = self.dropout if self.training else 0.0
+        if self.fast and q.device.type == "cpu":
+            scores = (q * (1.0 / math.sqrt(d // h))) @ k.transpose(-1, -2)  # (B, h, T, S)
+            scores = scores.masked_fill(~mask, float("-inf"))
+            y = dropout(torch.softmax(scores, dim=-1), p, True) @ v  # (B, h, T, d/h)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
         return self.out(y.transpose(1, 2).reshape(b, t, d))  # (B, T, D)
 
 
@@ -33,7 +121,7 @@ class FeedForward(nn.Module):
         super().__init__()
         self.up = nn.Linear(width, hidden)
         self.down = nn.Linear(hidden, width)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.drop(self.down(F.gelu(self.up(x))))
@@ -45,7 +133,7 @@ class Residual(nn.Module):
     def __init__(self, width: int, dropout: float):
         super().__init__()
         self.norm = nn.LayerNorm(width, eps=1e-12)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.norm(x + self.drop(y))

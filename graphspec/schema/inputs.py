@@ -19,6 +19,11 @@ class TextInput(Strict):
     max_length: int = Field(
         40, ge=2, le=8192, description="Tokens per text, special tokens included; longer texts are truncated."
     )
+    pad_to: Literal["longest", "max_length"] = Field(
+        "longest", description="How long a batch's texts are padded: longest, to the longest text of the global "
+        "micro batch (of every rank's rows, so one and N ranks see the same tensors; MLM masking is drawn over "
+        "max_length positions first, so the draws do not depend on it); max_length, always to max_length "
+        "(graphspec 0.2's behaviour). Masks hide the padding either way, so outputs on real tokens agree.")
 
     def tensors(self, name: str) -> tuple[str, str]:
         """(token ids (B, T), attention mask (B, T))."""

@@ -102,6 +102,12 @@ class Train(Strict):
         "parameter-name prefix (`fusion.type_embed`); the longest match wins.",
     )
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="Training precision.")
+    kernels: Literal["fast", "plain"] = Field(
+        "fast", description="Dropout and attention kernels on the CPU. fast: dropout masks drawn 16 bits per "
+        "element (p honoured to 1/65536; every nn.Dropout, library towers' included, uses it) and attention with "
+        "dropout computing its probabilities itself, self-attention's q, k and v in one GEMM. plain: torch's "
+        "nn.Dropout and scaled_dot_product_attention (graphspec 0.2's path, kept to measure against). The same "
+        "model and the same expected update; the dropout masks' random draws differ.")
     grad_clip: float | None = Field(1.0, gt=0, description="Clip the global gradient norm; null for no clipping.")
     seed: int = Field(0, ge=0, description="Seed for initialisation, data order and masking.")
     val_every: int | None = Field(None, ge=1, description="Validate every this many steps (and at the end).")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar, Iterator, Protocol
+from typing import Callable, ClassVar, Iterator, Protocol, Sequence
 
 import torch
 
@@ -26,6 +26,7 @@ from ..data.arrow import read_arrow
 from ..data.jsonl import JsonlLayout, read_jsonl
 from ..data.images import SceneImage, image_ref
 from ..data.records import BadData, ReadStats
+from ..text import padded_length
 from ..metrics import accuracy, classify_loss
 
 Forward = Callable[[dict], dict]
@@ -309,12 +310,16 @@ class ExampleTask:
             rows, _ = load_rows(len(examples), range(len(examples)), lambda k: self.load(examples[k]), source.skip_bad)
         return [loaded for _, loaded in rows]
 
-    def rows(self, examples: list[Example], loaded: list[tuple[Loaded, ...]]) -> dict:
-        """Model inputs and targets for examples and their loaded images (`load`)."""
+    def rows(self, examples: list[Example], loaded: list[tuple[Loaded, ...]],
+             texts: Sequence[str] | None = None) -> dict:
+        """Model inputs and targets for examples and their loaded images (`load`); text padded to the longest
+        of `texts` (the global micro batch's; default these examples') or to max_length (`pad_to`)."""
         r = self.roles
         pairs = [(e.text, item) for e, items in zip(examples, loaded) for item in items]  # NLVR2: two rows
+        length = padded_length(self.spec, r.text, self.tokenizer, [e.text for e in examples] if texts is None
+                               else texts)
         enc = self.tokenizer([t for t, _ in pairs], padding="max_length", truncation=True, return_tensors="pt",
-                             max_length=self.spec.inputs[r.text].max_length)
+                             max_length=length or self.spec.inputs[r.text].max_length)
         ids, mask = self.spec.inputs[r.text].tensors(r.text)
         (image,) = self.spec.inputs[r.image].tensors(r.image)
         batch = {ids: enc["input_ids"], mask: enc["attention_mask"],
@@ -351,7 +356,7 @@ class ExampleTask:
         with _located(("data", "train")):
             rows, stats = load_rows(total, mine, lambda k: self.load(drawn[k], reader), self.spec.data.train.skip_bad)
         loaded = [items for _, items in rows]
-        batch = self.rows([drawn[k] for k, _ in rows], loaded)
+        batch = self.rows([drawn[k] for k, _ in rows], loaded, [e.text for e in drawn])
         batch.update(cache_rows(tower, [item for items in loaded for item in items], reader))
         batch["_data"] = {**stats, "decoded": reader.decoded, "decodes_saved": reader.saved}
         return batch

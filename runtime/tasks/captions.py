@@ -8,7 +8,7 @@ MLM accuracy on a fixed masking and in-batch ITC accuracy.
 from __future__ import annotations
 
 import random
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -20,6 +20,7 @@ from ..data.shards import Position, ShardStream
 from ..data.records import ReadStats, _short
 from ..metrics import contrastive_loss, itc_logits, itc_loss
 from ..objectives import IGNORE, MaskDraws, itm_loss, mask_tokens, mlm_loss
+from ..text import cut_text, padded_length
 from .base import ImageReader, TaskData, _located, cache_rows, eval_source, file_records, hash_seed, load_rows, register
 from .caption_sources import CaptionFiles, PairPlan, SceneSet, batched, swap_images
 
@@ -72,9 +73,10 @@ class _Batch:
 
 
 def encode(plan: PairPlan, pixels: torch.Tensor, spec: Spec, roles: Roles, tokenizer,
-           draws: MaskDraws | None) -> dict:
+           draws: MaskDraws | None, texts: Sequence[str] | None = None) -> dict:
     """Model inputs for planned rows and their pixels (B, 3, S, S); with `draws`, text is masked for MLM
-    (labels on matching pairs only)."""
+    (labels on matching pairs only). Text is padded to the longest of `texts` (the global micro batch's;
+    default the plan's own), or to max_length (`pad_to`); masking is drawn over max_length positions first."""
     enc = tokenizer(plan.texts, padding="max_length", truncation=True, return_tensors="pt",
                     max_length=spec.inputs[roles.text].max_length, return_special_tokens_mask=True)
     ids, mask = enc["input_ids"], enc["attention_mask"]
@@ -91,7 +93,9 @@ def encode(plan: PairPlan, pixels: torch.Tensor, spec: Spec, roles: Roles, token
                                      match.bool(), draws, pad)
         batch[ids_key] = masked
         batch[spec.labels_of(spec.objective_head(roles.mlm))] = labels
-    return batch
+    length = padded_length(spec, roles.text, tokenizer, plan.texts if texts is None else texts)
+    labels_key = spec.labels_of(spec.objective_head(roles.mlm)) if roles.mlm else None
+    return cut_text(batch, length, (ids_key, mask_key), labels_key)
 
 
 def two_passes(mlm: dict | None, itm: dict, labels_key: str | None) -> dict:
@@ -194,8 +198,9 @@ class Captions:
         spec, roles = self.spec, self.roles
         plans = [plan, itm] if roles.mlm else [itm]
         used, pixels, extra = self._read_plans(pairs, plans, mine, spec.data.train.skip_bad, where, cached=True)
-        mlm = encode(used[0], pixels[0], spec, roles, self.tokenizer, draws) if roles.mlm else None
-        unmasked = encode(used[-1], pixels[-1], spec, roles, self.tokenizer, None)
+        texts = plan.texts + itm.texts  # both halves padded alike, to the global batch's longest
+        mlm = encode(used[0], pixels[0], spec, roles, self.tokenizer, draws, texts) if roles.mlm else None
+        unmasked = encode(used[-1], pixels[-1], spec, roles, self.tokenizer, None, texts)
         labels = spec.labels_of(spec.objective_head(roles.mlm)) if roles.mlm else None
         return {**two_passes(mlm, unmasked, labels), **extra}
 
@@ -262,7 +267,8 @@ class Captions:
         plan = self.train_set.plan(total, self.negative_prob, seed, index)
         rows, pixels, extra = self._pixels(self.train_set, plan, mine, self.spec.data.train.skip_bad, ("data", "train"),
                                            cached=True)
-        batch = encode(rows, pixels, self.spec, self.roles, self.tokenizer, self._global_draws(total, index, mine))
+        batch = encode(rows, pixels, self.spec, self.roles, self.tokenizer, self._global_draws(total, index, mine),
+                       plan.texts)
         batch.update(extra)
         return batch
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -54,3 +56,24 @@ def test_frozen_modules_stay_in_eval_after_train(train_spec, compile_build):
     assert not module.get_submodule("text_tower.model.encoder.layer.0").training
     assert module.get_submodule("text_tower.model.encoder.layer.1").training
     assert module.get_submodule("fusion").training
+
+
+def test_the_first_run_on_a_machine_says_deepspeed_is_compiling_its_ops(tiny, tmp_path, monkeypatch, capsys):
+    """Found by the folder torch compiles each op into: missing, the run says so before the silent minute."""
+    import graphspec
+    from graphspec.runtime.engine import announce_op_builds, unbuilt_ops
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "extensions"))
+    monkeypatch.setenv("DS_ACCELERATOR", "cpu")
+    spec = graphspec.loads(json.dumps(tiny))
+    assert unbuilt_ops(spec) == ["deepspeed_shm_comm"]
+    offloaded = graphspec.override(spec, {"distributed.zero_stage": 2, "distributed.offload_optimizer": "cpu"})
+    assert unbuilt_ops(offloaded) == ["deepspeed_shm_comm", "cpu_adam"]
+    assert announce_op_builds(spec) is not None
+    assert "DeepSpeed compiles deepspeed_shm_comm first, once per machine" in capsys.readouterr().out
+    built = next((tmp_path / "extensions").rglob("deepspeed_shm_comm"))  # where torch would put it
+    (built / "deepspeed_shm_comm.so").write_bytes(b"")
+    assert unbuilt_ops(spec) == [] and announce_op_builds(spec) is None
+    assert capsys.readouterr().out == ""
+    monkeypatch.setenv("DS_ACCELERATOR", "cuda")
+    assert unbuilt_ops(offloaded) == []  # no CPU ops to build for an accelerator
