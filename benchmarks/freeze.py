@@ -19,7 +19,7 @@ bytes (Adam moments and fp32 master weights), the FLOPs a step executes and the
 FLOP/s achieved against the GEMM rate this machine reaches at the model's own
 matrix shapes (bf16, or fp32 for the fp32 rows), measured at the end of the run:
 the shapes holding 80% of the matrix FLOPs of the first configuration's step,
-each timed alone, best of 5 rounds after a warm-up.
+each timed alone, best of 7 rounds after a warm-up.
 
 `none@plain` is graphspec 0.2's path (torch's dropout and attention kernels, text
 padded to max_length, AdamW one tensor at a time): `none / none@plain` is what
@@ -107,11 +107,13 @@ def gemm_shapes(run) -> list[dict]:
     return sorted(found.values(), key=lambda e: -e["gflop"])
 
 
-def model_shape_peak(shapes: list[dict], dtype_name: str, share: float = 0.8, rounds: int = 5,
-                     reps: int = 3) -> tuple[float, int]:
+def model_shape_peak(shapes: list[dict], dtype_name: str, share: float = 0.8, rounds: int = 7,
+                     round_s: float = 0.1) -> tuple[float, int]:
     """(GFLOP/s, shapes timed): the GEMM rate this machine reaches at the model's own shapes, alone. The
-    shapes holding `share` of the products' FLOPs are each timed best of `rounds` (after a warm-up) and
-    combined as the model would spend them: their FLOPs over the time they take."""
+    shapes holding `share` of the products' FLOPs are timed in `rounds` rounds after a warm-up, each round
+    going through all of them (so a passing disturbance touches one round of each, not every round of one)
+    and running each for at least `round_s`; each shape keeps its best round, and the rates combine as the
+    model spends them: their FLOPs over the time they take."""
     import torch
 
     dtype = getattr(torch, dtype_name)
@@ -120,19 +122,20 @@ def model_shape_peak(shapes: list[dict], dtype_name: str, share: float = 0.8, ro
         if sum(c["gflop"] for c in chosen) >= share * total:
             break
         chosen.append(s)
-    flop = seconds = 0.0
-    for s in chosen:
-        a, b = torch.randn(s["a"], dtype=dtype), torch.randn(s["b"], dtype=dtype)
-        op = torch.bmm if s["op"] == "bmm" else torch.mm
+    operands = [(torch.bmm if s["op"] == "bmm" else torch.mm, torch.randn(s["a"], dtype=dtype),
+                 torch.randn(s["b"], dtype=dtype)) for s in chosen]
+    best = [float("inf")] * len(chosen)
+    for op, a, b in operands:  # warm-up: first calls pick and prepare kernels
         op(a, b)
-        best = float("inf")
-        for _ in range(rounds):
-            start = time.perf_counter()
-            for _ in range(reps):
+    for _ in range(rounds):
+        for k, (op, a, b) in enumerate(operands):
+            calls, start = 0, time.perf_counter()
+            while (elapsed := time.perf_counter() - start) < round_s or calls == 0:
                 op(a, b)
-            best = min(best, (time.perf_counter() - start) / reps)
-        flop, seconds = flop + s["gflop"], seconds + best * s["calls"]
-    return flop / seconds, len(chosen)
+                calls += 1
+            best[k] = min(best[k], elapsed / calls)
+    flop = sum(s["gflop"] for s in chosen)
+    return flop / sum(b * s["calls"] for b, s in zip(best, chosen)), len(chosen)
 
 
 class _Timed:
@@ -320,7 +323,7 @@ def main() -> int:
     for d in ("bfloat16", "float32"):  # after the configurations, on a quiet machine
         peaks[d], timed = model_shape_peak(base["gemm_shapes"], d)
     print(f"\nGEMM rate at the model's own shapes (the {timed} shapes holding 80% of nothing-frozen's matrix FLOPs, "
-          f"each best of 5 rounds): bf16 {peaks['bfloat16']:,.0f} GFLOP/s, fp32 {peaks['float32']:,.0f} GFLOP/s")
+          f"each best of 7 rounds): bf16 {peaks['bfloat16']:,.0f} GFLOP/s, fp32 {peaks['float32']:,.0f} GFLOP/s")
     print(f"\n{Path(args.spec).name} at micro-batch {MICRO}, median of {args.steps} steps after {args.warmup}, "
           f"fastest of {args.rounds} round{'s' if args.rounds > 1 else ''}:\n")
     print("| config | step s (rounds) | vs nothing frozen | towers s | forward s | backward s | optimizer s | peak MB | optimizer "

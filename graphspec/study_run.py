@@ -8,7 +8,8 @@ continues where it was; a stage that was stopped midway starts over.
 Layout of the study folder::
 
     variants/VARIANT.yaml          the variant specs (extends: the base)
-    runs/VARIANT/STAGE/spec.json   the stage's resolved spec; build/ and run/ beside it; log.txt
+    runs/VARIANT/STAGE/spec.json   the stage's resolved spec; build/ (compiled by the study's process) and
+                                   run/ beside it; log.txt
     results.csv, results.md        one row per variant
     plots/metrics_vs_compute.png, plots/learning_curves.png
 """
@@ -25,7 +26,7 @@ from typing import Callable
 
 from .compare import write_comparison
 from .errors import GraphspecError, Issue, Loc
-from .loader import override
+from .loader import load, override
 from .runtime.launch import SELF_STARTED
 from .study import StageRun, Study
 from .variants import write_variants
@@ -58,14 +59,18 @@ def _spec_file(out: Path, run: StageRun) -> Path:
 
 
 def _run_stage(out: Path, run: StageRun) -> None:
-    """One stage in its own process; its output goes to log.txt."""
+    """One stage in its own process; its output goes to log.txt. The study's process compiles the stage's
+    build first (its libraries are imported already, and a spec error is shown here, located in the stage's
+    spec.json), so the stage starts from the build and does not run the compile checks a second time."""
+    from .compiler import compile_spec, write_artifacts
+
     d = stage_dir(out, run)
     if d.exists():  # stopped midway last time: start it over
         shutil.rmtree(d)
     d.mkdir(parents=True)
     spec_file = _spec_file(out, run)
-    command = [sys.executable, "-m", "graphspec.cli", "run", str(spec_file), "--run-dir", str(d / "run"),
-               "--build-dir", str(d / "build")]
+    write_artifacts(compile_spec(load(spec_file)), d / "build")
+    command = [sys.executable, "-m", "graphspec.cli", "run", str(d / "build"), "--run-dir", str(d / "run")]
     with (d / "log.txt").open("w") as log:
         code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, env=fresh_env())
     if code != 0:

@@ -52,6 +52,7 @@ class Session:
     reads: dict = field(default_factory=lambda: {"decoded": 0, "replaced": 0, "decodes_saved": 0})  # this rank's
     started: float = field(default_factory=time.perf_counter)  # when run() began: for the time to the first step
     first_step_s: float | None = None
+    process_first_step_s: float | None = None  # the same from the process's start: imports and compile included
 
 
 def prepare(build: Build, outside: bool = True) -> Session:
@@ -174,6 +175,7 @@ def _loop(s: Session, spec, run_dir: Path, first: int, frozen: dict, reporter, s
             step_times.append(time.perf_counter() - start)
             if s.first_step_s is None:
                 s.first_step_s = round(time.perf_counter() - s.started, 2)
+                s.process_first_step_s = round(time.time() - _process_start(), 2)
             reporter.train_step(step, losses, s.trainer.scheduler.get_last_lr()[0], batches.take_waited())
         elif not finite and policy.action == "skip" and in_a_row < policy.max_in_a_row:
             skipped, in_a_row = skipped + 1, in_a_row + 1
@@ -224,6 +226,13 @@ def _numel(p: torch.nn.Parameter) -> int:
     return getattr(p, "ds_numel", p.numel())
 
 
+def _process_start() -> float:
+    """When this process started (epoch seconds): a study stage's or a command's start."""
+    import psutil
+
+    return psutil.Process().create_time()
+
+
 def _peak_rss_mb() -> float:
     """This process's peak resident memory so far (Linux reports KiB, macOS bytes)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -266,6 +275,7 @@ def _finish(build: Build, run_dir: Path, s: Session, val: dict, wall: float, ste
                "samples_per_s": round(len(step_times) * spec.train.batch_size / max(wall, 1e-9), 2),
                "step_time_s": round(statistics.median(step_times), 4) if step_times else None,
                "peak_rss_mb": peak, "ranks": spec.distributed.world_size, "first_step_s": s.first_step_s,
+               "process_first_step_s": s.process_first_step_s,
                "params": {"trainable": total - frozen, "frozen": frozen}, "val": val, "checkpoint": str(ckpt),
                "data": {**s.task.data_stats, "train_reads": {
                    "images_decoded": sum(decoded), "images_decoded_per_rank": decoded, "bad_images_replaced": replaced,
