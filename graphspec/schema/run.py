@@ -104,8 +104,9 @@ class Train(Strict):
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="Training precision.")
     kernels: Literal["fast", "plain"] = Field(
         "fast", description="Dropout and attention kernels on the CPU. fast: dropout masks drawn 16 bits per "
-        "element (p honoured to 1/65536; every nn.Dropout, library towers' included, uses it) and attention with "
-        "dropout computing its probabilities itself, self-attention's q, k and v in one GEMM. plain: torch's "
+        "element (p honoured to 1/65536; every nn.Dropout, library towers' included, uses it); attention, timm's "
+        "blocks included, computing its probabilities itself instead of calling SDPA; self-attention's q, k and v "
+        "in one GEMM. On an accelerator torch's kernels are used either way. plain: torch's "
         "nn.Dropout and scaled_dot_product_attention (graphspec 0.2's path, kept to measure against). The same "
         "model and the same expected update; the dropout masks' random draws differ.")
     grad_clip: float | None = Field(1.0, gt=0, description="Clip the global gradient norm; null for no clipping.")
