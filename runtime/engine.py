@@ -104,9 +104,10 @@ class _NotBeforeStart(logging.Filter):
 
 
 def unbuilt_ops(spec: Spec) -> list[str]:
-    """DeepSpeed's C++ ops this run compiles before it starts, because no earlier run on this machine did:
-    the CPU accelerator's shared-memory collectives always, its Adam when the optimizer is offloaded. torch
-    keeps what it compiled under its extensions folder (TORCH_EXTENSIONS_DIR), one folder per op."""
+    """DeepSpeed's C++ ops this run compiles before it starts, because no earlier run of this installation
+    did: the CPU accelerator's shared-memory collectives always, its Adam when the optimizer is offloaded.
+    torch keeps what it compiled under its extensions folder (TORCH_EXTENSIONS_DIR), one folder per op, whose
+    build.ninja names the sources; another installation of DeepSpeed (a virtual environment) builds again."""
     from torch.utils.cpp_extension import _get_build_directory
 
     names = []
@@ -115,7 +116,16 @@ def unbuilt_ops(spec: Spec) -> list[str]:
         if spec.distributed.offload_optimizer != "none":
             names.append("cpu_adam")
     try:
-        return [n for n in names if not (Path(_get_build_directory(n, verbose=False)) / f"{n}.so").is_file()]
+        import deepspeed
+
+        sources = str(Path(deepspeed.__file__).resolve().parent)
+
+        def built(name: str) -> bool:
+            folder = Path(_get_build_directory(name, verbose=False))
+            ninja = folder / "build.ninja"
+            return (folder / f"{name}.so").is_file() and ninja.is_file() and sources in ninja.read_text()
+
+        return [n for n in names if not built(n)]
     except Exception:  # noqa: BLE001 - a private torch helper: if it changes, say nothing rather than fail
         return []
 
@@ -126,8 +136,8 @@ def announce_op_builds(spec: Spec) -> float | None:
     if not names:
         return None
     if ranks.is_main():
-        print(f"graphspec: DeepSpeed compiles {' and '.join(names)} first, once per machine (with gcc; usually "
-              f"30-60 s each here), then keeps {'them' if len(names) > 1 else 'it'} for later runs", flush=True)
+        print(f"graphspec: DeepSpeed compiles {' and '.join(names)} first, once per installation (with gcc; "
+              f"usually 30-60 s each here), then keeps {'them' if len(names) > 1 else 'it'} for later runs", flush=True)
     return time.perf_counter()
 
 

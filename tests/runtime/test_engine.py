@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -70,9 +71,15 @@ def test_the_first_run_on_a_machine_says_deepspeed_is_compiling_its_ops(tiny, tm
     offloaded = graphspec.override(spec, {"distributed.zero_stage": 2, "distributed.offload_optimizer": "cpu"})
     assert unbuilt_ops(offloaded) == ["deepspeed_shm_comm", "cpu_adam"]
     assert announce_op_builds(spec) is not None
-    assert "DeepSpeed compiles deepspeed_shm_comm first, once per machine" in capsys.readouterr().out
+    assert "DeepSpeed compiles deepspeed_shm_comm first, once per installation" in capsys.readouterr().out
     built = next((tmp_path / "extensions").rglob("deepspeed_shm_comm"))  # where torch would put it
     (built / "deepspeed_shm_comm.so").write_bytes(b"")
+    (built / "build.ninja").write_text("build shm.o: compile /elsewhere/deepspeed/ops/csrc/shm.cpp\n")
+    assert unbuilt_ops(spec) == ["deepspeed_shm_comm"]  # built from another installation's sources: again
+    import deepspeed
+
+    here = Path(deepspeed.__file__).resolve().parent
+    (built / "build.ninja").write_text(f"build shm.o: compile {here}/ops/csrc/cpu/comm/shm.cpp\n")
     assert unbuilt_ops(spec) == [] and announce_op_builds(spec) is None
     assert capsys.readouterr().out == ""
     monkeypatch.setenv("DS_ACCELERATOR", "cuda")
