@@ -72,6 +72,11 @@ def emit_ds_config(spec: Spec, groups: list[dict]) -> dict:
         zero["offload_param"] = {"device": d.offload_param, "pin_memory": False}
     if d.reduce_bucket_size:
         zero["reduce_bucket_size"] = d.reduce_bucket_size
+    if (t.grad_clip is None and d.zero_stage in (1, 2) and d.offload_optimizer == "none"
+            and "data_types" not in d.deepspeed):
+        # Without clipping nothing reads the global gradient norm, which ZeRO 1-2 otherwise compute per
+        # parameter every step: measured 0.10-0.12 s against 0.18-0.23 s for Experiment 1's step() here.
+        zero["compute_grad_norm"] = False
     config = {
         "train_batch_size": t.batch_size,
         "train_micro_batch_size_per_gpu": micro,

@@ -73,7 +73,8 @@ def test_offload_emits_cpu_adam(tiny, write_spec):
     assert "torch_adam" not in ds["optimizer"]["params"]
 
 
-def test_deepspeed_initialize_accepts_the_config(tiny, write_spec, monkeypatch):
+@pytest.mark.parametrize("clip", ["1.0", "null"])  # null: ZeRO-2 without the gradient norm
+def test_deepspeed_initialize_accepts_the_config(clip, tiny, write_spec, monkeypatch):
     import deepspeed
 
     for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
@@ -81,8 +82,10 @@ def test_deepspeed_initialize_accepts_the_config(tiny, write_spec, monkeypatch):
         monkeypatch.setenv(key, value)
     tiny["nodes"]["vision_tower"]["freeze"] = True
     tiny["train"]["lr_multipliers"] = {"fusion": 5}
-    spec = graphspec.load(write_spec(tiny), overrides=["distributed.zero_stage=2"])
+    spec = graphspec.load(write_spec(tiny), overrides=["distributed.zero_stage=2", f"train.grad_clip={clip}",
+                                                       "train.precision=bf16"])
     compiled = compile_spec(spec)
+    assert compiled.ds_config["zero_optimization"].get("compute_grad_norm", True) is (clip != "null")
     model, plan = build_model(spec)
     params = dict(model.named_parameters())
     groups = [{"params": [params[n] for n in g["params"]], "weight_decay": g["weight_decay"],
@@ -95,3 +98,19 @@ def test_deepspeed_initialize_accepts_the_config(tiny, write_spec, monkeypatch):
     handed = [p for g in optimizer.bit16_groups for p in g]  # ZeRO-2 keeps the params it was given here
     frozen = {id(params[n]) for n in plan.frozen}
     assert len(handed) == sum(len(g["params"]) for g in compiled.groups) and not any(id(p) in frozen for p in handed)
+
+
+def test_without_clipping_zero_1_and_2_skip_the_gradient_norm(tiny, write_spec):
+    """Nothing reads the norm then; with clipping, ZeRO 0 or 3, or an offloaded optimizer it stays."""
+    import graphspec
+
+    def zero(**changes):
+        spec = graphspec.load(write_spec(tiny), overrides=[f"{k}={v}" for k, v in changes.items()])
+        return graphspec.compile(spec).ds_config["zero_optimization"]
+
+    assert zero(**{"train.grad_clip": "null", "distributed.zero_stage": 2})["compute_grad_norm"] is False
+    assert zero(**{"train.grad_clip": "null", "distributed.zero_stage": 1})["compute_grad_norm"] is False
+    assert "compute_grad_norm" not in zero(**{"train.grad_clip": 1.0, "distributed.zero_stage": 2})
+    assert "compute_grad_norm" not in zero(**{"train.grad_clip": "null", "distributed.zero_stage": 3})
+    assert "compute_grad_norm" not in zero(**{"train.grad_clip": "null", "distributed.zero_stage": 2,
+                                              "distributed.offload_optimizer": "cpu"})
