@@ -109,8 +109,7 @@ def test_a_killed_study_continues_without_redoing_finished_stages(study_file, tm
         pretrain = json.loads((out / "runs" / r["variant"] / "pretrain" / "run" / "summary.json").read_text())
         assert float(r["ve.snli_ve_acc"]) == ve["val"]["snli_ve_acc"]
         assert float(r["pretrain step s"]) == pretrain["step_time_s"] > 0
-        # the stage started from the build the study compiled; its start is counted from the process's
-        assert (out / "runs" / r["variant"] / "ve" / "build" / "manifest.json").is_file()
+        # a stage's start counts from its process's start too (imports and DeepSpeed's start included)
         assert ve["process_first_step_s"] > ve["first_step_s"] > 0
     assert int(rows[1]["frozen"]) > int(rows[0]["frozen"]) == 0
     assert "| tiny-vision_tower-freeze-true |" in (out / "results.md").read_text()
