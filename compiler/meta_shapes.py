@@ -15,6 +15,8 @@ from torch.utils._pytree import tree_map
 from graphspec.errors import Issue, SpecError
 from graphspec.schema import Spec
 
+from .tower_records import describe_output
+
 BATCH = 2  # any batch works; 2 keeps batch-dependent bugs visible
 
 
@@ -64,6 +66,8 @@ class _ShapeRecorder(fx.Interpreter):
                                    "check the input sizes and the widths feeding this node")]) from e
         if n.op in ("call_module", "call_function"):
             n.meta["shape"] = _shape_of(result)
+        if n.op == "call_module":
+            n.meta["value"] = describe_output(result)  # what a tower record keeps of it
         return result
 
 

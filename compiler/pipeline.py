@@ -33,6 +33,7 @@ from .rules import STRUCTURE_RULES, WIDTH_RULES, run_rules
 from .meta_shapes import propagate_shapes
 from .placement import placement, placement_issues
 from .summary import build_summary, format_summary
+from .tower_records import TowerRecords
 
 
 FORMAT_VERSION = 2  # of the build directory; the runtime refuses other versions (2: graphspec 0.2's names)
@@ -70,10 +71,12 @@ def compile_spec(spec: Spec) -> Compiled:
     start = time.perf_counter()
     g, warnings = build_checked_graph(spec)
     warnings = spec_warnings(spec) + warnings
-    modules, issues = build_modules(spec, g, meta=True)
+    records = TowerRecords()
+    modules, issues = build_modules(spec, g, meta=True, records=records)
     warnings += _raise_if_errors(spec, issues + run_rules(WIDTH_RULES, spec, g), "building the nodes")
     gm = emit_module(spec, g, modules)
     propagate_shapes(spec, gm, node_paths(spec))
+    records.save(gm)
     plan, issues = resolve_freeze(spec, gm)
     match = None
     if spec.init_from:

@@ -330,5 +330,20 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+QUICK_EXIT = ("validate", "compile")  # they hold no processes, files or connections once they return
+
+
+def entry() -> None:
+    """The console command. After a command that only checks and writes files, the process ends without the
+    interpreter's teardown, which takes about 1 s once torch is imported (measured: validate 5.0 s -> 3.9 s)."""
+    argv = sys.argv[1:]
+    code = main(argv)
+    if _parser().parse_args(argv).command in QUICK_EXIT:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

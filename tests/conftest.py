@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,13 @@ import yaml
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait on the network: it is not there
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tower records (compiler/tower_records.py) of this session only: tests neither read nor fill the user's.
+_RECORDS = os.environ.setdefault("GRAPHSPEC_TOWER_RECORDS", tempfile.mkdtemp(prefix="graphspec-records-"))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _RECORDS.startswith(tempfile.gettempdir()) and "graphspec-records-" in _RECORDS:
+        shutil.rmtree(_RECORDS, ignore_errors=True)
 
 TINY = {
     "name": "tiny",
