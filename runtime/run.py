@@ -23,6 +23,7 @@ from .engine import Trainer, make_trainer
 from .report import Reporter, Silent, format_summary
 from .guard import Preempted, Signals, diverged
 from .loader import Batches
+from .malloc import keep_freed_memory
 from .resume import ResumeError, checkpoints, frozen_record, restore
 from .resume import save as save_state
 from .tasks import Task, make_task
@@ -57,6 +58,7 @@ class Session:
 
 def prepare(build: Build, outside: bool = True) -> Session:
     """`outside=False` keeps frozen towers inside the engine (the benchmark's grads-off-only baseline)."""
+    keep_freed_memory()  # before the model and the engine allocate anything
     spec = build.spec
     model, plan = build_model(spec, build.plan)
     check_groups(build, {n for n, _ in model.named_parameters()})
