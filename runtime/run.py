@@ -54,6 +54,7 @@ class Session:
     started: float = field(default_factory=time.perf_counter)  # when run() began: for the time to the first step
     first_step_s: float | None = None
     process_first_step_s: float | None = None  # the same from the process's start: imports and compile included
+    gradient_skipped: bool = False  # the last step's update was skipped by DeepSpeed: a gradient was not finite
 
 
 def prepare(build: Build, outside: bool = True) -> Session:
@@ -73,9 +74,11 @@ def prepare(build: Build, outside: bool = True) -> Session:
 def train_step(s: Session, spec, step: int, batches: Batches) -> tuple[dict[str, float], bool]:
     """One optimizer step over `accumulation` micro batches: (the losses averaged over them and the ranks,
     whether they were finite). A micro batch whose loss is not finite on any rank ends the step before its
-    backward, on every rank: the weights are not touched."""
+    backward, on every rank: the weights are not touched. `s.gradient_skipped` says whether DeepSpeed itself
+    skipped the update (see `deepspeed_skipped`)."""
     micro, accum = spec.batch_plan()
     shown: dict[str, float] = {}
+    skipped_before = s.trainer.engine.skipped_steps
     for m in range(accum):
         batch = batches.next((step - 1) * accum + m)
         for k, v in batch.pop("_data", {}).items():
@@ -89,7 +92,15 @@ def train_step(s: Session, spec, step: int, batches: Batches) -> tuple[dict[str,
         s.trainer.engine.step()
         for k, v in parts.items():
             shown[k] = shown.get(k, 0.0) + float(v.detach()) / accum
+    s.gradient_skipped = deepspeed_skipped(spec, s.trainer.engine.skipped_steps > skipped_before)
     return ranks.mean(shown), True
+
+
+def deepspeed_skipped(spec, skipped: bool) -> bool:
+    """Whether DeepSpeed skipped this step's update because a gradient was not finite. It checks the gradients
+    itself in bf16 (`bf16.check_grad_overflow`) and, with a gradient norm, in fp32; in fp16 a skip is its loss
+    scaler lowering the scale, which is not divergence."""
+    return ranks.any_true(skipped and spec.train.precision != "fp16")
 
 
 def grad_norm_is_finite(trainer: Trainer) -> bool:
@@ -172,21 +183,24 @@ def _loop(s: Session, spec, run_dir: Path, first: int, frozen: dict, reporter, s
     for step in range(first, spec.train.steps + 1):
         start = time.perf_counter()
         losses, finite = train_step(s, spec, step, batches)
-        if finite and not ranks.any_true(not grad_norm_is_finite(s.trainer)):
+        dropped = finite and s.gradient_skipped  # DeepSpeed found a non-finite gradient and left the weights
+        if finite and not dropped and not ranks.any_true(not grad_norm_is_finite(s.trainer)):
             in_a_row = 0
             step_times.append(time.perf_counter() - start)
             if s.first_step_s is None:
                 s.first_step_s = round(time.perf_counter() - s.started, 2)
                 s.process_first_step_s = round(time.time() - _process_start(), 2)
             reporter.train_step(step, losses, s.trainer.scheduler.get_last_lr()[0], batches.take_waited())
-        elif not finite and policy.action == "skip" and in_a_row < policy.max_in_a_row:
+        elif (not finite or dropped) and policy.action == "skip" and in_a_row < policy.max_in_a_row:
             skipped, in_a_row = skipped + 1, in_a_row + 1
-            reporter.line(f"step {step}: the loss is not finite; step skipped ({in_a_row} in a row)")
+            what = "the loss is not finite" if not finite else "a gradient is not finite"
+            reporter.line(f"step {step}: {what}; step skipped ({in_a_row} in a row)")
         else:
             last = (checkpoints(run_dir) or [None])[-1]
-            what = "the loss is not finite" if not finite else "the gradient norm is not finite"
+            what = ("the loss is not finite" if not finite else "a gradient is not finite (DeepSpeed skipped the "
+                    "update)" if dropped else "the gradient norm is not finite")
             ranks.finish()  # every rank decided alike: they leave the group together
-            raise diverged(step, what, losses, last, run_dir, in_a_row, applied=finite)
+            raise diverged(step, what, losses, last, run_dir, in_a_row, applied=finite and not dropped)
         if spec.data.val and ((spec.train.val_every and step % spec.train.val_every == 0)
                               or step == spec.train.steps):
             val = validate(s, reporter, step)

@@ -101,12 +101,19 @@ def test_deepspeed_initialize_accepts_the_config(clip, tiny, write_spec, monkeyp
 
 
 def test_without_clipping_zero_1_and_2_skip_the_gradient_norm(tiny, write_spec):
-    """Nothing reads the norm then; with clipping, ZeRO 0 or 3, or an offloaded optimizer it stays."""
+    """Nothing reads the norm then; with clipping, ZeRO 0 or 3, an offloaded optimizer, or where the norm is the
+    only check of the gradients (fp32, bf16 without DeepSpeed's overflow check) it stays."""
     import graphspec
 
     def zero(**changes):
+        changes = {"train.precision": "bf16", **changes}
         spec = graphspec.load(write_spec(tiny), overrides=[f"{k}={v}" for k, v in changes.items()])
         return graphspec.compile(spec).ds_config["zero_optimization"]
+
+    assert "compute_grad_norm" not in zero(**{"train.grad_clip": "null", "distributed.zero_stage": 2,
+                                              "train.precision": "fp32"})
+    assert "compute_grad_norm" not in zero(**{"train.grad_clip": "null", "distributed.zero_stage": 2,
+                                              "distributed.deepspeed": "{bf16: {check_grad_overflow: false}}"})
 
     assert zero(**{"train.grad_clip": "null", "distributed.zero_stage": 2})["compute_grad_norm"] is False
     assert zero(**{"train.grad_clip": "null", "distributed.zero_stage": 1})["compute_grad_norm"] is False

@@ -116,6 +116,58 @@ def test_a_non_finite_gradient_norm_stops_after_the_update_it_could_not_prevent(
     assert [r["step"] for r in _records(run_dir)] == [1, 2, 3, 4]
 
 
+@pytest.fixture
+def infinite_gradient(monkeypatch):
+    """At the given backward calls (1-based), every gradient is inf or NaN while the loss stays finite."""
+    from deepspeed.runtime.engine import DeepSpeedEngine
+
+    real, calls, bad = DeepSpeedEngine.backward, {"n": 0}, set()
+
+    def backward(self, loss, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] in bad:
+            loss.register_hook(lambda g: g * float("inf"))
+        return real(self, loss, *args, **kwargs)
+
+    monkeypatch.setattr(DeepSpeedEngine, "backward", backward)
+    from deepspeed.utils import logger
+
+    for handler in logger.handlers:  # DeepSpeed says it skipped: to this test's stderr, not an earlier test's
+        monkeypatch.setattr(handler, "stream", sys.stderr)
+    return bad
+
+
+BF16_ZERO2 = ["--set", "train.precision=bf16", "--set", "distributed.zero_stage=2", "--set", "train.grad_clip=null"]
+
+
+def test_a_gradient_deepspeed_skips_stops_the_run_before_its_update(spec_file, tmp_path, infinite_gradient, capsys):
+    """bf16, ZeRO-2, no clipping: no gradient norm is computed, but DeepSpeed's own check skips the update, and
+    the run says so instead of counting the step as trained."""
+    infinite_gradient.add(5)
+    run_dir = tmp_path / "run"
+    assert main(["run", str(spec_file), *BF16_ZERO2, "--run-dir", str(run_dir), "--build-dir",
+                 str(tmp_path / "b")]) == 4
+    err = capsys.readouterr().err
+    assert "train: step 5: a gradient is not finite (DeepSpeed skipped the update) (" in err, err
+    assert "the run stopped before this step's update" in err and "Traceback" not in err
+    assert [r["step"] for r in _records(run_dir)] == [1, 2, 3, 4]
+
+
+def test_skip_counts_a_gradient_deepspeed_skipped(spec_file, tmp_path, infinite_gradient, capsys):
+    infinite_gradient.update({5, 11})
+    run_dir = tmp_path / "run"
+    assert main(["run", str(spec_file), *BF16_ZERO2, "--set", "train.nonfinite={action: skip, max_in_a_row: 1}",
+                 "--run-dir", str(run_dir), "--build-dir", str(tmp_path / "b")]) == 0
+    out = capsys.readouterr().out
+    assert "step 5: a gradient is not finite; step skipped (1 in a row)" in out
+    assert json.loads((run_dir / "summary.json").read_text())["nonfinite_skipped"] == 2
+    assert [r["step"] for r in _records(run_dir)] == [s for s in range(1, 17) if s not in (5, 11)]
+    from safetensors.torch import load_file
+
+    weights = load_file(str(run_dir / "checkpoint" / "model.safetensors"))
+    assert all(bool(torch.isfinite(w).all()) for w in weights.values())
+
+
 def test_a_full_disk_at_the_final_checkpoint_is_named_and_leaves_nothing_half_written(spec_file, tmp_path,
                                                                                       monkeypatch, capsys):
     import errno
