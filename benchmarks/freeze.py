@@ -22,7 +22,8 @@ the shapes holding 80% of the matrix FLOPs of the first configuration's step,
 each timed alone, best of 7 rounds after a warm-up.
 
 `none@plain` is graphspec 0.2's path (torch's dropout and attention kernels, text
-padded to max_length, AdamW one tensor at a time): `none / none@plain` is what
+padded to max_length, AdamW one tensor at a time, glibc returning freed memory to
+the OS every step): `none / none@plain` is what
 the faster path gains. `--profile none,none@fp32` adds a table per configuration
 of where a step's time goes, by torch operation.
 """
@@ -195,6 +196,8 @@ def _run_one(name: str, args, cache_dir: str) -> dict | None:
     launcher = [sys.executable] if world == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
                                                      "--nproc_per_node", str(world)]
     threads = {} if world == 1 else {"OMP_NUM_THREADS": str(threads_per_rank(world))}
+    if "@plain" in name:  # graphspec 0.2 left glibc's allocator as it was (runtime/malloc.py)
+        threads["GRAPHSPEC_KEEP_FREED_MEMORY"] = "0"
     profile = ["--profile-this"] if name in (args.profile or "").split(",") else []
     done = subprocess.run([*launcher, __file__, "--one", name, "--steps", str(args.steps), "--warmup",
                            str(args.warmup), "--cache-dir", cache_dir, "--spec", str(Path(args.spec).resolve()),
