@@ -279,7 +279,7 @@ class TowerRecords:
                 return None
             module = RecordedTower(record)
             warnings = [Issue(_tuples(w["path"]), w["message"], w["hint"], w["severity"]) for w in record["warnings"]]
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError):
             return None  # absent or not a record this graphspec wrote: build the tower
         return module, warnings
 

@@ -15,12 +15,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait on the network: it is
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Tower records (compiler/tower_records.py) of this session only: tests neither read nor fill the user's.
-_RECORDS = os.environ.setdefault("GRAPHSPEC_TOWER_RECORDS", tempfile.mkdtemp(prefix="graphspec-records-"))
+_OWN_RECORDS = "GRAPHSPEC_TOWER_RECORDS" not in os.environ
+if _OWN_RECORDS:
+    os.environ["GRAPHSPEC_TOWER_RECORDS"] = tempfile.mkdtemp(prefix="graphspec-records-")
 
 
 def pytest_sessionfinish(session, exitstatus):
-    if _RECORDS.startswith(tempfile.gettempdir()) and "graphspec-records-" in _RECORDS:
-        shutil.rmtree(_RECORDS, ignore_errors=True)
+    if _OWN_RECORDS:
+        shutil.rmtree(os.environ["GRAPHSPEC_TOWER_RECORDS"], ignore_errors=True)
 
 TINY = {
     "name": "tiny",
