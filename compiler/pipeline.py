@@ -135,14 +135,15 @@ def write_artifacts(c: Compiled, out: Path) -> list[Path]:
 
 
 def _manifest(c: Compiled) -> dict:
-    import timm
     import torch
-    import transformers
 
     from graphspec.version import __version__
 
+    from .tower_records import library_version  # the installed versions, without importing the libraries
+
     return {"format_version": FORMAT_VERSION, "graphspec": __version__, "torch": torch.__version__,
-            "transformers": transformers.__version__, "timm": timm.__version__, "spec_name": c.spec.name,
+            "transformers": library_version("transformers"), "timm": library_version("timm"),
+            "spec_name": c.spec.name,
             "inputs": input_names(c.spec), "optional_inputs": label_names(c.spec)}
 
 

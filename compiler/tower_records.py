@@ -63,7 +63,7 @@ def _code_hash() -> str:
     return h.hexdigest()
 
 
-def _version(dist: str) -> str:
+def library_version(dist: str) -> str:
     try:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:
@@ -115,7 +115,7 @@ def record_key(spec, g, name: str) -> str | None:
         "format": FORMAT, "kind": attrs["kind"], "node": node.model_dump(mode="json", exclude={"freeze"}),
         "inputs": {s: spec.inputs[s].model_dump(mode="json") for s in feeds if s in spec.inputs},
         "ports": sorted(attrs["out"]), "config": config, "dtype": str(torch.get_default_dtype()),
-        "versions": [torch.__version__, _version("transformers"), _version("timm")], "code": _code_hash(),
+        "versions": [torch.__version__, library_version("transformers"), library_version("timm")], "code": _code_hash(),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
