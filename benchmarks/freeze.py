@@ -195,14 +195,14 @@ def _run_one(name: str, args, cache_dir: str) -> dict | None:
     world = _world(name)
     launcher = [sys.executable] if world == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
                                                      "--nproc_per_node", str(world)]
-    threads = {} if world == 1 else {"OMP_NUM_THREADS": str(threads_per_rank(world))}
+    env = {} if world == 1 else {"OMP_NUM_THREADS": str(threads_per_rank(world))}
     if "@plain" in name:  # graphspec 0.2 left glibc's allocator as it was (runtime/malloc.py)
-        threads["GRAPHSPEC_KEEP_FREED_MEMORY"] = "0"
+        env["GRAPHSPEC_KEEP_FREED_MEMORY"] = "0"
     profile = ["--profile-this"] if name in (args.profile or "").split(",") else []
     done = subprocess.run([*launcher, __file__, "--one", name, "--steps", str(args.steps), "--warmup",
                            str(args.warmup), "--cache-dir", cache_dir, "--spec", str(Path(args.spec).resolve()),
                            *profile],
-                          capture_output=True, text=True, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1", **threads})
+                          capture_output=True, text=True, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1", **env})
     if done.returncode:
         print(done.stderr[-4000:], file=sys.stderr)
         return None

@@ -36,13 +36,13 @@ class _NoRandomFillOnMeta(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+@contextlib.contextmanager
 def _building(meta: bool):
     if not meta:
-        return contextlib.nullcontext()
-    stack = contextlib.ExitStack()
-    stack.enter_context(torch.device("meta"))
-    stack.enter_context(_NoRandomFillOnMeta())
-    return stack
+        yield
+        return
+    with torch.device("meta"), _NoRandomFillOnMeta():
+        yield
 
 
 def input_ports(g: nx.MultiDiGraph, name: str) -> dict:

@@ -316,7 +316,10 @@ COMMANDS = {"validate": _validate, "compile": _compile, "run": _run, "eval": _ev
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    return _dispatch(_parser().parse_args(argv))
+
+
+def _dispatch(args) -> int:
     try:
         return COMMANDS[args.command](args)
     except GraphspecError as e:
@@ -336,9 +339,9 @@ QUICK_EXIT = ("validate", "compile")  # they hold no processes, files or connect
 def entry() -> None:
     """The console command. After a command that only checks and writes files, the process ends without the
     interpreter's teardown, which takes about 1 s once torch is imported (measured: validate 5.0 s -> 3.9 s)."""
-    argv = sys.argv[1:]
-    code = main(argv)
-    if _parser().parse_args(argv).command in QUICK_EXIT:
+    args = _parser().parse_args(sys.argv[1:])
+    code = _dispatch(args)
+    if args.command in QUICK_EXIT:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)

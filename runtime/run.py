@@ -54,7 +54,6 @@ class Session:
     started: float = field(default_factory=time.perf_counter)  # when run() began: for the time to the first step
     first_step_s: float | None = None
     process_first_step_s: float | None = None  # the same from the process's start: imports and compile included
-    gradient_skipped: bool = False  # the last step's update was skipped by DeepSpeed: a gradient was not finite
 
 
 def prepare(build: Build, outside: bool = True) -> Session:
@@ -71,11 +70,11 @@ def prepare(build: Build, outside: bool = True) -> Session:
     return Session(task, plan, trainer)
 
 
-def train_step(s: Session, spec, step: int, batches: Batches) -> tuple[dict[str, float], bool]:
+def train_step(s: Session, spec, step: int, batches: Batches) -> tuple[dict[str, float], bool, bool]:
     """One optimizer step over `accumulation` micro batches: (the losses averaged over them and the ranks,
-    whether they were finite). A micro batch whose loss is not finite on any rank ends the step before its
-    backward, on every rank: the weights are not touched. `s.gradient_skipped` says whether DeepSpeed itself
-    skipped the update (see `deepspeed_skipped`)."""
+    whether they were finite, whether DeepSpeed itself skipped the update: see `deepspeed_skipped`). A micro
+    batch whose loss is not finite on any rank ends the step before its backward, on every rank: the weights
+    are not touched."""
     micro, accum = spec.batch_plan()
     shown: dict[str, float] = {}
     skipped_before = s.trainer.engine.skipped_steps
@@ -87,13 +86,13 @@ def train_step(s: Session, spec, step: int, batches: Batches) -> tuple[dict[str,
             s.reads["position"] = batch.pop("_stream")
         parts = s.task.losses(s.trainer.forward(batch), batch)
         if ranks.any_true(not bool(torch.isfinite(parts["loss"].detach()).all())):
-            return {k: float(v.detach()) for k, v in parts.items()}, False
+            return {k: float(v.detach()) for k, v in parts.items()}, False, False
         s.trainer.engine.backward(parts["loss"])
         s.trainer.engine.step()
         for k, v in parts.items():
             shown[k] = shown.get(k, 0.0) + float(v.detach()) / accum
-    s.gradient_skipped = deepspeed_skipped(spec, s.trainer.engine.skipped_steps > skipped_before)
-    return ranks.mean(shown), True
+    dropped = deepspeed_skipped(spec, s.trainer.engine.skipped_steps > skipped_before)
+    return ranks.mean(shown), True, dropped
 
 
 def deepspeed_skipped(spec, skipped: bool) -> bool:
@@ -182,8 +181,7 @@ def _loop(s: Session, spec, run_dir: Path, first: int, frozen: dict, reporter, s
     skipped = in_a_row = 0
     for step in range(first, spec.train.steps + 1):
         start = time.perf_counter()
-        losses, finite = train_step(s, spec, step, batches)
-        dropped = finite and s.gradient_skipped  # DeepSpeed found a non-finite gradient and left the weights
+        losses, finite, dropped = train_step(s, spec, step, batches)  # dropped: DeepSpeed left the weights
         if finite and not dropped and not ranks.any_true(not grad_norm_is_finite(s.trainer)):
             in_a_row = 0
             step_times.append(time.perf_counter() - start)
