@@ -46,6 +46,54 @@ def uncacheable(spec: Spec, gm: fx.GraphModule, plan: FreezePlan, tower: str) ->
     return None
 
 
+def image_readers(gm: fx.GraphModule, spec: Spec) -> dict[str, str]:
+    """Nodes that read one image input alone (vision towers): node -> the image input's argument."""
+    images = {n for name, i in spec.inputs.items() if i.modality == "image" for n in i.tensors(name)}
+    out = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            args = {a.name for a in node.all_input_nodes}
+            if len(args) == 1 and args <= images and all(a.op == "placeholder" for a in node.all_input_nodes):
+                out[node.target] = next(iter(args))
+    return out
+
+
+def stochastic_parts(module) -> list[str]:
+    """Submodules that draw random numbers in train mode: a dropout with p > 0, or a positive dropout or
+    drop-path rate held as a number (attention kernels take it as an argument). Names relative to `module`."""
+    from torch import nn
+
+    found = []
+    for name, m in module.named_modules():
+        if isinstance(m, nn.modules.dropout._DropoutNd):
+            if m.p > 0:
+                found.append(name)
+            continue
+        if any("drop" in k.lower() and isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+               for k, v in vars(m).items()):
+            found.append(name)
+    return found
+
+
+def shared_images(spec: Spec, gm: fx.GraphModule, plan: FreezePlan) -> tuple[bool, str]:
+    """Whether a batch whose rows repeat images (the two-pass recipe) may pass each distinct image once through
+    the towers reading it alone (`<image>_rows`, see graphspec.compiler.emit): only when such a tower computes
+    a fixed function of its image, so that the result is what a pass per row computes. (yes, why)."""
+    if spec.train.kernels == "plain":
+        return False, "train.kernels: plain reads every row's image, as graphspec 0.2 did"
+    towers = image_readers(gm, spec)
+
+    def pinned(name: str) -> bool:  # frozen, kept in eval mode: draws nothing
+        return any(name == m or name.startswith(m + ".") for m in plan.eval_modules)
+
+    for tower in towers:
+        parts = [f"{tower}.{p}" if p else tower for p in stochastic_parts(gm.get_submodule(tower))]
+        drawing = [p for p in parts if not pinned(p)]
+        if drawing:
+            return False, f"{drawing[0]} draws dropout in training: each row's image gets its own draw"
+    return True, f"each distinct image once through {', '.join(towers) or 'no tower'}"
+
+
 def frozen_dtype(spec: Spec) -> str:
     """The outside towers' precision: as asked, else bf16 when training in bf16 (as they would be inside the
     engine), else fp32."""

@@ -116,5 +116,7 @@ def format_summary(s: dict) -> str:
         damaged = f", {c['corrupt']:,} damaged entries computed again" if c.get("corrupt") else ""
         lines.append(f"  {tower} output cache: {c['hits']:,} hits, {c['misses']:,} misses{damaged}; "
                      f"{c['entries']:,} entries, {c['size_mb']:,.1f} MB in {c['dir']}")
+    if s.get("two_pass_images"):
+        lines.append(f"  two-pass batches: {s['two_pass_images']['why']}")
     lines.append(f"  checkpoint: {s['checkpoint']}")
     return "\n".join(lines)

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from graphspec.compiler import FreezePlan, build_model
+from graphspec.compiler.placement import shared_images
 from graphspec.errors import EnvironmentProblem, Issue, Loc
 
 from . import ranks
@@ -54,6 +55,7 @@ class Session:
     started: float = field(default_factory=time.perf_counter)  # when run() began: for the time to the first step
     first_step_s: float | None = None
     process_first_step_s: float | None = None  # the same from the process's start: imports and compile included
+    images: dict | None = None  # two-pass recipe: whether a batch passes each image once, and why
 
 
 def prepare(build: Build, outside: bool = True) -> Session:
@@ -67,7 +69,9 @@ def prepare(build: Build, outside: bool = True) -> Session:
     task = make_task(spec, model, lambda data: load_tokenizer(spec, text, vocab, build.dir, data.texts))
     trainer = make_trainer(spec, model, plan, build.groups, build.ds_config, outside)
     task.caches = trainer.towers.image_caches  # workers look a sample up there before decoding it
-    return Session(task, plan, trainer)
+    once, why = shared_images(spec, model, plan)
+    task.share_images = once
+    return Session(task, plan, trainer, images={"once": once, "why": why} if getattr(task, "two_pass", False) else None)
 
 
 def train_step(s: Session, spec, step: int, batches: Batches) -> tuple[dict[str, float], bool, bool]:
@@ -296,6 +300,7 @@ def _finish(build: Build, run_dir: Path, s: Session, val: dict, wall: float, ste
                    "decodes_saved": saved,
                    **({k: round(v) for k, v in stream.items()} if stream["stream_read"] else {})}},
                **({"frozen_cache": caches} if caches else {}),
+               **({"two_pass_images": s.images} if s.images else {}),
                **({"nonfinite_skipped": skipped} if spec.train.nonfinite.action == "skip" else {})}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(format_summary(summary), flush=True)

@@ -64,6 +64,11 @@ class Spec(Strict):
         return next((name for name, names in self.input_tensors().items() if tensor in names), None)
 
     @staticmethod
+    def rows_of(image: str) -> str:
+        """The optional forward argument of an image input's rows: which of its distinct images each row reads."""
+        return f"{image}_rows"
+
+    @staticmethod
     def labels_of(head: str) -> str:
         """The optional forward argument of an mlm head's labels (only labelled positions are decoded)."""
         return f"{head}_labels"

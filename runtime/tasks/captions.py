@@ -72,9 +72,10 @@ class _Batch:
         return self.samples[i].image
 
 
-def encode(plan: PairPlan, pixels: torch.Tensor, spec: Spec, roles: Roles, tokenizer,
+def encode(plan: PairPlan, pixels: torch.Tensor | None, spec: Spec, roles: Roles, tokenizer,
            draws: MaskDraws | None, texts: Sequence[str] | None = None) -> dict:
-    """Model inputs for planned rows and their pixels (B, 3, S, S); with `draws`, text is masked for MLM
+    """Model inputs for planned rows and their pixels (B, 3, S, S; None: the caller adds the images); with
+    `draws`, text is masked for MLM
     (labels on matching pairs only). Text is padded to the longest of `texts` (the global micro batch's;
     default the plan's own), or to max_length (`pad_to`); masking is drawn over max_length positions first."""
     enc = tokenizer(plan.texts, padding="max_length", truncation=True, return_tensors="pt",
@@ -83,7 +84,7 @@ def encode(plan: PairPlan, pixels: torch.Tensor, spec: Spec, roles: Roles, token
     ids_key, mask_key = spec.inputs[roles.text].tensors(roles.text)
     (image_key,) = spec.inputs[roles.image].tensors(roles.image)
     match = torch.tensor(plan.match)
-    batch = {ids_key: ids, mask_key: mask, image_key: pixels, "match": match}
+    batch = {ids_key: ids, mask_key: mask, "match": match, **({image_key: pixels} if pixels is not None else {})}
     if roles.mlm is not None and draws is not None:
         obj = spec.objectives[roles.mlm]
         special = enc["special_tokens_mask"].bool() | (mask == 0)
@@ -135,6 +136,9 @@ class Captions:
         self.caches: dict = {}  # image input -> (tower, TowerCache): set by the run when a tower's outputs are cached
         self.negative_prob = spec.objectives[roles.itm].negative_prob if roles.itm else 0.0
         self.two_pass = bool(roles.itm) and spec.objectives[roles.itm].recipe == "two_pass"
+        # set by the run when the towers reading the image compute a fixed function of it
+        # (graphspec.compiler.placement.shared_images): a two-pass batch then holds each image once
+        self.share_images = False
 
     @classmethod
     def read(cls, spec: Spec, roles: Roles, transform, split: str | None = None) -> TaskData:
@@ -166,10 +170,11 @@ class Captions:
         (used,), (pixels,), extra = self._read_plans(pairs, [plan], mine, skip_bad, where, cached)
         return used, pixels, extra
 
-    def _read_plans(self, pairs, plans: list[PairPlan], mine, skip_bad: bool, where: tuple, cached: bool
-                    ) -> tuple[list[PairPlan], list[torch.Tensor], dict]:
+    def _read_plans(self, pairs, plans: list[PairPlan], mine, skip_bad: bool, where: tuple, cached: bool,
+                    once: bool = False) -> tuple[list[PairPlan], list[torch.Tensor], dict]:
         """`_pixels` of several plans of one batch (the two-pass recipe's), their rows in that order; an image
-        two plans share is read once."""
+        two plans share is read once. With `once`, the pixels are instead each distinct image once (one
+        tensor) and `extra["_data"]["rows"]` says which one each row reads (`<image>_rows`)."""
         (image,) = self.spec.inputs[self.roles.image].tensors(self.roles.image)
         tower, cache = self.caches.get(image, (None, None)) if cached else (None, None)
         reader = ImageReader(self.transform, self.size, self.spec.inputs[self.roles.image].channels, cache)
@@ -187,8 +192,15 @@ class Captions:
             stats["replaced"] += got["replaced"]
             used.append(PairPlan([plan.images[k] for k, _ in rows], [plan.texts[k] for k, _ in rows],
                                  [plan.match[k] for k, _ in rows]))
-            pixels.append(torch.stack([item.pixels for _, item in rows]))
             loaded += [item for _, item in rows]
+            if not once:
+                pixels.append(torch.stack([item.pixels for _, item in rows]))
+        if once:
+            distinct: dict[int, int] = {}
+            order = [distinct.setdefault(id(item), len(distinct)) for item in loaded]
+            loaded = list({id(item): item for item in loaded}.values())  # first appearances, in order
+            pixels = [torch.stack([item.pixels for item in loaded])]
+            stats["rows"] = torch.tensor(order)
         extra = {**cache_rows(tower, loaded, reader),
                  "_data": {**stats, "decoded": reader.decoded, "decodes_saved": reader.saved}}
         return used, pixels, extra
@@ -197,12 +209,19 @@ class Captions:
         """Both passes of the two-pass recipe: MLM on the plan's true pairs, ITM on `itm` (see `two_passes`)."""
         spec, roles = self.spec, self.roles
         plans = [plan, itm] if roles.mlm else [itm]
-        used, pixels, extra = self._read_plans(pairs, plans, mine, spec.data.train.skip_bad, where, cached=True)
+        used, pixels, extra = self._read_plans(pairs, plans, mine, spec.data.train.skip_bad, where, cached=True,
+                                               once=self.share_images)
+        rows = extra["_data"].pop("rows", None)  # with share_images: pixels[0] holds each distinct image once
+        per_plan = pixels if rows is None else [None] * len(plans)
         texts = plan.texts + itm.texts  # both halves padded alike, to the global batch's longest
-        mlm = encode(used[0], pixels[0], spec, roles, self.tokenizer, draws, texts) if roles.mlm else None
-        unmasked = encode(used[-1], pixels[-1], spec, roles, self.tokenizer, None, texts)
+        mlm = encode(used[0], per_plan[0], spec, roles, self.tokenizer, draws, texts) if roles.mlm else None
+        unmasked = encode(used[-1], per_plan[-1], spec, roles, self.tokenizer, None, texts)
         labels = spec.labels_of(spec.objective_head(roles.mlm)) if roles.mlm else None
-        return {**two_passes(mlm, unmasked, labels), **extra}
+        batch = two_passes(mlm, unmasked, labels)
+        if rows is not None:
+            (image,) = spec.inputs[roles.image].tensors(roles.image)
+            batch[image], batch[spec.rows_of(roles.image)] = pixels[0], rows
+        return {**batch, **extra}
 
     def resume_reading(self, samples_done: int, position: list[int]) -> None:
         """A stream source goes on from where a checkpoint says it was."""

@@ -33,7 +33,7 @@ def test_intermediate_layer_equals_the_libraries_hidden_state(tiny, write_spec):
     ours = model.text_tower(b["text_ids"], b["text_mask"])
     lib = model.text_tower.model(input_ids=b["text_ids"], attention_mask=b["text_mask"], output_hidden_states=True)
     assert torch.equal(ours["layer_1"][0], lib.hidden_states[1])
-    assert "fusion = self.fusion(text_tower_layer_1, vision_tower_seq)" in model.code
+    assert "fusion = self.fusion(text_tower_layer_1, vision_tower_seq_rows)" in model.code
 
 
 def test_a_layer_the_tower_does_not_have(tiny, write_spec):

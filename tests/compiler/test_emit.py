@@ -21,9 +21,10 @@ def _batch(spec, batch: int = 3) -> dict:
 
 def test_generated_code_reads_like_the_spec(tiny, write_spec):
     code = compile_spec(graphspec.load(write_spec(tiny))).module.code
-    assert "def forward(self, text_ids, text_mask, image, mlm_labels = None):" in code
+    assert "def forward(self, text_ids, text_mask, image, mlm_labels = None, image_rows = None):" in code
     assert "text_tower = self.text_tower(text_ids, text_mask)" in code
-    assert "fusion = self.fusion(text_tower_seq, vision_tower_seq)" in code
+    assert "select_rows(vision_tower_seq, image_rows)" in code  # the tower's port, spread to the rows
+    assert "fusion = self.fusion(text_tower_seq, vision_tower_seq_rows)" in code
     assert "pooled = self.pooled(fusion_text, fusion_image)" in code
     assert "self.heads.mlm(fusion_text, labels = mlm_labels)" in code
     assert "return {'mlm': mlm, 'itm': itm}" in code or "return {'itm': itm, 'mlm': mlm}" in code

@@ -142,3 +142,38 @@ def test_every_builder_runs_forward_and_backward(kind):
         assert params or kind in ("mean_pool",), prefix
         for name, p in params:
             assert p.grad is not None and torch.isfinite(p.grad).all(), f"{prefix}.{name}"
+
+
+@pytest.mark.parametrize("kind", sorted(CASES))
+def test_distinct_images_with_their_rows_compute_what_every_rows_image_does(kind):
+    """Pixels holding each image once plus `<image>_rows` give the outputs of the batch with every row's image."""
+    spec = _spec(CASES[kind])
+    model, _ = build_model(spec)
+    model.eval()
+    inputs = _inputs(spec)
+    rows = torch.tensor([2, 0, 2, 1])
+    spread, distinct = dict(inputs), dict(inputs)
+    for name, inp in spec.inputs.items():
+        if inp.modality == "image":
+            (key,) = inp.tensors(name)
+            distinct[key], spread[key] = inputs[key][:3], inputs[key][:3][rows]
+            distinct[spec.rows_of(name)] = rows
+    with torch.no_grad():
+        want, got = model(**spread), model(**distinct)
+    for head, value in want.items():
+        for part, tensor in (value.items() if isinstance(value, dict) else [(None, value)]):
+            other = got[head] if part is None else got[head][part]
+            assert other.shape == tensor.shape and torch.allclose(other, tensor, atol=1e-5), (head, part)
+
+
+def test_a_vision_tower_runs_once_per_distinct_image():
+    spec = _spec({})
+    model, _ = build_model(spec)
+    seen = []
+    model.vision_tower.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[0]))
+    inputs = _inputs(spec)
+    inputs["image"] = inputs["image"][:2]
+    out = model(**inputs, image_rows=torch.tensor([0, 1, 1, 0]))
+    assert seen == [2] and out["itm"].shape[0] == 4
+    out["itm"].sum().backward()  # gradients of both rows reading an image reach the tower
+    assert all(p.grad is not None for p in model.vision_tower.parameters())

@@ -82,10 +82,13 @@ def test_text_is_padded_to_the_global_batch_longest_and_the_losses_do_not_change
     assert losses["longest"] == pytest.approx(losses["max_length"], abs=1e-5)
 
 
-def test_the_fast_path_trains_on_the_plain_paths_trajectory(train_spec, compile_build, tmp_path):
+@pytest.mark.parametrize("recipe", ["one_pass", "two_pass"])
+def test_the_fast_path_trains_on_the_plain_paths_trajectory(train_spec, compile_build, tmp_path, recipe):
     """Without dropout (whose draws differ) the two paths follow each other: 12 steps in fp32, every logged
-    loss within 2e-4 (metrics keep 5 decimals)."""
+    loss within 2e-4 (metrics keep 5 decimals). In two passes the fast path passes each image once through
+    the vision tower (tests/runtime/test_shared_images.py), the plain path every row's."""
     train_spec["train"].update(steps=12, log_every=1, val_every=None, precision="fp32")
+    train_spec["objectives"]["itm"]["recipe"] = recipe
     train_spec["data"]["val"] = None
     train_spec["inputs"]["text"]["max_length"] = 24
     train_spec["nodes"]["text_tower"]["size"]["max_positions"] = 24
@@ -94,7 +97,8 @@ def test_the_fast_path_trains_on_the_plain_paths_trajectory(train_spec, compile_
     paths = {"fast": [], "plain": ["train.kernels=plain", "inputs.text.pad_to=max_length"]}
     losses = {}
     for name, overrides in paths.items():
-        run(compile_build(train_spec, overrides), tmp_path / name, show_bar=False)
+        summary = run(compile_build(train_spec, overrides), tmp_path / name, show_bar=False)
+        assert summary.get("two_pass_images", {}).get("once", False) == (recipe == "two_pass" and name == "fast")
         records = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
         losses[name] = [r["loss"] for r in records]
     assert len(losses["fast"]) == 12
