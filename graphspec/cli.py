@@ -271,6 +271,10 @@ def _study(args) -> int:
     from .study import plan_study
 
     start = time.perf_counter()
+    if not args.plan:
+        from .stage_process import start_server
+
+        start_server()  # the stages' server imports their libraries while the study is checked
     study = plan_study(args.study)
     out = Path(args.out or Path("studies") / study.name)
     print(f"study {study.name}: {len(study.variants)} variants x {len(study.config.stages)} stages, checked in "

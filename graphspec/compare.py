@@ -80,9 +80,15 @@ def _plots(study: Study, out: Path, table: list[dict]) -> list[Path]:
                                label=row["variant"])
             ax.set_xlabel(f"{first} compute (wall s)")
             ax.set_ylabel(metric)
-        handles, labels = axes[0][0].get_legend_handles_labels()
-        fig.legend(handles, labels, loc="lower center", ncol=min(2, len(labels)), fontsize=7)
-        fig.tight_layout(rect=(0, 0.06 * ((len(labels) + 1) // 2), 1, 1))
+            if not ax.collections:  # no variant has this metric (e.g. the stage had no validation)
+                ax.text(0.5, 0.5, "no values", ha="center", va="center", transform=ax.transAxes)
+        named = {}  # every variant that has a point in some panel, once
+        for ax in axes[0]:
+            for handle, label in zip(*ax.get_legend_handles_labels()):
+                named.setdefault(label, handle)
+        if named:
+            fig.legend(list(named.values()), list(named), loc="lower center", ncol=min(2, len(named)), fontsize=7)
+        fig.tight_layout(rect=(0, 0.06 * ((len(named) + 1) // 2), 1, 1))
         written.append(out / "plots" / "metrics_vs_compute.png")
         fig.savefig(written[-1], dpi=110)
         plt.close(fig)

@@ -1,7 +1,8 @@
 """`graphspec study`: run every (variant, stage) of a study in turn, then compare them.
 
 Each stage runs as its own `graphspec run` process (its peak memory is its own, and
-a crash in one stage cannot leave state behind in the next). A stage whose
+a crash in one stage cannot leave state behind in the next), forked from a server
+that has imported the libraries once (graphspec.stage_process). A stage whose
 `run/summary.json` exists is complete and skipped, so a study that was stopped
 continues where it was; a stage that was stopped midway starts over.
 
@@ -19,8 +20,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -58,26 +58,29 @@ def _spec_file(out: Path, run: StageRun) -> Path:
     return path
 
 
-def _run_stage(out: Path, run: StageRun) -> None:
-    """One stage in its own process; its output goes to log.txt. The study's process compiles the stage's
-    build first (its libraries are imported already, and a spec error is shown here, located in the stage's
-    spec.json), so the stage starts from the build and does not run the compile checks a second time."""
+def _run_stage(out: Path, run: StageRun) -> float:
+    """One stage in its own process; its output goes to log.txt; when it started (epoch seconds). The study's
+    process compiles the stage's build first (its libraries are imported already, and a spec error is shown
+    here, located in the stage's spec.json), so the stage starts from the build and does not run the compile
+    checks a second time."""
     from .compiler import compile_spec, write_artifacts
+    from .stage_process import run_stage
 
+    started = time.time()
     d = stage_dir(out, run)
     if d.exists():  # stopped midway last time: start it over
         shutil.rmtree(d)
     d.mkdir(parents=True)
     spec_file = _spec_file(out, run)
     write_artifacts(compile_spec(load(spec_file)), d / "build")
-    command = [sys.executable, "-m", "graphspec.cli", "run", str(d / "build"), "--run-dir", str(d / "run")]
-    with (d / "log.txt").open("w") as log:
-        code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, env=fresh_env())
+    (d / "log.txt").write_text("")
+    code = run_stage(["run", str(d / "build"), "--run-dir", str(d / "run")], str(d / "log.txt"), fresh_env())
     if code != 0:
         tail = (d / "log.txt").read_text().strip().splitlines()[-8:]
         raise GraphspecError([Issue((), f"variant {run.variant}, stage {run.stage} failed (exit {code}):\n    "
                                     + "\n    ".join(tail), "fix it and run the study again: completed stages are "
                                     "kept", loc=Loc(str(d / "log.txt")))], title="the study stopped")
+    return started
 
 
 def _show_done(run: StageRun, summary: dict, show: Callable[[str], None], note: str) -> None:
@@ -90,13 +93,19 @@ def run_study(study: Study, out: Path, show: Callable[[str], None] = print) -> d
     out.mkdir(parents=True, exist_ok=True)
     write_variants(study.variants, out / "variants", study.base_file)
     total = len(study.runs)
+    if not all(is_complete(out, run) for run in study.runs):
+        from .stage_process import start_server
+
+        start_server()  # its imports overlap with the first stage's compile
     for k, run in enumerate(study.runs, 1):
         if is_complete(out, run):
             summary = json.loads((stage_dir(out, run) / "run" / "summary.json").read_text())
             _show_done(run, summary, show, f"[{k}/{total}] complete, skipped")
             continue
         show(f"[{k}/{total}] {run.variant} / {run.stage}: running (log: {stage_dir(out, run) / 'log.txt'})")
-        _run_stage(out, run)
+        started = _run_stage(out, run)
         summary = json.loads((stage_dir(out, run) / "run" / "summary.json").read_text())
-        _show_done(run, summary, show, "done")
+        first = summary.get("first_step_at")
+        _show_done(run, summary, show, "done" + (f", first step {first - started:.1f} s after the stage's start"
+                                                  if first else ""))
     return write_comparison(study, out)

@@ -55,6 +55,7 @@ class Session:
     started: float = field(default_factory=time.perf_counter)  # when run() began: for the time to the first step
     first_step_s: float | None = None
     process_first_step_s: float | None = None  # the same from the process's start: imports and compile included
+    first_step_at: float | None = None  # when the first step ended (epoch seconds): a study times its stages by it
     images: dict | None = None  # two-pass recipe: whether a batch passes each image once, and why
 
 
@@ -191,7 +192,8 @@ def _loop(s: Session, spec, run_dir: Path, first: int, frozen: dict, reporter, s
             step_times.append(time.perf_counter() - start)
             if s.first_step_s is None:
                 s.first_step_s = round(time.perf_counter() - s.started, 2)
-                s.process_first_step_s = round(time.time() - _process_start(), 2)
+                s.first_step_at = time.time()
+                s.process_first_step_s = round(s.first_step_at - _process_start(), 2)
             reporter.train_step(step, losses, s.trainer.scheduler.get_last_lr()[0], batches.take_waited())
         elif (not finite or dropped) and policy.action == "skip" and in_a_row < policy.max_in_a_row:
             skipped, in_a_row = skipped + 1, in_a_row + 1
@@ -293,7 +295,7 @@ def _finish(build: Build, run_dir: Path, s: Session, val: dict, wall: float, ste
                "samples_per_s": round(len(step_times) * spec.train.batch_size / max(wall, 1e-9), 2),
                "step_time_s": round(statistics.median(step_times), 4) if step_times else None,
                "peak_rss_mb": peak, "ranks": spec.distributed.world_size, "first_step_s": s.first_step_s,
-               "process_first_step_s": s.process_first_step_s,
+               "process_first_step_s": s.process_first_step_s, "first_step_at": s.first_step_at,
                "params": {"trainable": total - frozen, "frozen": frozen}, "val": val, "checkpoint": str(ckpt),
                "data": {**s.task.data_stats, "train_reads": {
                    "images_decoded": sum(decoded), "images_decoded_per_rank": decoded, "bad_images_replaced": replaced,

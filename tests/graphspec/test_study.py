@@ -100,6 +100,7 @@ def test_a_killed_study_continues_without_redoing_finished_stages(study_file, tm
     assert main(["study", str(study_file), "-o", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "tiny-vision_tower-freeze-false / pretrain: [1/4] complete, skipped" in printed
+    assert printed.count("s after the stage's start") == 3  # the three stages this run ran (forked, see below)
     assert first.stat().st_mtime_ns == done_at
     with (out / "results.csv").open() as f:
         rows = list(csv.DictReader(f))
@@ -109,8 +110,9 @@ def test_a_killed_study_continues_without_redoing_finished_stages(study_file, tm
         pretrain = json.loads((out / "runs" / r["variant"] / "pretrain" / "run" / "summary.json").read_text())
         assert float(r["ve.snli_ve_acc"]) == ve["val"]["snli_ve_acc"]
         assert float(r["pretrain step s"]) == pretrain["step_time_s"] > 0
-        # a stage's start counts from its process's start too (imports and DeepSpeed's start included)
+        # a stage's start counts from its process's start too (DeepSpeed's start included)
         assert ve["process_first_step_s"] > ve["first_step_s"] > 0
+        assert ve["first_step_at"] > pretrain["first_step_at"]
     assert int(rows[1]["frozen"]) > int(rows[0]["frozen"]) == 0
     assert "| tiny-vision_tower-freeze-true |" in (out / "results.md").read_text()
     for name in ("metrics_vs_compute.png", "learning_curves.png"):
@@ -133,3 +135,29 @@ def test_a_missing_stage_spec_is_reported_once_at_its_field(study_file):
     message = info.value.format()
     assert "study.yaml:7:" in message and "stages.ve.spec: no spec file 'specs/vee.yaml' beside the study" in message
     assert message.count("vee.yaml'") == 1 and "tiny-vision_tower" not in message
+
+
+def test_plots_of_a_metric_no_variant_has(study_file, tmp_path):
+    """A stage without validation (a metric missing for every variant, or for all but one) still plots."""
+    from graphspec.compare import _plots
+
+    study = plan_study(study_file, compile_check=False)
+    names = [v.name for v in study.variants]
+    for first_has in (None, 0.5):
+        table = [{"variant": n, "pretrain wall s": 3.0, "pretrain.itm_acc": None, "ve.snli_ve_acc": None}
+                 for n in names]
+        table[1]["ve.snli_ve_acc"] = first_has
+        written = _plots(study, tmp_path, table)
+        assert [p.name for p in written] == ["metrics_vs_compute.png", "learning_curves.png"]
+        assert written[0].read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_stage_process_writes_its_log_and_returns_the_commands_exit_code(tiny, write_spec, tmp_path):
+    from graphspec.stage_process import run_stage
+
+    log = tmp_path / "log.txt"
+    assert run_stage(["validate", str(write_spec(tiny))], str(log), dict(os.environ)) == 0
+    tiny["nodes"]["fusion"]["inputs"]["image"] = "nowhere"
+    assert run_stage(["validate", str(write_spec(tiny, "bad.yaml"))], str(log), dict(os.environ)) == 2
+    text = log.read_text()
+    assert "bad.yaml" in text and "nowhere" in text and "Traceback" not in text
