@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import runpy
 import sys
 
 PRELOAD = ["torch", "transformers", "timm", "deepspeed", "graphspec.cli", "graphspec.runtime.run",
@@ -63,9 +64,5 @@ def _stage(argv: list[str], log: str, env: dict[str, str]) -> None:
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     os.close(fd)
-    from graphspec.cli import main
-
-    code = main(argv)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    sys.exit(code)
+    sys.argv = ["graphspec", *argv]
+    runpy.run_module("graphspec.cli", run_name="__main__")  # as `python -m graphspec.cli ARGV`: it exits

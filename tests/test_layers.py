@@ -24,7 +24,7 @@ else:  # pragma: no cover
 ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = {"graphspec": "graphspec", "compiler": "graphspec.compiler", "runtime": "graphspec.runtime"}
 SURFACE = {"graphspec", "graphspec.cli", "graphspec.__main__", "graphspec.variants", "graphspec.study",
-           "graphspec.study_run", "graphspec.compare"}
+           "graphspec.study_run", "graphspec.stage_process", "graphspec.compare"}
 LAYERS = ("spec", "compiler", "runtime", "surface")  # each may import only from itself and those before it
 
 
