@@ -26,9 +26,11 @@ Transform = Callable[[np.ndarray], torch.Tensor]  # uint8 (H, W, 3) -> float (3,
 DECODE = "decoded with JPEG draft mode at the input size"  # runtime.data.images; part of how pixels are made
 
 
-def _signed(fn: Transform, signature: str) -> Transform:
-    """A transform that says how it makes pixels: the frozen-tower cache keys its entries by it."""
+def _signed(fn: Transform, signature: str, config: dict) -> Transform:
+    """A transform that says how it makes pixels: the frozen-tower cache keys its entries by it, an export
+    records its `config` (library, interpolation, mean, std)."""
     fn.signature = f"{signature}; {DECODE}"
+    fn.config = config
     return fn
 
 
@@ -43,7 +45,8 @@ def default_transform(size: int, data_config: dict | None = None) -> Transform:
     tf = create_transform(input_size=(3, size, size), interpolation=interpolation, mean=mean, std=std, crop_pct=1.0,
                           crop_mode="squash", is_training=False)
     return _signed(lambda image: tf(Image.fromarray(image)),
-                   f"timm eval transform, squash to {size}, {interpolation}, mean {tuple(mean)}, std {tuple(std)}")
+                   f"timm eval transform, squash to {size}, {interpolation}, mean {tuple(mean)}, std {tuple(std)}",
+                   {"library": "timm", "interpolation": interpolation, "mean": list(mean), "std": list(std)})
 
 
 def timm_transform(node, module: nn.Module, size: int, path: tuple = ()) -> Transform:
@@ -70,7 +73,10 @@ def hf_transform(node, module: nn.Module, size: int, path: tuple = ()) -> Transf
     return _signed(lambda image: proc(images=Image.fromarray(image), size={"height": size, "width": size},
                                       do_center_crop=False, return_tensors="pt")["pixel_values"][0],
                    f"{type(proc).__name__}, {size}x{size}, resample {getattr(proc, 'resample', None)}, mean "
-                   f"{getattr(proc, 'image_mean', None)}, std {getattr(proc, 'image_std', None)}")
+                   f"{getattr(proc, 'image_mean', None)}, std {getattr(proc, 'image_std', None)}",
+                   {"library": "transformers", "processor": type(proc).__name__,
+                    "resample": int(getattr(proc, "resample", 0) or 0), "mean": list(getattr(proc, "image_mean", [])),
+                    "std": list(getattr(proc, "image_std", []))})
 
 
 def hf_tokenizer(node, path: tuple):

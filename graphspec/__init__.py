@@ -31,6 +31,13 @@ if TYPE_CHECKING:
 
 
 
+def load_model(target: str | Path, device: str = "cpu"):
+    """(model, processor) of a folder `graphspec export` wrote, or a hub model id; see graphspec.runtime.inference."""
+    from graphspec.runtime.inference import load_model as load
+
+    return load(target, device)
+
+
 def compile(spec: Spec, out: str | Path | None = None) -> "Compiled":  # noqa: A001 - the verb of the CLI
     """Check `spec` and emit its model; write the build directory when `out` is given."""
     from graphspec.compiler import compile_spec, write_artifacts
@@ -47,4 +54,4 @@ def validate(spec: Spec) -> list[Issue]:
 
 
 __all__ = ["EnvironmentProblem", "GraphspecError", "Grid", "Issue", "Spec", "SpecError", "Variant", "compile", "load",
-           "load_grid", "loads", "override", "validate", "variants", "write_variants", "__version__"]
+           "load_grid", "load_model", "loads", "override", "validate", "variants", "write_variants", "__version__"]

@@ -1,4 +1,4 @@
-"""The `graphspec` command: validate, compile, run, eval, variants, schema.
+"""The `graphspec` command: validate, compile, run, eval, export, predict, variants, study, schema.
 
 A user mistake ends with the located message and a non-zero exit (2 for a spec
 error, 3 when this machine lacks something); a traceback means a bug of ours.
@@ -49,6 +49,17 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("target", help="a run directory or its checkpoint/")
     e.add_argument("--split", default="val", choices=["train", "val", "test"], help="which split (default: val)")
     e.add_argument("-o", "--out", help="write the metrics here (default: TARGET/eval-SPLIT.json)")
+    x = sub.add_parser("export", help="a run's trained model as one folder (Hugging Face Hub layout): every "
+                       "weight, tokenizer, preprocessing, labels, model card")
+    x.add_argument("target", help="a run directory or its checkpoint/")
+    x.add_argument("-o", "--out", required=True, help="the folder to write (must not exist, or be empty)")
+    pr = sub.add_parser("predict", help="run an exported model on an image and a text: match probability, or the "
+                        "task head's answer")
+    pr.add_argument("model", help="a folder `graphspec export` wrote, or a hub model id")
+    pr.add_argument("--image", action="append", default=[], metavar="FILE", help="an image file (repeatable)")
+    pr.add_argument("--text", action="append", default=[], metavar="TEXT", help="a text (repeatable); one image "
+                    "and several texts, or several images and one text, are paired each with each")
+    pr.add_argument("--json", action="store_true", help="print JSON instead of lines")
     v = sub.add_parser("variants", help="write specs derived from a base spec by a grid or a list of changes")
     v.add_argument("source", help="the base spec file, or a grid file (base:, grid:, variants:)")
     v.add_argument("--grid", dest="axes", action="append", default=[], metavar="PATH=V1,V2",
@@ -213,6 +224,37 @@ def _eval(args) -> int:
     return 0
 
 
+def _export(args) -> int:
+    from graphspec.runtime.export import export_model
+
+    out = export_model(args.target, args.out)
+    print(f"exported to {out}: " + ", ".join(sorted(p.name for p in out.iterdir())))
+    return 0
+
+
+def _predict(args) -> int:
+    import torch
+
+    from graphspec.runtime.inference import load_model
+
+    model, processor = load_model(args.model)
+    images, texts = args.image, args.text
+    with torch.no_grad():
+        out = model(**processor(images=images or None, text=texts or None))
+    rows = max(len(images), len(texts))
+    results = [{"image": images[i if len(images) > 1 else 0] if images else None,
+                "text": texts[i if len(texts) > 1 else 0] if texts else None, **model.describe(out, i)}
+               for i in range(rows)]
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    for r in results:
+        said = "; ".join(f"{head} " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in answer.items())
+                         for head, answer in r.items() if isinstance(answer, dict))
+        print(f"{r['image'] or '-'} | {r['text'] or '-'}: {said}")
+    return 0
+
+
 def _split_values(text: str) -> list[str]:
     """'a,{b: 1, c: 2},[3, 4]' -> ['a', '{b: 1, c: 2}', '[3, 4]']: commas in brackets or quotes stay."""
     parts, depth, quote, start = [], 0, "", 0
@@ -315,7 +357,8 @@ def _rank_prefix() -> str:
     return f"rank {os.environ['RANK']}: " if int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ else ""
 
 
-COMMANDS = {"validate": _validate, "compile": _compile, "run": _run, "eval": _eval, "variants": _variants,
+COMMANDS = {"validate": _validate, "compile": _compile, "run": _run, "eval": _eval, "export": _export,
+            "predict": _predict, "variants": _variants,
             "study": _study, "schema": _schema, "check-data": _check_data}
 
 

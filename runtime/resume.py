@@ -41,7 +41,8 @@ from graphspec.errors import GraphspecError, Issue, Loc
 
 from . import ranks
 
-__all__ = ["FOLDER", "FORMAT", "ResumeError", "checkpoints", "checksums", "digest", "frozen_record", "restore",
+__all__ = ["FOLDER", "FORMAT", "ResumeError", "checkpoints", "checksums", "digest", "frozen_digests", "frozen_record",
+           "restore",
            "save", "verify", "weights_only"]
 
 FOLDER = "checkpoints"
@@ -56,6 +57,16 @@ def frozen_record(spec, module: torch.nn.Module, towers: torch.nn.Module, frozen
     for name, p in named:
         by_node.setdefault(name.split(".")[0], []).append((name, p))
     return {node: {"source": _source(spec, node), "sha256": digest(held)} for node, held in by_node.items()}
+
+
+def frozen_digests(module: torch.nn.Module, frozen: set[str]) -> dict[str, str]:
+    """{node: hash of its frozen parameters} of a model as built (full fp32 weights, before an engine casts or
+    shards them): a final checkpoint records it, and an export checks the weights it rebuilds against it."""
+    by_node: dict[str, list] = {}
+    for name, p in module.named_parameters():
+        if name in frozen:
+            by_node.setdefault(name.split(".")[0], []).append((name, p))
+    return {node: digest(held) for node, held in by_node.items()}
 
 
 def digest(named) -> str:

@@ -25,7 +25,7 @@ from .report import Reporter, Silent, format_summary
 from .guard import Preempted, Signals, diverged
 from .loader import Batches
 from .malloc import keep_freed_memory
-from .resume import ResumeError, checkpoints, frozen_record, restore
+from .resume import ResumeError, checkpoints, frozen_digests, frozen_record, restore
 from .resume import save as save_state
 from .tasks import Task, make_task
 from .text import load_tokenizer, text_node
@@ -57,6 +57,7 @@ class Session:
     process_first_step_s: float | None = None  # the same from the process's start: imports and compile included
     first_step_at: float | None = None  # when the first step ended (epoch seconds): a study times its stages by it
     images: dict | None = None  # two-pass recipe: whether a batch passes each image once, and why
+    frozen_sha256: dict = field(default_factory=dict)  # node -> hash of its frozen weights, as built
 
 
 def prepare(build: Build, outside: bool = True) -> Session:
@@ -65,6 +66,7 @@ def prepare(build: Build, outside: bool = True) -> Session:
     spec = build.spec
     model, plan = build_model(spec, build.plan)
     check_groups(build, {n for n, _ in model.named_parameters()})
+    frozen_sha = frozen_digests(model, set(plan.frozen))  # as built, before the engine casts or shards them
     text = spec.roles().text
     vocab = model.get_submodule(text_node(spec, text)[0]).vocab_size
     task = make_task(spec, model, lambda data: load_tokenizer(spec, text, vocab, build.dir, data.texts))
@@ -72,7 +74,8 @@ def prepare(build: Build, outside: bool = True) -> Session:
     task.caches = trainer.towers.image_caches  # workers look a sample up there before decoding it
     once, why = shared_images(spec, model, plan)
     task.share_images = once
-    return Session(task, plan, trainer, images={"once": once, "why": why} if getattr(task, "two_pass", False) else None)
+    return Session(task, plan, trainer, images={"once": once, "why": why} if getattr(task, "two_pass", False) else None,
+                   frozen_sha256=frozen_sha)
 
 
 def train_step(s: Session, spec, step: int, batches: Batches) -> tuple[dict[str, float], bool, bool]:
@@ -271,7 +274,8 @@ def _finish(build: Build, run_dir: Path, s: Session, val: dict, wall: float, ste
     if ranks.is_main():
         try:
             save_checkpoint(ckpt, weights, spec.model_dump(mode="json", exclude={"extends"}), plan,
-                            {"step": spec.train.steps, "val": val, **s.task.vocabulary()}, s.task.tokenizer)
+                            {"step": spec.train.steps, "val": val, "frozen_sha256": s.frozen_sha256,
+                             **s.task.vocabulary()}, s.task.tokenizer)
         except EnvironmentProblem as e:
             failed = e
     if ranks.any_true(failed is not None):  # every rank stops, none waits in a collective below

@@ -1,0 +1,306 @@
+"""`graphspec export`: a trained model as one self-contained folder with the layout of a Hugging Face Hub model
+repository, which `graphspec.load_model` (and the `.pt2` program, torch alone) reads without the run.
+
+    README.md                 the model card: a metadata header, architecture, parameters, the towers' sources
+                              and licences, training data, steps and final metrics
+    model.safetensors         every weight, frozen towers' included, by the compiled model's names
+    graphspec.json            export format, graphspec version, the resolved spec, inputs, label names, training
+    preprocessor_config.json  how each input is prepared (image size, mean, std, interpolation, resize mode;
+                              text length and tokenizer)
+    tokenizer files           the tokenizer the weights were trained with
+    towers/NODE/              each transformers tower's config (and image processor): it builds offline
+    model.pt2                 the inference forward as a torch.export program (`Program`), batch size dynamic
+
+Frozen weights are not in a checkpoint: they come from their source, as when training started, and are
+checked against the hash the run recorded of them; weights that changed since are refused. The folder is
+written beside its destination and renamed into place, so a failed export leaves nothing that looks whole.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+from graphspec.errors import EnvironmentProblem, Issue, Loc
+from .inference import EXPORT_FORMAT, HF_KINDS, MANIFEST, PROGRAM, head_labels
+from graphspec.version import __version__
+
+from .evaluate import CheckpointError, _load, find_checkpoint, read_state
+from .resume import FOLDER, frozen_digests
+
+
+def final_checkpoint(target: str | Path) -> Path:
+    """A run's final checkpoint; a training checkpoint is refused with what to do instead."""
+    path = Path(target)
+    periodic = path.parent.name == FOLDER or (path / FOLDER).is_dir() and not (path / "checkpoint").is_dir()
+    if periodic and not (path / "model.safetensors").is_file():
+        raise CheckpointError([Issue((), "a training checkpoint (DeepSpeed's files) is not exported; export reads "
+                                    "a run's final checkpoint", "finish the run (`graphspec run --resume RUN`), "
+                                    "then export RUN", loc=Loc(str(path)))], title="cannot export this")
+    return find_checkpoint(path)
+
+
+def export_model(target: str | Path, out: str | Path) -> Path:
+    ckpt = final_checkpoint(target)
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise EnvironmentProblem([Issue((), "the export folder exists and is not empty", "choose another -o, or "
+                                        "remove it", loc=Loc(str(out)))], title="cannot export")
+    spec, model = _load(ckpt)
+    state = read_state(ckpt)
+    plan = json.loads((ckpt / "freeze.json").read_text()) if (ckpt / "freeze.json").is_file() else {"frozen": []}
+    verified = _check_frozen(model, set(plan["frozen"]), state, ckpt)
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        _write(tmp, ckpt, spec, model, state, plan, verified)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise EnvironmentProblem([Issue((), f"the export could not be written ({e.strerror or e})",
+                                        "free disk space or choose another -o", loc=Loc(str(out)))],
+                                 title="cannot export") from None
+    if out.exists():
+        out.rmdir()
+    tmp.rename(out)
+    return out
+
+
+def _check_frozen(model, frozen: set[str], state: dict, ckpt: Path) -> dict[str, str]:
+    """{node: "verified" | "not recorded"}: the frozen weights built from their sources against the run's hash."""
+    if not frozen:
+        return {}
+    found = frozen_digests(model, frozen)
+    recorded = state.get("frozen_sha256")
+    if recorded is None:  # written before final checkpoints recorded the hash
+        return {node: "not recorded" for node in found}
+    changed = sorted(n for n in found if recorded.get(n) != found[n])
+    if changed:
+        raise CheckpointError([Issue((), f"the frozen weights of {', '.join(changed)} built from their source "
+                                    "differ from those the run trained with", "point the source back at the "
+                                    "weights the run used", loc=Loc(str(ckpt / "state.json")))],
+                             title="cannot export this")
+    return {node: "verified" for node in found}
+
+
+def _write(tmp: Path, ckpt: Path, spec, model, state: dict, plan: dict, verified: dict) -> None:
+    from safetensors.torch import save_model
+
+    save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt", "graphspec": __version__})
+    tokenizer = ckpt / "tokenizer"
+    if tokenizer.is_dir():
+        for f in tokenizer.iterdir():
+            shutil.copy2(f, tmp / f.name)
+    towers = _save_towers(spec, model, tmp / "towers")
+    labels = head_labels(spec, state)
+    inputs = _preprocessing(spec, model)
+    (tmp / "preprocessor_config.json").write_text(json.dumps(inputs, indent=2) + "\n")
+    params = {"total": sum(p.numel() for p in model.parameters()),
+              "frozen_in_training": sum(p.numel() for n, p in model.named_parameters() if n in set(plan["frozen"]))}
+    manifest = {"format_version": EXPORT_FORMAT, "graphspec": __version__, "torch": torch.__version__,
+                "spec": spec.model_dump(mode="json", exclude={"extends"}), "freeze": plan, "labels": labels,
+                "inputs": inputs, "parameters": params, "towers": towers, "frozen_weights": verified,
+                "training": {"step": state.get("step"), "val": state.get("val", {}),
+                             "vocabulary": {k: v for k, v in state.items() if k == "answers"}}}
+    manifest["program"] = write_program(spec, model, tmp / PROGRAM)
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    (tmp / "README.md").write_text(model_card(spec, manifest))
+
+
+class Program(torch.nn.Module):
+    """The inference forward that `model.pt2` holds: the model's input tensors in (text padded to its
+    max_length), a flat dict of tensors out: each head's output (an ITC head's as `HEAD_text` / `HEAD_image`),
+    ITM's match probability as `HEAD_probability`; MLM left out."""
+
+    def __init__(self, graph: torch.fx.GraphModule, spec):
+        super().__init__()
+        self.kinds = {head: obj.kind for head, obj in spec.heads.items() if obj.kind != "mlm"}
+        # not `graph`: torch.export's program is a GraphModule, whose `graph` is its fx graph
+        self.model = without_heads(graph, [h for h, obj in spec.heads.items() if obj.kind == "mlm"])
+
+    def forward(self, *inputs) -> dict:
+        raw = self.model(*inputs)
+        out = {}
+        for head, kind in self.kinds.items():
+            value = raw[head]
+            if kind == "itc":
+                out[f"{head}_text"], out[f"{head}_image"] = value["text"], value["image"]
+                continue
+            out[head] = value
+            if kind == "itm":
+                out[f"{head}_probability"] = value.float().softmax(-1)[:, 1]
+        return out
+
+
+def without_heads(gm: torch.fx.GraphModule, heads: list[str]) -> torch.fx.GraphModule:
+    """`gm` without the calls of `heads` (and what only they read): an MLM decoder tied to the text tower's
+    embeddings would otherwise hold one weight under two names, which torch.export's program cannot rebuild."""
+    if not heads:
+        return gm
+    graph = torch.fx.Graph()
+    env: dict = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_module" and node.target in {f"heads.{h}" for h in heads}:
+            continue
+        if node.op == "output":
+            graph.output({k: env[v] for k, v in node.args[0].items() if k not in heads})
+            continue
+        env[node] = graph.node_copy(node, lambda n: env[n])
+    pruned = torch.fx.GraphModule(gm, graph, class_name=type(gm).__name__)
+    pruned.graph.eliminate_dead_code()
+    pruned.recompile()
+    return pruned
+
+
+def example_inputs(spec, batch: int = 2, vocab: int = 100) -> tuple[torch.Tensor, ...]:
+    """Inputs of the program's shapes, in the model's argument order (graphspec.compiler.emit.input_names)."""
+    gen = torch.Generator().manual_seed(0)
+    out = []
+    for name, inp in spec.inputs.items():
+        if inp.modality == "text":
+            out += [torch.randint(5, vocab, (batch, inp.max_length), generator=gen),
+                    torch.ones(batch, inp.max_length, dtype=torch.long)]
+        elif inp.modality == "image":
+            out.append(torch.randn(batch, inp.channels, inp.size, inp.size, generator=gen))
+        else:
+            out += [torch.rand(batch, inp.max_candidates, 4, generator=gen),
+                    torch.ones(batch, inp.max_candidates, dtype=torch.bool)]
+    return tuple(out)
+
+
+def write_program(spec, model, path: Path) -> dict:
+    """`model.pt2`: the inference forward through torch.export, batch size dynamic; loadable with torch alone
+    (`torch.export.load(path).module()`). An architecture torch.export cannot trace leaves the rest of the
+    export as it is and says why."""
+    import time
+
+    program = Program(model.eval(), spec)
+    inputs = example_inputs(spec, vocab=min(100, _vocab(model)))
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    start = time.perf_counter()
+    try:
+        exported = torch.export.export(program, inputs, dynamic_shapes=(tuple({0: batch} for _ in inputs),))
+        torch.export.save(exported, str(path))
+    except Exception as e:  # noqa: BLE001 - torch.export's failures have no common type; the reason is kept
+        path.unlink(missing_ok=True)
+        return {"written": False, "why": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
+    return {"written": True, "file": path.name, "inputs": [list(t.shape[1:]) for t in inputs],
+            "outputs": sorted(program(*inputs)), "export_s": round(time.perf_counter() - start, 1)}
+
+
+def _vocab(model) -> int:
+    sizes = [m.num_embeddings for m in model.modules() if isinstance(m, torch.nn.Embedding)]
+    return max(sizes) if sizes else 100
+
+
+def _hf_model(module: torch.nn.Module):
+    from transformers import PreTrainedModel
+
+    return next((m for m in module.modules() if isinstance(m, PreTrainedModel)), None)
+
+
+def _save_towers(spec, model, root: Path) -> dict[str, dict]:
+    """Each library tower's source, init and licence; transformers towers' configs written under `root`."""
+    out = {}
+    for name, node in spec.nodes.items():
+        if node.kind not in (*HF_KINDS, "timm_vision"):
+            continue
+        module = model.get_submodule(name)
+        source = getattr(node, "source", None) or getattr(node, "model_type", None)
+        row = {"kind": node.kind, "source": source, "weights": getattr(node, "weights", None), "init": node.init,
+               "licence": _licence(node, module)}
+        hf = _hf_model(module) if node.kind in HF_KINDS else None
+        if hf is not None and getattr(node, "source", None):
+            (root / name).mkdir(parents=True, exist_ok=True)
+            hf.config.to_json_file(str(root / name / "config.json"))
+            if node.kind == "hf_vision":
+                _save_image_processor(node, root / name)
+        out[name] = row
+    return out
+
+
+def _save_image_processor(node, folder: Path) -> None:
+    from transformers import AutoImageProcessor
+
+    from graphspec.compiler.backbones import local_source
+
+    try:
+        AutoImageProcessor.from_pretrained(local_source(node.source, ()), local_files_only=True).save_pretrained(
+            str(folder))
+    except (OSError, ValueError):
+        pass  # a tower without a processor of its own is prepared with ViT's defaults, at load as in training
+
+
+def _licence(node, module) -> str:
+    """What this machine knows of a tower's licence: a packaged source's distribution metadata, timm's
+    pretrained config, a hub config's card; else where to look."""
+    source = getattr(node, "weights", None) or getattr(node, "source", None) or ""
+    if source.startswith("package:"):
+        dist = source.split(":", 1)[1].split("/")[0]
+        try:
+            meta = metadata.metadata(dist)
+            return meta.get("License-Expression") or meta.get("License") or f"see the {dist} distribution"
+        except metadata.PackageNotFoundError:
+            pass
+    cfg = getattr(getattr(module, "model", None), "pretrained_cfg", None) or {}
+    if cfg.get("license"):
+        return cfg["license"]
+    if node.init == "random":
+        return "none (trained from random init)"
+    return f"see the model card of {source}" if source else "unknown"
+
+
+def _preprocessing(spec, model) -> dict:
+    from graphspec.compiler.preprocess import image_transform
+
+    out = {}
+    for name, inp in spec.inputs.items():
+        if inp.modality == "image":
+            tf = image_transform(spec, name, model)
+            out[name] = {"modality": "image", "size": inp.size, "channels": inp.channels, "resize": "squash",
+                         **getattr(tf, "config", {}), "transform": tf.signature}
+        elif inp.modality == "text":
+            out[name] = {"modality": "text", "max_length": inp.max_length, "tokenizer": ".",
+                         "tensors": list(inp.tensors(name))}
+        else:
+            out[name] = {"modality": inp.modality, "tensors": list(inp.tensors(name))}
+    return out
+
+
+def model_card(spec, manifest: dict) -> str:
+    from graphspec.compiler import compile_spec
+    from graphspec.compiler.summary import format_summary
+
+    towers = manifest["towers"]
+    bases = sorted({t["source"] for t in towers.values() if t["source"] and t["init"] == "pretrained"})
+    header = ["---", "library_name: graphspec", "tags:", "- graphspec", "- vision-language",
+              *(["base_model:"] + [f"- {b}" for b in bases] if bases else []), "---", ""]
+    training = manifest["training"]
+    val = training.get("val") or {}
+    data = spec.data.train
+    lines = [f"# {spec.name}", "",
+             f"A vision-language encoder trained with graphspec {manifest['graphspec']} for {training['step']} steps "
+             f"and exported with its tokenizer and image preprocessing.", "",
+             "```python", "import graphspec", "", "model, processor = graphspec.load_model(\"PATH_OR_HUB_ID\")",
+             "out = model(**processor(images=[\"photo.jpg\"], text=[\"a caption\"]))", "```", "",
+             "## Architecture", "", "```", format_summary(compile_spec(spec).summary), "```", "",
+             f"Parameters: {manifest['parameters']['total']:,}, of which "
+             f"{manifest['parameters']['frozen_in_training']:,} were frozen in training.", "",
+             "## Towers", "", "| node | kind | source | init | licence | frozen weights |", "|---|---|---|---|---|---|"]
+    for name, t in towers.items():
+        lines.append(f"| {name} | {t['kind']} | {t['weights'] or t['source'] or '-'} | {t['init']} | {t['licence']} | "
+                     f"{manifest['frozen_weights'].get(name, '-')} |")
+    lines += ["", "## Training", "",
+              f"- data: {data.source} ({data.task}{f', {data.samples} samples' if data.samples else ''})",
+              f"- steps {training['step']}, batch {spec.train.batch_size}, {spec.train.optimizer.name} lr "
+              f"{spec.train.optimizer.lr}, precision {spec.train.precision}",
+              f"- objectives: {', '.join(f'{k} (weight {o.weight})' for k, o in spec.objectives.items())}", ""]
+    if val:
+        lines += ["## Final validation metrics", "", "| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in val.items()]
+        lines.append("")
+    return "\n".join(header + lines)

@@ -1,0 +1,232 @@
+"""A trained encoder outside graphspec's training: `load_model` reads a folder that `graphspec export` wrote
+(or a Hugging Face Hub model repository holding one) and gives the model with outputs named for people, and a
+processor that turns images and strings into the model's inputs exactly as training did.
+
+    model, processor = graphspec.load_model("exported/quickstart")
+    out = model(**processor(images=["photo.jpg"], text=["a red circle left of a blue square"]))
+    out["itm_probability"]
+
+Nothing here imports DeepSpeed. The model is rebuilt from the exported spec with every tower initialised at
+random (an exported transformers tower's config is in `towers/NODE/`, so no hub access is needed) and then
+given every exported weight, frozen towers' included; a missing or unexpected weight is an error.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from graphspec.errors import EnvironmentProblem, Issue, Loc
+from graphspec.schema import Spec
+
+EXPORT_FORMAT = 1
+MANIFEST = "graphspec.json"
+PROGRAM = "model.pt2"
+# head kind -> names of its classes, where the class index alone means nothing to a person
+CLASS_NAMES = {"itm": ["no match", "match"], "pair_classify": ["false", "true"]}
+HF_KINDS = ("hf_text", "hf_vision", "one_tower")
+
+
+def standalone_spec(spec: Spec, folder: Path) -> Spec:
+    """The exported spec as the folder alone builds it: towers at random init (their weights come from the
+    folder), a transformers tower's config from `towers/NODE/`, no `init_from`."""
+    data = spec.model_dump(mode="json", exclude={"extends"})
+    data["init_from"] = None
+    for name, node in data["nodes"].items():
+        if "init" in node:
+            node["init"] = "random"
+        if node.get("weights"):
+            node["weights"] = None
+        if node["kind"] in HF_KINDS and node.get("source"):
+            node["source"] = str(folder / "towers" / name)
+            node["size"], node["dropout"] = None, None  # applied already in the saved config
+    return Spec.model_validate(data)
+
+
+def resolve(target: str | Path) -> Path:
+    """An export folder, or a hub model id whose repository holds one (from the local cache when
+    HF_HUB_OFFLINE=1)."""
+    path = Path(target)
+    if path.is_dir():
+        if not (path / MANIFEST).is_file():
+            raise EnvironmentProblem([Issue((), f"not a graphspec export: no {MANIFEST}", "give the folder "
+                                            "`graphspec export` wrote", loc=Loc(str(path)))],
+                                     title="cannot load this model")
+        return path
+    text = str(target)
+    if text.count("/") != 1 or path.exists():
+        raise EnvironmentProblem([Issue((), "neither a folder nor a hub model id (OWNER/NAME)",
+                                        "give the folder `graphspec export` wrote, or a hub id",
+                                        loc=Loc(text))], title="cannot load this model")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    try:
+        folder = Path(snapshot_download(repo_id=text))
+    except (LocalEntryNotFoundError, HFValidationError, OSError) as e:
+        raise EnvironmentProblem([Issue((), f"hub model '{text}' is not available: {str(e)[:200]}",
+                                        "download it once with network access (it is then read from the hub "
+                                        "cache), or give a local export folder", loc=Loc(text))],
+                                 title="cannot load this model") from None
+    return resolve(folder)
+
+
+class Processor:
+    """Images (files, PIL images or uint8 arrays H x W x 3) and strings -> the model's input tensors, prepared as
+    in training: the tower's own transform (the whole image squashed to the input size), the training
+    tokenizer, text cut at the input's max_length and padded to the longest."""
+
+    def __init__(self, spec: Spec, tokenizer, transforms: dict):
+        self.spec, self.tokenizer, self.transforms = spec, tokenizer, transforms
+        kinds = {i.modality for i in spec.inputs.values()}
+        self.unsupported = sorted(kinds - {"text", "image"})
+
+    def __call__(self, images=None, text=None) -> dict[str, torch.Tensor]:
+        if self.unsupported:
+            raise EnvironmentProblem([Issue(("inputs",), f"the processor prepares text and images; this model also "
+                                            f"reads {', '.join(self.unsupported)}", "build those tensors yourself "
+                                            "(see the export's graphspec.json for their shapes)")],
+                                     title="cannot prepare these inputs")
+        images = _many(images)
+        texts = [text] if isinstance(text, str) else list(text or [])
+        n = max(len(images), len(texts))
+        if (images and len(images) not in (1, n)) or (texts and len(texts) not in (1, n)):
+            raise EnvironmentProblem([Issue((), f"{len(images)} images and {len(texts)} texts: give as many of "
+                                            "each, or one of either (it is paired with every one of the other)")],
+                                     title="cannot pair these inputs")
+        out: dict[str, torch.Tensor] = {}
+        for name, inp in self.spec.inputs.items():
+            if inp.modality == "image":
+                if not images:
+                    raise EnvironmentProblem([Issue(("inputs", name), "this model reads an image", "give images=")],
+                                             title="missing input")
+                out[name] = torch.stack([self.transforms[name](_pixels(image, inp.size)) for image in images])
+                if len(images) == 1 and n > 1:  # one image for every text: its tower runs once
+                    out[self.spec.rows_of(name)] = torch.zeros(n, dtype=torch.long)
+            else:
+                if not texts:
+                    raise EnvironmentProblem([Issue(("inputs", name), "this model reads text", "give text=")],
+                                             title="missing input")
+                enc = self.tokenizer(texts * (n if len(texts) == 1 else 1), padding="longest", truncation=True,
+                                     max_length=inp.max_length, return_tensors="pt")
+                ids, mask = inp.tensors(name)
+                out[ids], out[mask] = enc["input_ids"], enc["attention_mask"]
+        return out
+
+
+def _many(images) -> list:
+    if images is None:
+        return []
+    if isinstance(images, (str, Path)) or not isinstance(images, Iterable) or hasattr(images, "shape") or \
+            hasattr(images, "convert"):
+        return [images]
+    return list(images)
+
+
+def _pixels(image, size: int):
+    """uint8 (H, W, 3): a file is decoded as training decodes one."""
+    import numpy as np
+
+    if isinstance(image, (str, Path)):
+        from .data.images import FileImage
+
+        pixels, _ = FileImage(str(image), where=str(image)).load(size)
+        return pixels
+    if hasattr(image, "convert"):  # a PIL image
+        return np.asarray(image.convert("RGB"))
+    array = np.asarray(image)
+    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
+        raise EnvironmentProblem([Issue((), f"an image array must be uint8 (H, W, 3), not {array.dtype} "
+                                        f"{tuple(array.shape)}")], title="cannot read this image")
+    return array
+
+
+class Encoder(nn.Module):
+    """The exported model; its forward returns each head's raw output and, named for people:
+    `{head}_probability` (ITM: of a match), `{head}_prediction` (a class head's index; `labels` names it),
+    `text_embedding` / `image_embedding` (an ITC head's normalised unimodal features) and `{head}_features`
+    (the pooled image-text vector a head reads)."""
+
+    def __init__(self, graph: nn.Module, spec: Spec, labels: dict[str, list[str]]):
+        super().__init__()
+        self.graph, self.spec, self.labels = graph, spec, labels
+        self._features: dict[str, torch.Tensor] = {}
+        for head, obj in spec.heads.items():
+            if obj.kind in ("itm", "classify", "pair_classify", "vqa"):
+                graph.get_submodule(f"heads.{head}").register_forward_pre_hook(
+                    lambda m, args, head=head: self._features.__setitem__(head, args[0]))
+
+    def forward(self, **inputs) -> dict:
+        self._features = {}
+        raw = self.graph(**inputs)
+        out = dict(raw)
+        for head, obj in self.spec.heads.items():
+            value = raw[head]
+            if obj.kind == "itm":
+                out[f"{head}_probability"] = value.float().softmax(-1)[:, 1]
+            elif obj.kind == "itc":
+                out["text_embedding"], out["image_embedding"] = value["text"], value["image"]
+            elif obj.kind in ("classify", "pair_classify", "vqa", "ref"):
+                out[f"{head}_prediction"] = value.float().argmax(-1)
+            if head in self._features:
+                out[f"{head}_features"] = self._features[head]
+        return out
+
+    def describe(self, out: dict, row: int = 0) -> dict:
+        """One row's answers, in words: {head: probability or label}."""
+        said = {}
+        for head, obj in self.spec.heads.items():
+            if obj.kind == "itm":
+                said[head] = {"match_probability": round(float(out[f"{head}_probability"][row]), 6)}
+            elif f"{head}_prediction" in out:
+                index = int(out[f"{head}_prediction"][row])
+                names = self.labels.get(head)
+                said[head] = {"prediction": names[index] if names and index < len(names) else index}
+        return said
+
+
+def load_model(target: str | Path, device: str | torch.device = "cpu") -> tuple[Encoder, Processor]:
+    """(model in eval mode on `device`, processor) from an export folder or a hub model id."""
+    from safetensors.torch import load_model as load_weights
+    from transformers import AutoTokenizer
+
+    from graphspec.compiler import build_model
+    from graphspec.compiler.preprocess import image_transform
+
+    folder = resolve(target)
+    manifest = json.loads((folder / MANIFEST).read_text())
+    if manifest.get("format_version", 0) > EXPORT_FORMAT:
+        raise EnvironmentProblem([Issue((), f"export format {manifest['format_version']}; this graphspec reads "
+                                        f"up to {EXPORT_FORMAT}", "load it with the graphspec that exported it",
+                                        loc=Loc(str(folder / MANIFEST)))], title="cannot load this model")
+    spec = standalone_spec(Spec.model_validate(manifest["spec"]), folder)
+    graph, _ = build_model(spec)
+    missing, unexpected = load_weights(graph, str(folder / "model.safetensors"), strict=False)
+    if missing or unexpected:
+        raise EnvironmentProblem([Issue((), f"the weights do not fit the exported spec: missing {missing[:5]}, "
+                                        f"unexpected {unexpected[:5]}", "export again",
+                                        loc=Loc(str(folder / "model.safetensors")))], title="cannot load this model")
+    graph.eval().requires_grad_(False)
+    tokenizer = AutoTokenizer.from_pretrained(str(folder)) if (folder / "tokenizer_config.json").is_file() else None
+    transforms = {name: image_transform(spec, name, graph) for name, i in spec.inputs.items() if i.modality == "image"}
+    model = Encoder(graph, spec, manifest.get("labels", {})).to(device)
+    return model, Processor(spec, tokenizer, transforms)
+
+
+def head_labels(spec: Spec, vocabulary: dict) -> dict[str, list[str]]:
+    """Names of each class head's classes: VQA's answers, SNLI-VE's labels, ITM's and NLVR2's."""
+    from .tasks.snli_ve import LABELS
+
+    out: dict[str, list[str]] = {}
+    for head, obj in spec.heads.items():
+        if obj.kind in CLASS_NAMES:
+            out[head] = CLASS_NAMES[obj.kind]
+        elif obj.kind == "vqa" and vocabulary.get("answers"):
+            out[head] = list(vocabulary["answers"])
+        elif obj.kind == "classify" and spec.data.train.task == "snli_ve":
+            out[head] = [name for name, _ in sorted(LABELS.items(), key=lambda item: item[1])]
+    return out

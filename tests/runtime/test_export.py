@@ -1,0 +1,186 @@
+"""A trained model leaves graphspec: `graphspec export` writes one folder; `graphspec.load_model` reads it (or a
+hub id) in a process without DeepSpeed and gives what the training code computes; `graphspec predict` answers."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from graphspec.cli import main
+from graphspec.runtime.evaluate import _load, find_checkpoint
+from graphspec.runtime.export import export_model
+from graphspec.runtime.run import run
+
+CAPTIONS = ["a red circle left of a blue square", "a green triangle", "two yellow squares"]
+
+
+def _trained(train_spec, compile_build, run_dir: Path, overrides=()) -> Path:
+    train_spec["train"].update(steps=4, val_every=None, log_every=2)
+    train_spec["data"]["val"]["samples"] = 8
+    run(compile_build(train_spec, list(overrides)), run_dir, show_bar=False)
+    return run_dir
+
+
+@pytest.fixture
+def photos(tmp_path) -> list[Path]:
+    """Three of scikit-image's photographs as PNG files."""
+    from PIL import Image
+    from skimage import data
+
+    out = []
+    for name in ("astronaut", "coffee", "chelsea"):
+        out.append(tmp_path / f"{name}.png")
+        Image.fromarray(getattr(data, name)()).save(out[-1])
+    return out
+
+
+CHILD = """
+import json, sys
+import torch
+from safetensors.torch import save_file
+import graphspec
+model, processor = graphspec.load_model(sys.argv[1])
+inputs = processor(images=json.loads(sys.argv[2]), text=json.loads(sys.argv[3]))
+with torch.no_grad():
+    out = model(**inputs)
+save_file({**{k: v.contiguous() for k, v in inputs.items()}, "probability": out["itm_probability"].contiguous()},
+          sys.argv[4])
+print(json.dumps({"deepspeed": "deepspeed" in sys.modules, "keys": sorted(out)}))
+"""
+
+
+def _in_fresh_process(target: str, photos, texts, out: Path, env: dict | None = None) -> dict:
+    done = subprocess.run([sys.executable, "-c", CHILD, target, json.dumps([str(p) for p in photos]),
+                           json.dumps(texts), str(out)], capture_output=True, text=True, env=env or dict(os.environ),
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("frozen", ["none", "vision_tower"])
+def test_an_export_loaded_in_a_fresh_process_gives_the_training_codes_itm_probabilities(
+        train_spec, compile_build, tmp_path, photos, frozen):
+    overrides = [f"nodes.{frozen}.freeze=true"] if frozen != "none" else []
+    run_dir = _trained(train_spec, compile_build, tmp_path / "run", overrides)
+    folder = export_model(run_dir, tmp_path / "export")
+    names = {p.name for p in folder.iterdir()}
+    assert {"README.md", "model.safetensors", "graphspec.json", "preprocessor_config.json",
+            "tokenizer_config.json"} <= names and not (tmp_path / "export.partial").exists()
+    seen = _in_fresh_process(str(folder), photos, CAPTIONS, tmp_path / "child.safetensors")
+    assert not seen["deepspeed"]  # inference does not import DeepSpeed
+    assert {"itm", "itm_probability", "itm_features", "mlm"} <= set(seen["keys"])
+    got = load_file(str(tmp_path / "child.safetensors"))
+    _, model = _load(find_checkpoint(run_dir))  # the training code's model (evaluate's)
+    with torch.no_grad():
+        want = model(**{k: v for k, v in got.items() if k != "probability"})["itm"].float().softmax(-1)[:, 1]
+    assert torch.allclose(got["probability"], want, atol=1e-5), (got["probability"], want)
+    weights = load_file(str(folder / "model.safetensors"))
+    assert any(k.startswith("vision_tower.") for k in weights)  # frozen towers' weights are in the export too
+    manifest = json.loads((folder / "graphspec.json").read_text())
+    assert manifest["frozen_weights"] == ({"vision_tower": "verified"} if frozen != "none" else {})
+    card = (folder / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: graphspec\n") and "## Towers" in card and "| vision_tower |" in card
+
+
+def test_a_hub_id_loads_from_the_local_hub_cache_offline(train_spec, compile_build, tmp_path, photos):
+    folder = export_model(_trained(train_spec, compile_build, tmp_path / "run"), tmp_path / "export")
+    repo = tmp_path / "hub" / "models--acme--tiny-vl"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    shutil.copytree(folder, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub")}
+    seen = _in_fresh_process("acme/tiny-vl", photos[:1], CAPTIONS, tmp_path / "hub.safetensors", env)
+    got = load_file(str(tmp_path / "hub.safetensors"))
+    assert got["image"].shape[0] == 1 and got["image_rows"].tolist() == [0, 0, 0]  # one photo, three captions
+    assert got["probability"].shape == (3,) and not seen["deepspeed"]
+
+
+def test_predict_answers_on_scikit_image_photographs(train_spec, compile_build, tmp_path, photos, capsys):
+    folder = export_model(_trained(train_spec, compile_build, tmp_path / "run"), tmp_path / "export")
+    args = ["predict", str(folder), "--image", str(photos[0]), "--text", CAPTIONS[0], "--text", CAPTIONS[1]]
+    capsys.readouterr()  # the training's output
+    assert main(args + ["--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["text"] for r in rows] == CAPTIONS[:2] and all(r["image"] == str(photos[0]) for r in rows)
+    assert all(0.0 <= r["itm"]["match_probability"] <= 1.0 for r in rows)
+    assert main(args) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and "itm match probability 0." in lines[0] and CAPTIONS[0] in lines[0]
+    assert main(["predict", str(folder), "--image", str(photos[0])]) == 3  # the model reads text too
+    assert "give text=" in capsys.readouterr().err
+
+
+def test_what_cannot_be_exported_is_refused_clearly(train_spec, compile_build, tmp_path, tiny_bert, capsys):
+    node = train_spec["nodes"]["text_tower"]
+    node.update(init="pretrained", source=str(tmp_path / "bert"), freeze=True)
+    del node["model_type"], node["size"]
+    run_dir = _trained(train_spec, compile_build, tmp_path / "run", ["train.checkpoint_every=2"])
+    step = sorted((run_dir / "checkpoints").iterdir())[-1]
+    assert main(["export", str(step), "-o", str(tmp_path / "a")]) == 2
+    assert "training checkpoint" in capsys.readouterr().err and not (tmp_path / "a").exists()
+    weights = load_file(str(tmp_path / "bert" / "model.safetensors"))  # the frozen tower's source changes
+    save_file({k: v + 0.01 if v.is_floating_point() else v for k, v in weights.items()},
+              str(tmp_path / "bert" / "model.safetensors"), metadata={"format": "pt"})
+    assert main(["export", str(run_dir), "-o", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert "text_tower" in err and "differ" in err and not (tmp_path / "b").exists()
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "keep.txt").write_text("mine")
+    assert main(["export", str(run_dir), "-o", str(tmp_path / "c")]) == 3
+    assert (tmp_path / "c" / "keep.txt").read_text() == "mine"
+
+
+PROGRAM = """
+import sys
+sys.modules["graphspec"] = None  # graphspec cannot be imported in this process
+try:
+    import graphspec
+except ImportError:
+    pass
+else:
+    raise SystemExit("graphspec was importable")
+import torch
+from safetensors.torch import load_file, save_file
+program = torch.export.load(sys.argv[1]).module()
+inputs = load_file(sys.argv[2])
+with torch.no_grad():
+    out = program(*[inputs[k] for k in sys.argv[3].split(",")])
+save_file({k: v.contiguous() for k, v in out.items()}, sys.argv[4])
+"""
+
+
+def test_the_pt2_program_runs_where_graphspec_cannot_be_imported(train_spec, compile_build, tmp_path, photos):
+    from graphspec.compiler.emit import input_names
+    from graphspec.runtime.inference import load_model
+    from graphspec.runtime.export import Program
+
+    folder = export_model(_trained(train_spec, compile_build, tmp_path / "run"), tmp_path / "export")
+    manifest = json.loads((folder / "graphspec.json").read_text())
+    assert manifest["program"]["written"], manifest["program"]
+    model, processor = load_model(folder)
+    spec = model.spec
+    inputs = processor(images=photos, text=CAPTIONS)  # three rows: not the batch size it was traced with
+    length = spec.inputs["text"].max_length  # the program takes text padded to max_length
+    for key in ("text_ids", "text_mask"):
+        inputs[key] = torch.nn.functional.pad(inputs[key], (0, length - inputs[key].shape[1]))
+    names = input_names(spec)
+    save_file({k: inputs[k].contiguous() for k in names}, str(tmp_path / "in.safetensors"))
+    done = subprocess.run([sys.executable, "-c", PROGRAM, str(folder / "model.pt2"), str(tmp_path / "in.safetensors"),
+                           ",".join(names), str(tmp_path / "out.safetensors")], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = load_file(str(tmp_path / "out.safetensors"))
+    with torch.no_grad():
+        want = Program(model.graph, spec)(*[inputs[k] for k in names])
+    assert set(got) == set(want) == {"itm", "itm_probability"}
+    for key in want:
+        assert torch.allclose(got[key], want[key], atol=1e-5), key
