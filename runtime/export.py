@@ -91,6 +91,7 @@ def _write(tmp: Path, ckpt: Path, spec, model, state: dict, plan: dict, verified
     from safetensors.torch import save_model
 
     save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt", "graphspec": __version__})
+    (tmp / "model.safetensors").chmod(0o644)  # safetensors writes it private; the folder is for sharing
     tokenizer = ckpt / "tokenizer"
     if tokenizer.is_dir():
         for f in tokenizer.iterdir():
@@ -238,19 +239,21 @@ def _save_image_processor(node, folder: Path) -> None:
 def _licence(node, module) -> str:
     """What this machine knows of a tower's licence: a packaged source's distribution metadata, timm's
     pretrained config, a hub config's card; else where to look."""
+    if node.init == "random":
+        return "none (trained from random init)"
     source = getattr(node, "weights", None) or getattr(node, "source", None) or ""
     if source.startswith("package:"):
         dist = source.split(":", 1)[1].split("/")[0]
         try:
             meta = metadata.metadata(dist)
-            return meta.get("License-Expression") or meta.get("License") or f"see the {dist} distribution"
+            named = meta.get("License-Expression") or meta.get("License")
+            if named and named.upper() != "UNKNOWN":
+                return named
         except metadata.PackageNotFoundError:
             pass
     cfg = getattr(getattr(module, "model", None), "pretrained_cfg", None) or {}
     if cfg.get("license"):
         return cfg["license"]
-    if node.init == "random":
-        return "none (trained from random init)"
     return f"see the model card of {source}" if source else "unknown"
 
 

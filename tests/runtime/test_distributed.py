@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -92,6 +93,24 @@ def test_two_ranks_follow_the_one_rank_trajectory(spec_file, tmp_path, stage):
         assert resumed.returncode == 0, resumed.stderr[-3000:]
         assert "resuming at step 7" in resumed.stdout
         _close(before, _losses(two))
+        _exported_matches_the_checkpoint(two, tmp_path / "export")
+
+
+def _exported_matches_the_checkpoint(run_dir, out) -> None:
+    """The run's export, loaded, gives the training code's ITM probabilities and ITC embeddings (1e-5)."""
+    from graphspec.runtime.evaluate import _load, find_checkpoint
+    from graphspec.runtime.export import export_model
+    from graphspec.runtime.inference import load_model
+
+    model, processor = load_model(export_model(run_dir, out))
+    rng = np.random.default_rng(0)
+    inputs = processor(images=[rng.integers(0, 255, (40, 50, 3), dtype=np.uint8) for _ in range(3)],
+                       text=["a red circle", "two blue squares left of a green triangle", "nothing"])
+    _, reference = _load(find_checkpoint(run_dir))
+    with torch.no_grad():
+        got, want = model(**inputs), reference(**inputs)
+    assert torch.allclose(got["itm_probability"], want["itm"].float().softmax(-1)[:, 1], atol=1e-5)
+    assert torch.allclose(got["image_embedding"], want["itc"]["image"], atol=1e-5)
 
 
 def test_sigterm_to_a_two_rank_run_then_resume_follows_the_uninterrupted_trajectory(spec_file, tmp_path):
