@@ -84,12 +84,18 @@ class Processor:
         self.spec, self.tokenizer, self.transforms = spec, tokenizer, transforms
         kinds = {i.modality for i in spec.inputs.values()}
         self.unsupported = sorted(kinds - {"text", "image"})
+        self.pairs = [h for h, obj in spec.heads.items() if obj.kind == "pair_classify"]
 
     def __call__(self, images=None, text=None) -> dict[str, torch.Tensor]:
         if self.unsupported:
             raise EnvironmentProblem([Issue(("inputs",), f"the processor prepares text and images; this model also "
                                             f"reads {', '.join(self.unsupported)}", "build those tensors yourself "
                                             "(see the export's graphspec.json for their shapes)")],
+                                     title="cannot prepare these inputs")
+        if self.pairs:
+            raise EnvironmentProblem([Issue(("heads", self.pairs[0]), "this head reads two images per example "
+                                            "(rows 2k and 2k+1), which the processor does not arrange",
+                                            "build the rows yourself: each example's two images with its text twice")],
                                      title="cannot prepare these inputs")
         images = _many(images)
         texts = [text] if isinstance(text, str) else list(text or [])

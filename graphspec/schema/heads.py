@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from .base import Ref, Strict
 from .nodes import Freeze, FreezeField, kind_of
@@ -131,6 +131,15 @@ class HeadObjective(_Objective):
 
     kind: Literal[tuple(k for k in HEAD_KINDS if k not in ("mlm", "itm"))] = Field(  # type: ignore[valid-type]
         description="The kind of the head it trains; defaults to the objective's name.")
+    rerank_k: int = Field(16, ge=1, le=1024, description="itc in the retrieval task: where the graph also has an "
+                          "itm head, validation re-ranks each text's top k images and each image's top k texts "
+                          "by ITM (ALBEF); the cost grows as k x (texts + images) pairs.")
+
+    @model_validator(mode="after")
+    def _rerank_for_itc_only(self):
+        if "rerank_k" in self.model_fields_set and self.kind != "itc":
+            raise ValueError(f"rerank_k applies to an itc objective, not to {self.kind}")
+        return self
 
 
 Objective = Annotated[Union[MLMObjective, ITMObjective, HeadObjective], Field(discriminator="kind")]

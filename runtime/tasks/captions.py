@@ -75,9 +75,9 @@ class _Batch:
 def encode(plan: PairPlan, pixels: torch.Tensor | None, spec: Spec, roles: Roles, tokenizer,
            draws: MaskDraws | None, texts: Sequence[str] | None = None) -> dict:
     """Model inputs for planned rows and their pixels (B, 3, S, S; None: the caller adds the images); with
-    `draws`, text is masked for MLM
-    (labels on matching pairs only). Text is padded to the longest of `texts` (the global micro batch's;
-    default the plan's own), or to max_length (`pad_to`); masking is drawn over max_length positions first."""
+    `draws`, text is masked for MLM (labels on matching pairs only). Text is padded to the longest of `texts`
+    (the global micro batch's; default the plan's own), or to max_length (`pad_to`); masking is drawn over
+    max_length positions first."""
     enc = tokenizer(plan.texts, padding="max_length", truncation=True, return_tensors="pt",
                     max_length=spec.inputs[roles.text].max_length, return_special_tokens_mask=True)
     ids, mask = enc["input_ids"], enc["attention_mask"]

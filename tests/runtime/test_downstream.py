@@ -38,6 +38,9 @@ def test_finetune_and_eval(task, pretrained, compile_build, tmp_path, capsys):
         spec["inputs"]["regions"] = {"modality": "boxes", "max_candidates": 4}
     spec.update(init_from=str(checkpoint), heads={task: head}, objectives={task: {"kind": head["kind"]}},
                 data={"train": {"task": task, "samples": 24}, "val": {"task": task, "split": "val", "samples": 8}})
+    if task == "retrieval":  # the pretrained ITM head, kept to re-rank ITC's top k (ALBEF)
+        spec["heads"]["itm"] = {"kind": "itm", "input": "pooled"}
+        spec["objectives"][task]["rerank_k"] = 4
     spec["train"].update(steps=4, batch_size=4, val_every=4, log_every=2)
     build = compile_build(spec)
     assert build.ds_config and (build.dir / "summary.json").is_file()
@@ -48,10 +51,13 @@ def test_finetune_and_eval(task, pretrained, compile_build, tmp_path, capsys):
     assert metric in summary["val"] and metrics[metric] == summary["val"][metric]
     assert metrics == {"checkpoint": str(tmp_path / "run" / "checkpoint"), "split": "val", **summary["val"]}
     assert not (build.dir / "tokenizer-text.json").exists()  # the pretraining vocabulary was reused
+    if task == "retrieval":  # 8 scenes x 3 captions: 24 rows encoded, at most 4 x (24 + 8) pairs re-ranked
+        assert summary["val"]["retrieval_encoded_rows"] == 24 and summary["val"]["retrieval_rerank_k"] == 4
+        assert 0 < summary["val"]["retrieval_fusion_pairs"] <= 4 * 32 and "retrieval_itm_i2t_r10" in summary["val"]
 
 
-def test_recall_fills_the_whole_similarity_matrix_block_by_block():
-    """A forward that scores a text against an image by the scene they come from: recall must be perfect."""
+def _retrieval_task(itm: bool, k: int = 6):
+    """A retrieval task over 7 flat scenes x 3 captions, batches of 3 (padding is exercised)."""
     import numpy as np
     import torch
 
@@ -60,10 +66,12 @@ def test_recall_fills_the_whole_similarity_matrix_block_by_block():
     from graphspec.schema import TASKS, Roles, Spec
 
     task = object.__new__(Retrieval)
+    heads = {"itc": {"kind": "itc", "inputs": {"text": "t", "image": "t"}, "dim": 4},
+             **({"itm": {"kind": "itm", "input": "t"}} if itm else {})}
     task.spec = Spec.model_validate({
         "name": "r", "inputs": {"text": {"modality": "text", "max_length": 4}, "image": {"modality": "image"}},
         "nodes": {"t": {"kind": "hf_text", "model_type": "bert", "init": "random", "input": "text"}},
-        "train": {"batch_size": 3}})  # blocks of 3 over 7 scenes x 3 captions: padding is exercised
+        "heads": heads, "objectives": {"itc": {"kind": "itc", "rerank_k": k}}, "train": {"batch_size": 3}})
     task.roles = Roles(TASKS["retrieval"], "text", "image", None, "itc", "itc")
 
     class Flat:  # an image reference whose pixels all hold its scene's number
@@ -81,12 +89,51 @@ def test_recall_fills_the_whole_similarity_matrix_block_by_block():
         return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
     task.tokenizer = tokenizer
+    return task
+
+
+def test_recall_ranks_every_text_against_every_image_from_features_computed_once():
+    """A forward that scores a text against an image by the scene they come from: recall must be perfect, and
+    each text and image is encoded once (21 rows for 21 texts and 7 images), not in 21 x 7 pairs."""
+    import torch
+
+    task = _retrieval_task(itm=False)
+    rows = []
 
     def forward(batch):  # one-hot features of the scene each side shows: similar exactly when the scenes agree
         text_scene, image_scene = batch["text_ids"][:, 0], batch["image"][:, 0, 0, 0].long()
+        rows.append(len(text_scene))
         onehot = torch.nn.functional.one_hot
         return {"itc": {"text": onehot(text_scene, 7).float(), "image": onehot(image_scene, 7).float(),
                         "scale": torch.ones(1)}}
 
     metrics = task.evaluate(forward)
     assert metrics["retrieval_t2i_r1"] == 1.0 and metrics["retrieval_i2t_r1"] == 1.0
+    assert sum(rows) == metrics["retrieval_encoded_rows"] == 21 and "retrieval_itm_t2i_r1" not in metrics
+
+
+def test_itm_reranks_the_itc_top_k():
+    """ITC puts every true image second (and an image's true texts 4th-6th); ITM knows the truth: re-ranking
+    the top 6 both ways recovers recall@1, at k x (texts + images) fusion pairs at most."""
+    import torch
+
+    task = _retrieval_task(itm=True, k=6)
+    rows = []
+
+    def forward(batch):
+        text_scene, image_scene = batch["text_ids"][:, 0], batch["image"][:, 0, 0, 0].long()
+        rows.append(len(text_scene))
+        onehot = torch.nn.functional.one_hot
+        text = onehot(text_scene, 7).float() * 0.9 + onehot((text_scene + 1) % 7, 7).float()
+        same = (text_scene == image_scene).float() * 20 - 10
+        return {"itc": {"text": text, "image": onehot(image_scene, 7).float(), "scale": torch.ones(1)},
+                "itm": torch.stack([torch.zeros_like(same), same], dim=1)}
+
+    metrics = task.evaluate(forward)
+    assert metrics["retrieval_t2i_r1"] == 0.0 and metrics["retrieval_t2i_r5"] == 1.0  # ITC alone
+    assert metrics["retrieval_itm_t2i_r1"] == 1.0 and metrics["retrieval_itm_i2t_r1"] == 1.0
+    assert metrics["retrieval_rerank_k"] == 6
+    assert metrics["retrieval_fusion_pairs"] <= 6 * (21 + 7)
+    assert sum(rows) == metrics["retrieval_encoded_rows"] + metrics["retrieval_fusion_pairs"]
+    task_low = _retrieval_task(itm=True, k=1)  # k = 1: nothing to re-rank against, ITM cannot help
+    assert task_low.evaluate(forward)["retrieval_itm_t2i_r1"] == 0.0

@@ -184,3 +184,17 @@ def test_the_pt2_program_runs_where_graphspec_cannot_be_imported(train_spec, com
     assert set(got) == set(want) == {"itm", "itm_probability"}
     for key in want:
         assert torch.allclose(got[key], want[key], atol=1e-5), key
+
+
+def test_the_processor_refuses_inputs_it_cannot_arrange(tiny):
+    from graphspec.errors import EnvironmentProblem
+    from graphspec.runtime.inference import Processor
+    from graphspec.schema import Spec
+
+    tiny["objectives"] = {}
+    pairs = {**tiny, "heads": {"nlvr2": {"kind": "pair_classify", "input": "pooled"}}}
+    boxes = {**tiny, "inputs": {**tiny["inputs"], "regions": {"modality": "boxes", "max_candidates": 4}}}
+    for data, said in ((pairs, "two images per example"), (boxes, "also reads boxes")):
+        with pytest.raises(EnvironmentProblem) as e:
+            Processor(Spec.model_validate(data), None, {})(images=[], text=["a"])
+        assert said in e.value.format()
