@@ -131,13 +131,14 @@ class HeadObjective(_Objective):
 
     kind: Literal[tuple(k for k in HEAD_KINDS if k not in ("mlm", "itm"))] = Field(  # type: ignore[valid-type]
         description="The kind of the head it trains; defaults to the objective's name.")
-    rerank_k: int = Field(16, ge=1, le=1024, description="itc in the retrieval task: where the graph also has an "
-                          "itm head, validation re-ranks each text's top k images and each image's top k texts "
-                          "by ITM (ALBEF); the cost grows as k x (texts + images) pairs.")
+    rerank_k: int | None = Field(None, ge=1, le=1024, description="itc in the retrieval task: where the graph "
+                                 "also has an itm head, validation re-ranks each text's top k images and each "
+                                 "image's top k texts by ITM (ALBEF; unset: 16); the cost grows as k x (texts + "
+                                 "images) pairs.")
 
     @model_validator(mode="after")
     def _rerank_for_itc_only(self):
-        if "rerank_k" in self.model_fields_set and self.kind != "itc":
+        if self.rerank_k is not None and self.kind != "itc":
             raise ValueError(f"rerank_k applies to an itc objective, not to {self.kind}")
         return self
 

@@ -12,10 +12,11 @@ import torch
 
 from ..data.scene_text import Plan, Pool, draw
 from ..data.scenes import Scene, ShapesConfig, caption
-from ..metrics import contrastive_loss, itc_logits, recall_at_k
+from ..metrics import contrastive_loss, recall_at_k
 from .base import Example, ExampleTask, register
 
 CAPTIONS_PER_SCENE = 3
+RERANK_K = 16  # the ITM re-rank's k where the itc objective sets none
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,7 @@ class Retrieval(ExampleTask):
         itm = next((h for h, obj in self.spec.heads.items() if obj.kind == "itm"), None)
         if itm is None:
             return out
-        k = self.spec.objectives[self.roles.objective].rerank_k
+        k = self.spec.objectives[self.roles.objective].rerank_k or RERANK_K
         t2i = {(t, int(i)) for t in range(len(texts)) for i in sim[t].topk(min(k, len(scenes))).indices}
         i2t = {(int(t), i) for i in range(len(scenes)) for t in sim[:, i].topk(min(k, len(texts))).indices}
         pairs = sorted(t2i | i2t)
