@@ -51,7 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("-o", "--out", help="write the metrics here (default: TARGET/eval-SPLIT.json)")
     x = sub.add_parser("export", help="a run's trained model as one folder (Hugging Face Hub layout): every "
                        "weight, tokenizer, preprocessing, labels, model card")
-    x.add_argument("target", help="a run directory or its checkpoint/")
+    x.add_argument("target", help="a run directory, its checkpoint/, or one of its training checkpoints "
+                   "(RUN/checkpoints/step-N)")
     x.add_argument("-o", "--out", required=True, help="the folder to write (must not exist, or be empty)")
     pr = sub.add_parser("predict", help="run an exported model on an image and a text: match probability, or the "
                         "task head's answer")

@@ -1,5 +1,6 @@
 """`graphspec export`: a trained model as one self-contained folder with the layout of a Hugging Face Hub model
-repository, which `graphspec.load_model` (and the `.pt2` program, torch alone) reads without the run.
+repository, which `graphspec.load_model` (and the `.pt2` program, torch alone) reads without the run. It reads
+a run's final checkpoint, or a training checkpoint (`RUN/checkpoints/step-N`, ZeRO's partitions merged).
 
     README.md                 the model card: a metadata header, architecture, parameters, the towers' sources
                               and licences, training data, steps and final metrics
@@ -33,32 +34,29 @@ from .evaluate import CheckpointError, _load, find_checkpoint, read_state
 from .resume import FOLDER, frozen_digests
 
 
-def final_checkpoint(target: str | Path) -> Path:
-    """A run's final checkpoint; a training checkpoint is refused with what to do instead."""
-    path = Path(target)
-    periodic = path.parent.name == FOLDER or (path / FOLDER).is_dir() and not (path / "checkpoint").is_dir()
-    if periodic and not (path / "model.safetensors").is_file():
-        raise CheckpointError([Issue((), "a training checkpoint (DeepSpeed's files) is not exported; export reads "
-                                    "a run's final checkpoint", "finish the run (`graphspec run --resume RUN`), "
-                                    "then export RUN", loc=Loc(str(path)))], title="cannot export this")
-    return find_checkpoint(path)
-
-
 def export_model(target: str | Path, out: str | Path) -> Path:
-    ckpt = final_checkpoint(target)
+    """Export a run's final checkpoint (a run directory or its checkpoint/), or one of its training
+    checkpoints (RUN/checkpoints/step-N: ZeRO's shards merged into whole fp32 weights)."""
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise EnvironmentProblem([Issue((), "the export folder exists and is not empty", "choose another -o, or "
                                         "remove it", loc=Loc(str(out)))], title="cannot export")
-    spec, model = _load(ckpt)
-    state = read_state(ckpt)
-    plan = json.loads((ckpt / "freeze.json").read_text()) if (ckpt / "freeze.json").is_file() else {"frozen": []}
-    verified = _check_frozen(model, set(plan["frozen"]), state, ckpt)
+    path = Path(target)
+    if path.parent.name == FOLDER and (path / "engine").is_dir():
+        spec, model, state, plan, tokenizer = from_training_checkpoint(path)
+    else:
+        ckpt = find_checkpoint(path)
+        spec, model = _load(ckpt)
+        state = read_state(ckpt)
+        plan = json.loads((ckpt / "freeze.json").read_text()) if (ckpt / "freeze.json").is_file() else {"frozen": []}
+        tokenizer = ckpt / "tokenizer"
+        path = ckpt
+    verified = _check_frozen(model, set(plan["frozen"]), state, path)
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        _write(tmp, ckpt, spec, model, state, plan, verified)
+        _write(tmp, tokenizer, spec, model, state, plan, verified)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise EnvironmentProblem([Issue((), f"the export could not be written ({e.strerror or e})",
@@ -68,6 +66,57 @@ def export_model(target: str | Path, out: str | Path) -> Path:
         out.rmdir()
     tmp.rename(out)
     return out
+
+
+def from_training_checkpoint(step_dir: Path):
+    """(spec, model, state, freeze plan, tokenizer) of a training checkpoint: the run's build, its trainable
+    weights from DeepSpeed's files (read under the allow-list; ZeRO 1-3 partitions merged by DeepSpeed's
+    zero_to_fp32 into fp32), frozen weights from their source."""
+    from graphspec.compiler import build_model
+
+    from .build import read_build
+    from .resume import ResumeError, verify, weights_only
+    from .text import load_tokenizer, text_node
+
+    verify(step_dir)  # every file as written, before any is read
+    state = json.loads((step_dir / "state.json").read_text())
+    build = read_build(step_dir.parent.parent / "build")
+    model, plan = build_model(build.spec, build.plan)
+    engine = step_dir / "engine"
+    try:
+        with weights_only():
+            if any(engine.glob("*zero_pp_rank_*_optim_states.pt")):
+                from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+                weights = get_fp32_state_dict_from_zero_checkpoint(str(step_dir), tag="engine",
+                                                                   exclude_frozen_parameters=True)
+            else:  # no ZeRO: the module's own weights
+                weights = torch.load(engine / "mp_rank_00_model_states.pt", map_location="cpu")["module"]
+    except ResumeError:
+        raise
+    except Exception as e:  # noqa: BLE001 - DeepSpeed's reader raises what it meets; the file is named
+        raise CheckpointError([Issue((), f"DeepSpeed's files could not be merged: {type(e).__name__}: "
+                                    f"{str(e).splitlines()[0][:200]}", "export the run's final checkpoint",
+                                    loc=Loc(str(engine)))], title="cannot export this") from None
+    params = dict(model.named_parameters())
+    trainable = {n for n in params if n not in plan.frozen}
+    got = {n for n in weights if n in params}
+    if got != trainable:
+        raise CheckpointError([Issue((), f"the checkpoint's weights do not match its build: missing "
+                                    f"{sorted(trainable - got)[:5]}", loc=Loc(str(engine)))],
+                             title="cannot export this")
+    with torch.no_grad():
+        for name in trainable:
+            params[name].copy_(weights[name].float())
+    text = build.spec.roles().text
+    vocab = model.get_submodule(text_node(build.spec, text)[0]).vocab_size
+
+    def no_texts():
+        raise CheckpointError([Issue((), "the run's build holds no tokenizer", "export the final checkpoint",
+                                    loc=Loc(str(build.dir)))], title="cannot export this")
+
+    tokenizer = load_tokenizer(build.spec, text, vocab, build.dir, no_texts)
+    return build.spec, model.eval(), {**state, "val": {}}, build.plan.to_json(), tokenizer
 
 
 def _check_frozen(model, frozen: set[str], state: dict, ckpt: Path) -> dict[str, str]:
@@ -87,15 +136,17 @@ def _check_frozen(model, frozen: set[str], state: dict, ckpt: Path) -> dict[str,
     return {node: "verified" for node in found}
 
 
-def _write(tmp: Path, ckpt: Path, spec, model, state: dict, plan: dict, verified: dict) -> None:
+def _write(tmp: Path, tokenizer, spec, model, state: dict, plan: dict, verified: dict) -> None:
+    """`tokenizer`: a checkpoint's tokenizer folder, or a tokenizer."""
     from safetensors.torch import save_model
 
     save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt", "graphspec": __version__})
     (tmp / "model.safetensors").chmod(0o644)  # safetensors writes it private; the folder is for sharing
-    tokenizer = ckpt / "tokenizer"
-    if tokenizer.is_dir():
-        for f in tokenizer.iterdir():
+    if isinstance(tokenizer, Path):
+        for f in tokenizer.iterdir() if tokenizer.is_dir() else []:
             shutil.copy2(f, tmp / f.name)
+    else:
+        tokenizer.save_pretrained(str(tmp))
     towers = _save_towers(spec, model, tmp / "towers")
     labels = head_labels(spec, state)
     inputs = _preprocessing(spec, model)

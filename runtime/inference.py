@@ -168,7 +168,8 @@ class Encoder(nn.Module):
 
     def forward(self, **inputs) -> dict:
         self._features = {}
-        raw = self.graph(**inputs)
+        device = next(self.graph.parameters()).device  # the processor's tensors are on the CPU
+        raw = self.graph(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()})
         out = dict(raw)
         for head, obj in self.spec.heads.items():
             value = raw[head]

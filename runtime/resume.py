@@ -101,7 +101,7 @@ def _suffix(rank: int) -> str:
 # --------------------------------------------------------------------------- writing
 
 
-def _write_rank_files(tmp: Path, step: int, trainer, task, reading: dict) -> None:
+def _write_rank_files(tmp: Path, step: int, trainer, task, reading: dict, built: dict) -> None:
     trainer.engine.save_checkpoint(str(tmp), tag="engine", exclude_frozen_parameters=True)
     suffix = _suffix(ranks.rank())
     rng = {"torch": torch.get_rng_state()}
@@ -110,11 +110,14 @@ def _write_rank_files(tmp: Path, step: int, trainer, task, reading: dict) -> Non
         rng["task"] = task_rng
     save_file({k: v.contiguous() for k, v in rng.items()}, str(tmp / f"rng{suffix}.safetensors"))
     (tmp / f"state{suffix}.json").write_text(json.dumps({"format_version": FORMAT, "step": step,
-                                                         "world": ranks.world(), "reading": reading}) + "\n")
+                                                         "world": ranks.world(), "reading": reading,
+                                                         "frozen_sha256": built}) + "\n")
 
 
-def save(run_dir: Path, step: int, trainer, task, frozen: dict, keep: int, reading: dict | None = None) -> Path | None:
+def save(run_dir: Path, step: int, trainer, task, frozen: dict, keep: int, reading: dict | None = None,
+         built: dict | None = None) -> Path | None:
     """Collective: every rank writes its shards and random state; rank 0 renames the folder once all have.
+    `built`: the hashes of the frozen weights as built (`frozen_digests`), which an export checks.
 
     A write that fails on any rank (a full disk) is undone on all: the partial folder goes, the previous
     checkpoint stays, a warning says so, and None is returned.
@@ -132,7 +135,7 @@ def save(run_dir: Path, step: int, trainer, task, frozen: dict, keep: int, readi
     failed = ranks.any_text(failed)
     if not failed:
         try:
-            _write_rank_files(tmp, step, trainer, task, reading or {})
+            _write_rank_files(tmp, step, trainer, task, reading or {}, built or {})
         except (OSError, RuntimeError, SafetensorError) as e:  # torch reports a short write as RuntimeError
             failed = getattr(e, "strerror", None) or str(e).splitlines()[0][:200]
         failed = ranks.any_text(failed)

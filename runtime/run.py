@@ -214,7 +214,8 @@ def _loop(s: Session, spec, run_dir: Path, first: int, frozen: dict, reporter, s
         stop = step < spec.train.steps and ranks.any_true(signals.pending)  # at the last step: just finish
         if stop or (every and step % every == 0 and step < spec.train.steps):
             reading = {"position": s.reads["position"]} if "position" in s.reads else {}
-            saved = save_state(run_dir, step, s.trainer, s.task, frozen, spec.train.keep_checkpoints, reading)
+            saved = save_state(run_dir, step, s.trainer, s.task, frozen, spec.train.keep_checkpoints, reading,
+                               s.frozen_sha256)
             if stop:
                 ranks.finish()
                 if saved is None:

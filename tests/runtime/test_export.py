@@ -123,10 +123,7 @@ def test_what_cannot_be_exported_is_refused_clearly(train_spec, compile_build, t
     node = train_spec["nodes"]["text_tower"]
     node.update(init="pretrained", source=str(tmp_path / "bert"), freeze=True)
     del node["model_type"], node["size"]
-    run_dir = _trained(train_spec, compile_build, tmp_path / "run", ["train.checkpoint_every=2"])
-    step = sorted((run_dir / "checkpoints").iterdir())[-1]
-    assert main(["export", str(step), "-o", str(tmp_path / "a")]) == 2
-    assert "training checkpoint" in capsys.readouterr().err and not (tmp_path / "a").exists()
+    run_dir = _trained(train_spec, compile_build, tmp_path / "run")
     weights = load_file(str(tmp_path / "bert" / "model.safetensors"))  # the frozen tower's source changes
     save_file({k: v + 0.01 if v.is_floating_point() else v for k, v in weights.items()},
               str(tmp_path / "bert" / "model.safetensors"), metadata={"format": "pt"})
@@ -198,3 +195,27 @@ def test_the_processor_refuses_inputs_it_cannot_arrange(tiny):
         with pytest.raises(EnvironmentProblem) as e:
             Processor(Spec.model_validate(data), None, {})(images=[], text=["a"])
         assert said in e.value.format()
+
+
+@pytest.mark.parametrize("zero,precision", [("0", "fp32"), ("2", "bf16"), ("3", "fp32")])
+def test_a_training_checkpoint_exports_the_weights_it_holds(train_spec, compile_build, tmp_path, zero, precision):
+    """Step 4 of a 6-step run (its ZeRO shards merged) exports what a 4-step run's final checkpoint does: the
+    schedule is constant, so the first four steps are the same. In bf16 the training checkpoint holds the fp32
+    master weights, the final checkpoint the bf16 weights the model computed with: they differ by bf16's
+    rounding."""
+    train_spec["nodes"]["vision_tower"]["freeze"] = True  # frozen weights come from their source, checked
+    overrides = [f"distributed.zero_stage={zero}", "train.schedule.decay=constant", "train.schedule.warmup=0",
+                 f"train.precision={precision}"]
+    longer = _trained(train_spec, compile_build, tmp_path / "six", [*overrides, "train.steps=6",
+                                                                    "train.checkpoint_every=4"])
+    shorter = _trained(train_spec, compile_build, tmp_path / "four", [*overrides, "train.steps=4"])
+    step = longer / "checkpoints" / "step-00000004"
+    assert main(["export", str(step), "-o", str(tmp_path / "a")]) == 0
+    export_model(shorter, tmp_path / "b")
+    a, b = (load_file(str(tmp_path / x / "model.safetensors")) for x in ("a", "b"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-5, rtol=0 if precision == "fp32" else 2 ** -8), k
+    manifest = json.loads((tmp_path / "a" / "graphspec.json").read_text())
+    assert manifest["training"]["step"] == 4 and manifest["frozen_weights"] == {"vision_tower": "verified"}
+    assert (tmp_path / "a" / "tokenizer.json").is_file()
