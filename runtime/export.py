@@ -27,10 +27,10 @@ from pathlib import Path
 import torch
 
 from graphspec.errors import EnvironmentProblem, Issue, Loc
-from .inference import EXPORT_FORMAT, HF_KINDS, MANIFEST, PROGRAM, head_labels
 from graphspec.version import __version__
 
 from .evaluate import CheckpointError, _load, find_checkpoint, read_state
+from .inference import EXPORT_FORMAT, HF_KINDS, MANIFEST, PROGRAM, head_labels
 from .resume import FOLDER, frozen_digests
 
 
@@ -45,7 +45,12 @@ def export_model(target: str | Path, out: str | Path) -> Path:
     if path.parent.name == FOLDER and (path / "engine").is_dir():
         spec, model, state, plan, tokenizer = from_training_checkpoint(path)
     else:
-        ckpt = find_checkpoint(path)
+        try:
+            ckpt = find_checkpoint(path)
+        except CheckpointError as e:
+            raise CheckpointError([Issue((), "neither a run with a final checkpoint, nor a checkpoint, nor a training "
+                                        "checkpoint (RUN/checkpoints/step-N)", "give one of those",
+                                        loc=Loc(str(path)))], title="nothing to export") from e
         spec, model = _load(ckpt)
         state = read_state(ckpt)
         plan = json.loads((ckpt / "freeze.json").read_text()) if (ckpt / "freeze.json").is_file() else {"frozen": []}

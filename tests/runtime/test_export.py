@@ -130,6 +130,8 @@ def test_what_cannot_be_exported_is_refused_clearly(train_spec, compile_build, t
     assert main(["export", str(run_dir), "-o", str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err
     assert "text_tower" in err and "differ" in err and not (tmp_path / "b").exists()
+    assert main(["export", str(tmp_path / "bert"), "-o", str(tmp_path / "d")]) == 2
+    assert "nothing to export" in capsys.readouterr().err
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / "keep.txt").write_text("mine")
     assert main(["export", str(run_dir), "-o", str(tmp_path / "c")]) == 3
