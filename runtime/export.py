@@ -80,7 +80,7 @@ def from_training_checkpoint(step_dir: Path):
     from graphspec.compiler import build_model
 
     from .build import read_build
-    from .resume import ResumeError, verify, weights_only
+    from .resume import UnsafeFile, unsafe_refusal, verify, weights_only
     from .text import load_tokenizer, text_node
 
     verify(step_dir)  # every file as written, before any is read
@@ -97,8 +97,8 @@ def from_training_checkpoint(step_dir: Path):
                                                                    exclude_frozen_parameters=True)
             else:  # no ZeRO: the module's own weights
                 weights = torch.load(engine / "mp_rank_00_model_states.pt", map_location="cpu")["module"]
-    except ResumeError:
-        raise
+    except UnsafeFile as e:  # a payload in a pickle: refused before it runs, as a resume refuses it
+        raise unsafe_refusal(e) from None
     except Exception as e:  # noqa: BLE001 - DeepSpeed's reader raises what it meets; the file is named
         raise CheckpointError([Issue((), f"DeepSpeed's files could not be merged: {type(e).__name__}: "
                                     f"{str(e).splitlines()[0][:200]}", "export the run's final checkpoint",

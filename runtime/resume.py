@@ -41,9 +41,8 @@ from graphspec.errors import GraphspecError, Issue, Loc
 
 from . import ranks
 
-__all__ = ["FOLDER", "FORMAT", "ResumeError", "checkpoints", "checksums", "digest", "frozen_digests", "frozen_record",
-           "restore",
-           "save", "verify", "weights_only"]
+__all__ = ["FOLDER", "FORMAT", "ResumeError", "UnsafeFile", "checkpoints", "checksums", "digest", "frozen_digests",
+           "frozen_record", "restore", "save", "unsafe_refusal", "verify", "weights_only"]
 
 FOLDER = "checkpoints"
 FORMAT = 2  # of a training checkpoint: 1 (graphspec 0.1) kept random states in a pickle, state.pt
@@ -53,19 +52,21 @@ def frozen_record(spec, module: torch.nn.Module, towers: torch.nn.Module, frozen
     """{node: {"source": where its weights come from, "sha256": hash of its frozen tensors}}."""
     named = [(n, p) for n, p in module.named_parameters() if n in frozen]
     named += [(n, p) for n, p in towers.named_parameters()]  # towers outside the engine are frozen whole
-    by_node: dict[str, list] = {}
-    for name, p in named:
-        by_node.setdefault(name.split(".")[0], []).append((name, p))
-    return {node: {"source": _source(spec, node), "sha256": digest(held)} for node, held in by_node.items()}
+    return {node: {"source": _source(spec, node), "sha256": sha} for node, sha in _node_digests(named).items()}
 
 
 def frozen_digests(module: torch.nn.Module, frozen: set[str]) -> dict[str, str]:
     """{node: hash of its frozen parameters} of a model as built (full fp32 weights, before an engine casts or
-    shards them): a final checkpoint records it, and an export checks the weights it rebuilds against it."""
+    shards them): final and training checkpoints record it, and an export checks the weights it rebuilds
+    against it."""
+    return _node_digests([(n, p) for n, p in module.named_parameters() if n in frozen])
+
+
+def _node_digests(named) -> dict[str, str]:
+    """{node: digest of its (name, tensor) pairs}; a name's first part is its node."""
     by_node: dict[str, list] = {}
-    for name, p in module.named_parameters():
-        if name in frozen:
-            by_node.setdefault(name.split(".")[0], []).append((name, p))
+    for name, p in named:
+        by_node.setdefault(name.split(".")[0], []).append((name, p))
     return {node: digest(held) for node, held in by_node.items()}
 
 
@@ -215,6 +216,15 @@ def weights_only():
             torch.load = original
 
 
+def unsafe_refusal(e: UnsafeFile) -> ResumeError:
+    """The refusal of a checkpoint file that names what the allow-list does not load (a payload)."""
+    lines = [ln.strip() for ln in str(e.cause).splitlines() if ln.strip()]
+    why = next((ln for ln in lines if "GLOBAL" in ln or "global" in ln), lines[0] if lines else "")
+    return _refuse(Path(e.path), f"this file holds objects graphspec does not load (only tensors and DeepSpeed's "
+                   f"own state): {why[:300]}", "a checkpoint file was replaced: restore the run folder from a copy "
+                   "you trust")
+
+
 def verify(folder: Path) -> None:
     """Every file of a checkpoint is the one written: same size, same sha256; none missing."""
     problem = damage(folder)
@@ -278,11 +288,7 @@ def restore(run_dir: Path, trainer, task, frozen: dict) -> tuple[int, dict]:
         with weights_only():
             _, client = trainer.engine.load_checkpoint(str(path), tag="engine", load_module_strict=False)
     except UnsafeFile as e:
-        lines = [ln.strip() for ln in str(e.cause).splitlines() if ln.strip()]
-        why = next((ln for ln in lines if "GLOBAL" in ln or "global" in ln), lines[0] if lines else "")
-        raise _refuse(Path(e.path), f"this file holds objects graphspec does not load (only tensors and "
-                      f"DeepSpeed's own state): {why[:300]}",
-                      "a checkpoint file was replaced: restore the run folder from a copy you trust") from None
+        raise unsafe_refusal(e) from None
     if client is None:
         raise _refuse(path, "DeepSpeed could not read this checkpoint", "start the run anew")
     torch.set_rng_state(rng["torch"])

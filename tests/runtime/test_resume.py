@@ -202,6 +202,11 @@ def test_a_payload_planted_in_every_pickle_file_never_runs(stage, files, spec_fi
     assert stage in (0, 3) or f"{planted[0]}:" in err  # the optimizer file itself was refused
     assert "posix.system" in err or "os.system" in err  # what it would have called
     assert not marker.exists()
+    step = next((run_dir / "checkpoints").glob("step-*"))  # an export reads the same files the same way
+    assert main(["export", str(step), "-o", str(tmp_path / "export")]) == 2
+    err = capsys.readouterr().err
+    assert "holds objects graphspec does not load" in err and "Traceback" not in err
+    assert not marker.exists() and not (tmp_path / "export").exists()
 
 
 def _metrics_step(run_dir) -> int:
