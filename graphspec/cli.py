@@ -17,10 +17,12 @@ from pathlib import Path
 from .errors import GraphspecError, Issue, Loc, SpecError
 from .loader import load
 from .source import load_scalar
+from .version import __version__
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="graphspec", description="Declarative vision-language encoder graphs.")
+    p.add_argument("--version", action="version", version=f"graphspec {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     for name, help_ in (("validate", "run every check without building weights"),
                         ("compile", "check the spec and write the build directory")):
@@ -335,8 +337,8 @@ def _study(args) -> int:
 
 
 def _check_data(args) -> int:
-    from .runtime.check_data import check_data, raise_if_bad
-    from .runtime.launch import cores
+    from graphspec.runtime.check_data import check_data, raise_if_bad
+    from graphspec.runtime.launch import cores
 
     spec = load(args.spec, args.overrides)
     splits = ["train", "val"] if args.split == "both" else [args.split]

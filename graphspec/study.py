@@ -181,7 +181,7 @@ def plan_study(path: str | Path, compile_check: bool = True) -> Study:
 
 def _compile_issues(runs: list[StageRun]) -> list[Issue]:
     """Every stage spec passes the compiler's checks."""
-    from .compiler import compile_spec  # imports torch: only here
+    from graphspec.compiler import compile_spec  # imports torch: only here
 
     issues = []
     for run in runs:

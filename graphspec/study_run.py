@@ -24,10 +24,11 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from graphspec.runtime.launch import SELF_STARTED
+
 from .compare import write_comparison
 from .errors import GraphspecError, Issue, Loc
 from .loader import load, override
-from .runtime.launch import SELF_STARTED
 from .study import StageRun, Study
 from .variants import write_variants
 
@@ -63,7 +64,7 @@ def _run_stage(out: Path, run: StageRun) -> float:
     process compiles the stage's build first (its libraries are imported already, and a spec error is shown
     here, located in the stage's spec.json), so the stage starts from the build and does not run the compile
     checks a second time."""
-    from .compiler import compile_spec, write_artifacts
+    from graphspec.compiler import compile_spec, write_artifacts
     from .stage_process import run_stage
 
     started = time.time()

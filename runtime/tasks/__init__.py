@@ -10,10 +10,10 @@ from typing import Callable
 
 from torch import nn
 
+from graphspec.compiler.preprocess import image_transform
 from graphspec.errors import Issue, SpecError, suggest
 from graphspec.schema import Spec
 
-from ...compiler.preprocess import image_transform
 from ..data.jsonl import JsonlLayout
 from . import captions, nlvr2, refexp, retrieval, snli_ve, vqa  # noqa: F401  (each registers its task)
 from .base import REGISTRY, Example, Task, TaskData

@@ -26,7 +26,7 @@ def test_schema_prints_json_schema_with_every_node_kind(capsys):
 
 
 def _schema_validator(capsys):
-    jsonschema = pytest.importorskip("jsonschema")  # not a dependency of the project: checked where present
+    import jsonschema  # the test extra's: never skipped
     assert main(["schema"]) == 0
     schema = json.loads(capsys.readouterr().out)
     jsonschema.Draft202012Validator.check_schema(schema)
@@ -125,3 +125,15 @@ def test_python_m_graphspec_validates_the_quickstart():
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("specs/quickstart.yaml: ok (")
     assert "Traceback" not in result.stderr
+
+
+def test_version_prints_the_package_version():
+    """From the console script: the version the installed metadata carries is the one the code says."""
+    from importlib.metadata import version
+
+    from graphspec import __version__
+
+    command = Path(sys.executable).parent / "graphspec"  # the console script pip installed beside python
+    result = subprocess.run([str(command), "--version"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout == f"graphspec {__version__}\n", result
+    assert version("graphspec-vl") == __version__

@@ -5,6 +5,7 @@ together even when only one of them sees the bad loss."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import subprocess
 import sys
@@ -132,9 +133,24 @@ def infinite_gradient(monkeypatch):
     monkeypatch.setattr(DeepSpeedEngine, "backward", backward)
     from deepspeed.utils import logger
 
-    for handler in logger.handlers:  # DeepSpeed says it skipped: to this test's stderr, not an earlier test's
-        monkeypatch.setattr(handler, "stream", sys.stderr)
+    # DeepSpeed says it skipped through its own StreamHandler, whose stream is the sys.stdout of the moment
+    # DeepSpeed was imported (an earlier test's capture, closed since). Point it at whatever stderr is current
+    # when it writes. Only DeepSpeed's own handler: pytest adds its capture handlers (StreamHandler subclasses
+    # with a StringIO it reads back) to the same logger while a test runs.
+    for handler in logger.handlers:
+        if type(handler) is logging.StreamHandler:
+            monkeypatch.setattr(handler, "stream", _CurrentStderr())
     return bad
+
+
+class _CurrentStderr:
+    """A stream that writes to the sys.stderr of each call."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
 
 
 BF16_ZERO2 = ["--set", "train.precision=bf16", "--set", "distributed.zero_stage=2", "--set", "train.grad_clip=null"]
