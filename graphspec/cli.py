@@ -57,6 +57,8 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("target", help="a run directory, its checkpoint/, or one of its training checkpoints "
                    "(RUN/checkpoints/step-N)")
     x.add_argument("-o", "--out", required=True, help="the folder to write (must not exist, or be empty)")
+    x.add_argument("--no-program", dest="program", action="store_false", help="leave out model.pt2 (the "
+                   "torch.export program, which takes seconds to trace; load_model and predict do not need it)")
     pr = sub.add_parser("predict", help="run an exported model on an image and a text: match probability, or the "
                         "task head's answer")
     pr.add_argument("model", help="a folder `graphspec export` wrote, or a hub model id")
@@ -231,7 +233,7 @@ def _eval(args) -> int:
 def _export(args) -> int:
     from graphspec.runtime.export import export_model
 
-    out = export_model(args.target, args.out)
+    out = export_model(args.target, args.out, args.program)
     print(f"exported to {out}: " + ", ".join(sorted(p.name for p in out.iterdir())))
     return 0
 

@@ -34,9 +34,10 @@ from .inference import EXPORT_FORMAT, HF_KINDS, MANIFEST, PROGRAM, head_labels
 from .resume import FOLDER, frozen_digests
 
 
-def export_model(target: str | Path, out: str | Path) -> Path:
+def export_model(target: str | Path, out: str | Path, program: bool = True) -> Path:
     """Export a run's final checkpoint (a run directory or its checkpoint/), or one of its training
-    checkpoints (RUN/checkpoints/step-N: ZeRO's shards merged into whole fp32 weights)."""
+    checkpoints (RUN/checkpoints/step-N: ZeRO's shards merged into whole fp32 weights). `program=False` leaves
+    out `model.pt2` (torch.export takes seconds; load_model and predict do not read it)."""
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise EnvironmentProblem([Issue((), "the export folder exists and is not empty", "choose another -o, or "
@@ -61,7 +62,7 @@ def export_model(target: str | Path, out: str | Path) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        _write(tmp, tokenizer, spec, model, state, plan, verified)
+        _write(tmp, tokenizer, spec, model, state, plan, verified, program)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise EnvironmentProblem([Issue((), f"the export could not be written ({e.strerror or e})",
@@ -141,7 +142,7 @@ def _check_frozen(model, frozen: set[str], state: dict, ckpt: Path) -> dict[str,
     return {node: "verified" for node in found}
 
 
-def _write(tmp: Path, tokenizer, spec, model, state: dict, plan: dict, verified: dict) -> None:
+def _write(tmp: Path, tokenizer, spec, model, state: dict, plan: dict, verified: dict, program: bool) -> None:
     """`tokenizer`: a checkpoint's tokenizer folder, or a tokenizer."""
     from safetensors.torch import save_model
 
@@ -163,7 +164,8 @@ def _write(tmp: Path, tokenizer, spec, model, state: dict, plan: dict, verified:
                 "inputs": inputs, "parameters": params, "towers": towers, "frozen_weights": verified,
                 "training": {"step": state.get("step"), "val": state.get("val", {}),
                              "vocabulary": {k: v for k, v in state.items() if k == "answers"}}}
-    manifest["program"] = write_program(spec, model, tmp / PROGRAM)
+    manifest["program"] = write_program(spec, model, tmp / PROGRAM) if program else {
+        "written": False, "why": "left out on request (graphspec export --no-program)"}
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     (tmp / "README.md").write_text(model_card(spec, manifest))
 

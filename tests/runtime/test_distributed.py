@@ -160,7 +160,7 @@ def _exported_matches_the_checkpoint(run_dir, out) -> None:
     from graphspec.runtime.evaluate import _load, find_checkpoint
     from graphspec.runtime.export import export_model
 
-    folder = export_model(run_dir, out)
+    folder = export_model(run_dir, out, program=False)
     done = subprocess.run([sys.executable, "-c", LOADED, str(folder), str(out.parent / "loaded.safetensors")],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file, save_file
 
 from graphspec.cli import main
@@ -29,17 +30,35 @@ def _trained(train_spec, compile_build, run_dir: Path, overrides=()) -> Path:
     return run_dir
 
 
-@pytest.fixture
-def photos(tmp_path) -> list[Path]:
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> list[Path]:
     """Three of scikit-image's photographs as PNG files."""
     from PIL import Image
     from skimage import data
 
-    out = []
+    folder, out = tmp_path_factory.mktemp("photos"), []
     for name in ("astronaut", "coffee", "chelsea"):
-        out.append(tmp_path / f"{name}.png")
+        out.append(folder / f"{name}.png")
         Image.fromarray(getattr(data, name)()).save(out[-1])
     return out
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> tuple[Path, Path]:
+    """(run directory, export folder) of the tiny spec trained 4 steps, nothing frozen: shared by the tests that
+    only read an export."""
+    import graphspec
+    from graphspec.runtime.build import read_build
+    from tests.runtime.conftest import train_spec_data
+
+    base = tmp_path_factory.mktemp("exported")
+    spec = train_spec_data()
+    spec["train"].update(steps=4, val_every=None, log_every=2)
+    spec["data"]["val"]["samples"] = 8
+    (base / "spec.yaml").write_text(yaml.safe_dump(spec))
+    graphspec.compile(graphspec.load(base / "spec.yaml"), out=base / "build")
+    run(read_build(base / "build"), base / "run", show_bar=False)
+    return base / "run", export_model(base / "run", base / "export")
 
 
 CHILD = """
@@ -65,15 +84,19 @@ def _in_fresh_process(target: str, photos, texts, out: Path, env: dict | None = 
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("frozen", ["none", "vision_tower"])
 def test_an_export_loaded_in_a_fresh_process_gives_the_training_codes_itm_probabilities(
-        train_spec, compile_build, tmp_path, photos, frozen):
-    overrides = [f"nodes.{frozen}.freeze=true"] if frozen != "none" else []
-    run_dir = _trained(train_spec, compile_build, tmp_path / "run", overrides)
-    folder = export_model(run_dir, tmp_path / "export")
+        train_spec, compile_build, tmp_path, photos, exported, frozen):
+    if frozen == "none":
+        run_dir, folder = exported
+    else:
+        run_dir = _trained(train_spec, compile_build, tmp_path / "run", [f"nodes.{frozen}.freeze=true"])
+        folder = export_model(run_dir, tmp_path / "export", program=False)
+        assert not (tmp_path / "export.partial").exists()
     names = {p.name for p in folder.iterdir()}
     assert {"README.md", "model.safetensors", "graphspec.json", "preprocessor_config.json",
-            "tokenizer_config.json"} <= names and not (tmp_path / "export.partial").exists()
+            "tokenizer_config.json"} <= names
     seen = _in_fresh_process(str(folder), photos, CAPTIONS, tmp_path / "child.safetensors")
     assert not seen["deepspeed"]  # inference does not import DeepSpeed
     assert {"itm", "itm_probability", "itm_features", "mlm"} <= set(seen["keys"])
@@ -90,8 +113,53 @@ def test_an_export_loaded_in_a_fresh_process_gives_the_training_codes_itm_probab
     assert card.startswith("---\nlibrary_name: graphspec\n") and "## Towers" in card and "| vision_tower |" in card
 
 
-def test_a_hub_id_loads_from_the_local_hub_cache_offline(train_spec, compile_build, tmp_path, photos):
-    folder = export_model(_trained(train_spec, compile_build, tmp_path / "run"), tmp_path / "export")
+def test_the_processor_prepares_what_training_built_for_the_same_images_and_texts(exported, photos, tmp_path):
+    """The same photographs and captions through the training code (a JSONL manifest read by the captions
+    task, its image reader and transform, its tokenizer and padding) and through the export's processor: the
+    same tensors, bit for bit. A processor with another tokenizer, normalisation, size or padding fails here."""
+    from transformers import AutoTokenizer
+
+    from graphspec.runtime.inference import load_model
+    from graphspec.runtime.tasks import make_task
+    from graphspec.runtime.tasks.caption_sources import PairPlan
+    from graphspec.runtime.tasks.captions import encode
+    from graphspec.schema import Spec
+
+    run_dir, folder = exported
+    manifest = tmp_path / "photos.jsonl"
+    manifest.write_text("".join(json.dumps({"image": str(p), "text": t}) + "\n" for p, t in zip(photos, CAPTIONS)))
+    ckpt = find_checkpoint(run_dir)
+    data = json.loads((ckpt / "spec.resolved.json").read_text())
+    data["data"]["val"] = {"source": f"jsonl:{manifest}", "task": "captions", "split": "val"}
+    spec, (_, model) = Spec.model_validate(data), _load(ckpt)
+    task = make_task(spec, model, lambda d: AutoTokenizer.from_pretrained(str(ckpt / "tokenizer")), "val")
+    plan = PairPlan([0, 1, 2], list(CAPTIONS), [1, 1, 1])
+    used, pixels, _ = task._pixels(task.val_set, plan, range(3), False, ("data", "val"))
+    training = encode(used, pixels, spec, task.roles, task.tokenizer, None)
+    _, processor = load_model(folder)
+    served = processor(images=photos, text=CAPTIONS)
+    assert set(served) == {"text_ids", "text_mask", "image"}
+    for key, value in served.items():
+        assert value.dtype == training[key].dtype and torch.equal(value, training[key]), key
+
+
+def test_predict_gives_what_load_model_gives(exported, photos, capsys):
+    from graphspec.runtime.inference import load_model
+
+    _, folder = exported
+    assert main(["predict", str(folder), "--image", str(photos[1]), "--text", CAPTIONS[0], "--text", CAPTIONS[2],
+                 "--json"]) == 0
+    said = [r["itm"]["match_probability"] for r in json.loads(capsys.readouterr().out)]
+    model, processor = load_model(folder)
+    with torch.no_grad():
+        want = model(**processor(images=[photos[1]], text=[CAPTIONS[0], CAPTIONS[2]]))["itm_probability"]
+    assert said == [round(float(p), 6) for p in want]
+    assert abs(said[0] - said[1]) > 1e-6  # two captions, two answers: not one value for every row
+
+
+@pytest.mark.integration
+def test_a_hub_id_loads_from_the_local_hub_cache_offline(exported, tmp_path, photos):
+    _, folder = exported
     repo = tmp_path / "hub" / "models--acme--tiny-vl"
     commit = "0123456789abcdef0123456789abcdef01234567"
     shutil.copytree(folder, repo / "snapshots" / commit)
@@ -104,8 +172,8 @@ def test_a_hub_id_loads_from_the_local_hub_cache_offline(train_spec, compile_bui
     assert got["probability"].shape == (3,) and not seen["deepspeed"]
 
 
-def test_predict_answers_on_scikit_image_photographs(train_spec, compile_build, tmp_path, photos, capsys):
-    folder = export_model(_trained(train_spec, compile_build, tmp_path / "run"), tmp_path / "export")
+def test_predict_answers_on_scikit_image_photographs(exported, photos, capsys):
+    _, folder = exported
     args = ["predict", str(folder), "--image", str(photos[0]), "--text", CAPTIONS[0], "--text", CAPTIONS[1]]
     capsys.readouterr()  # the training's output
     assert main(args + ["--json"]) == 0
@@ -157,12 +225,13 @@ save_file({k: v.contiguous() for k, v in out.items()}, sys.argv[4])
 """
 
 
-def test_the_pt2_program_runs_where_graphspec_cannot_be_imported(train_spec, compile_build, tmp_path, photos):
+@pytest.mark.integration
+def test_the_pt2_program_runs_where_graphspec_cannot_be_imported(exported, tmp_path, photos):
     from graphspec.compiler.emit import input_names
     from graphspec.runtime.inference import load_model
     from graphspec.runtime.export import Program
 
-    folder = export_model(_trained(train_spec, compile_build, tmp_path / "run"), tmp_path / "export")
+    _, folder = exported
     manifest = json.loads((folder / "graphspec.json").read_text())
     assert manifest["program"]["written"], manifest["program"]
     model, processor = load_model(folder)
@@ -199,6 +268,7 @@ def test_the_processor_refuses_inputs_it_cannot_arrange(tiny):
         assert said in e.value.format()
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("zero,precision", [("0", "fp32"), ("2", "bf16"), ("3", "fp32")])
 def test_a_training_checkpoint_exports_the_weights_it_holds(train_spec, compile_build, tmp_path, zero, precision):
     """Step 4 of a 6-step run (its ZeRO shards merged) exports what a 4-step run's final checkpoint does: the
@@ -212,12 +282,13 @@ def test_a_training_checkpoint_exports_the_weights_it_holds(train_spec, compile_
                                                                     "train.checkpoint_every=4"])
     shorter = _trained(train_spec, compile_build, tmp_path / "four", [*overrides, "train.steps=4"])
     step = longer / "checkpoints" / "step-00000004"
-    assert main(["export", str(step), "-o", str(tmp_path / "a")]) == 0
-    export_model(shorter, tmp_path / "b")
+    assert main(["export", str(step), "-o", str(tmp_path / "a"), "--no-program"]) == 0
+    export_model(shorter, tmp_path / "b", program=False)
     a, b = (load_file(str(tmp_path / x / "model.safetensors")) for x in ("a", "b"))
     assert a.keys() == b.keys()
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-5, rtol=0 if precision == "fp32" else 2 ** -8), k
     manifest = json.loads((tmp_path / "a" / "graphspec.json").read_text())
     assert manifest["training"]["step"] == 4 and manifest["frozen_weights"] == {"vision_tower": "verified"}
+    assert not manifest["program"]["written"] and not (tmp_path / "a" / "model.pt2").exists()
     assert (tmp_path / "a" / "tokenizer.json").is_file()
