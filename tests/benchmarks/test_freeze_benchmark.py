@@ -8,17 +8,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "freeze.py"
 
 
+@pytest.mark.integration
 def test_the_benchmark_measures_and_compares_each_configuration(tiny, tmp_path):
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(tiny))
     out = tmp_path / "figures.json"
     done = subprocess.run([sys.executable, str(SCRIPT), "--spec", str(tmp_path / "tiny.yaml"), "--steps", "2",
                            "--warmup", "1", "--only", "both+cache,renaissance-vision", "--profile", "none@plain",
-                           "--json", str(out)],
+                           "--rate-rounds", "1", "--json", str(out)],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     results = {r["config"]: r for r in json.loads(out.read_text())["results"]}
