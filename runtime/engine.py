@@ -14,6 +14,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.fx as fx
@@ -30,6 +31,10 @@ from .launch import SELF_STARTED, free_port
 from .model_cut import ModelCut
 from .tower_cache import default_root
 from .towers import TowerRunner
+
+if TYPE_CHECKING:
+    from deepspeed import DeepSpeedEngine
+    from torch.optim import Optimizer
 
 
 def distributed_env(spec: Spec) -> None:
@@ -51,8 +56,8 @@ def distributed_env(spec: Spec) -> None:
 
 @dataclass
 class Trainer:
-    engine: object  # deepspeed.DeepSpeedEngine
-    optimizer: object
+    engine: "DeepSpeedEngine"
+    optimizer: "Optimizer"
     scheduler: object
     cut: ModelCut
     eval_modules: list[str]

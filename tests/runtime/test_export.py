@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import cast
 
 import pytest
 import torch
@@ -122,7 +123,7 @@ def test_the_processor_prepares_what_training_built_for_the_same_images_and_text
     from graphspec.runtime.inference import load_model
     from graphspec.runtime.tasks import make_task
     from graphspec.runtime.tasks.caption_sources import PairPlan
-    from graphspec.runtime.tasks.captions import encode
+    from graphspec.runtime.tasks.captions import Captions, encode
     from graphspec.schema import Spec
 
     run_dir, folder = exported
@@ -132,7 +133,8 @@ def test_the_processor_prepares_what_training_built_for_the_same_images_and_text
     data = json.loads((ckpt / "spec.resolved.json").read_text())
     data["data"]["val"] = {"source": f"jsonl:{manifest}", "task": "captions", "split": "val"}
     spec, (_, model) = Spec.model_validate(data), _load(ckpt)
-    task = make_task(spec, model, lambda d: AutoTokenizer.from_pretrained(str(ckpt / "tokenizer")), "val")
+    task = cast(Captions, make_task(spec, model, lambda d: AutoTokenizer.from_pretrained(str(ckpt / "tokenizer")),
+                                    "val"))
     plan = PairPlan([0, 1, 2], list(CAPTIONS), [1, 1, 1])
     used, pixels, _ = task._pixels(task.val_set, plan, range(3), False, ("data", "val"))
     training = encode(used, pixels, spec, task.roles, task.tokenizer, None)

@@ -57,13 +57,16 @@ def test_fixed_count_drops_the_padding_it_picks_so_short_captions_get_fewer():
     special |= pad
     _, labels = mask_tokens(ids, special, [row] * n, 0.15, True, 4, torch.ones(n, dtype=torch.bool), draws,
                             pad.expand(n, -1))
-    real = (labels != IGNORE).sum(1).float()
+    real = (labels != IGNORE).sum(1)
     assert not (labels[:, 8:] != IGNORE).any()  # never a label on padding
-    # 6 of 38 candidates are words: 6 picks hit 6 * 6 / 38 = 0.95 words on average
-    assert 0.8 < real.mean().item() < 1.1
-    # per-word probability masks 0.15 * 6 = 0.9 in expectation too, but its count varies freely; fixed count
-    # never masks more than 6 positions
-    assert real.max().item() <= 6
+    # Each row: round(0.15 * 40) = 6 candidates by the draws, among the 6 words (positions 1-6) and the 32
+    # padding positions (8-39); the words among those 6 are masked, the padding dropped. Per-word masking (each
+    # word with probability 0.15), or re-drawing the dropped picks among words, gives other counts.
+    candidates = torch.tensor([*range(1, 7), *range(8, 40)])
+    first_six = draws.pick[:, candidates].argsort(dim=1)[:, :6]  # (n, 6) indices into candidates
+    assert torch.equal(real, (first_six < 6).sum(1))
+    # ... which is 6 x 6 / 38 = 0.95 words on average (per-word masking: 0.15 x 6 = 0.90)
+    assert abs(real.float().mean().item() - 36 / 38) < 0.04
 
 
 def test_fixed_count_follows_the_draws_so_ranks_agree():
@@ -157,3 +160,54 @@ def test_the_paper_spec_uses_the_paper_recipe():
     assert spec.inputs["text"].max_length == 50
     assert (spec.train.optimizer.lr, spec.train.batch_size, spec.train.steps) == (1e-5, 256, 100_000)
 
+
+
+@pytest.mark.parametrize("selection", ["fixed_count", "probability"])
+def test_the_specs_selection_reaches_the_batch(train_spec, compile_build, monkeypatch, selection):
+    """`objectives.mlm.selection: fixed_count` masks a train batch with `fixed_count` (at the spec's share, over
+    max_length positions): every label is a position it chose, on a matching pair, inside the text."""
+    from graphspec.runtime import objectives
+
+    train_spec["objectives"]["mlm"] = {"weight": 1.0, "selection": selection, "mask_prob": 0.3, "whole_word": True}
+    build = compile_build(train_spec)
+    task = _task(build.spec, build.dir)
+    real, seen = objectives.fixed_count, []
+
+    def spy(*args):
+        seen.append((args, real(*args)))
+        return seen[-1][1]
+
+    monkeypatch.setattr(objectives, "fixed_count", spy)
+    batch = task.train_batch(8, 3)
+    labelled = batch["mlm_labels"] != IGNORE
+    if selection == "probability":
+        assert not seen and labelled.any()
+        return
+    ((word_ids, pad, prob, whole_word, pick), chosen), = seen
+    assert prob == 0.3 and whole_word and chosen.shape[1] == train_spec["inputs"]["text"]["max_length"]
+    width = labelled.shape[1]  # cut to the batch's longest caption
+    assert not (chosen[:, width:] & ~pad[:, width:]).any()  # beyond it, only padding was chosen
+    inside = batch["text_mask"].bool()
+    assert torch.equal(labelled, chosen[:, :width] & inside & batch["match"].bool()[:, None])
+    assert labelled.any()
+
+
+def test_part_keys_of_lr_multipliers_reach_the_optimizers_groups(train_spec, compile_build):
+    """`fusion: 5` with `fusion.type_embed: 1` (the longest key wins) and `heads: 3`: each parameter reaches
+    DeepSpeed's optimizer in a group of its multiplier times the learning rate."""
+    from graphspec.runtime.run import prepare
+
+    train_spec["train"]["lr_multipliers"] = {"fusion": 5, "fusion.type_embed": 1, "heads": 3}
+    train_spec["train"]["schedule"] = {"warmup": 0, "decay": "constant"}  # every group at its peak from step 0
+    session = prepare(compile_build(train_spec))
+    names = {id(p): n for n, p in session.trainer.cut.inner.named_parameters()}  # what the engine holds
+    lr = train_spec["train"]["optimizer"]["lr"]
+    found: dict[str, float] = {}
+    for group in session.trainer.optimizer.param_groups:
+        for p in group["params"]:
+            found[names[id(p)]] = group["lr"]
+    assert set(found) == set(names.values())  # every trainable parameter in exactly one group
+    want = {n: lr * (1 if n.startswith("fusion.type_embed.") else 5 if n.startswith("fusion.") else
+                     3 if n.startswith("heads.") else 1) for n in found}
+    assert found == pytest.approx(want)
+    assert any(n.startswith("fusion.type_embed.") for n in found) and any(n.startswith("heads.") for n in found)

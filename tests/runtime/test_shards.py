@@ -104,13 +104,19 @@ def _losses(run_dir) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in records if "split" not in r}
 
 
+@pytest.mark.integration
 def test_a_stream_run_killed_mid_shard_resumes_on_the_uninterrupted_trajectory(spec_file, tmp_path):
+    """Also: the stream read by 2 worker processes and by the training process itself (0 workers) gives the
+    same batches, so the same losses."""
     from graphspec.study_run import fresh_env
 
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     assert main(["run", str(spec_file), "--run-dir", str(whole), "--build-dir", str(tmp_path / "b1")]) == 0
     summary = json.loads((whole / "summary.json").read_text())
     assert summary["data"]["train_reads"]["stream_read"] == 24 * 8  # every sample of 4 epochs, read once
+    assert main(["run", str(spec_file), "--set", "data.workers=0", "--run-dir", str(tmp_path / "w0"), "--build-dir",
+                 str(tmp_path / "b0")]) == 0
+    assert _losses(tmp_path / "w0") == _losses(whole) and len(_losses(whole)) == 24
     process = subprocess.Popen([sys.executable, "-m", "graphspec.cli", "run", str(spec_file), "--run-dir",
                                 str(killed), "--build-dir", str(tmp_path / "b2")], env=fresh_env(),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

