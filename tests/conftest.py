@@ -23,27 +23,6 @@ if _OWN_RECORDS:
 def pytest_sessionfinish(session, exitstatus):
     if _OWN_RECORDS:
         shutil.rmtree(os.environ["GRAPHSPEC_TOWER_RECORDS"], ignore_errors=True)
-    checker = getattr(session.config, "graphspec_static_check", None)
-    if checker is not None and checker.poll() is None:
-        checker.kill()
-
-
-def pytest_collection_modifyitems(session, config, items):
-    """The static check (tests/test_static.py) runs pyright over the whole tree, a minute of one core mostly
-    spent waiting on nothing else: it starts now, in the background, and its tests run last to read it."""
-    static = [item for item in items if item.nodeid.startswith("tests/test_static.py")]
-    if not static:
-        return
-    items[:] = [item for item in items if item not in static] + static
-    from importlib.util import find_spec
-
-    if find_spec("pyright") is not None:
-        import subprocess
-        import sys
-
-        config.graphspec_static_check = subprocess.Popen(
-            [sys.executable, "-m", "pyright", "--outputjson", "--pythonpath", sys.executable],
-            cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 TINY = {
     "name": "tiny",
