@@ -17,10 +17,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-# pyright's error count over graphspec/, compiler/, runtime/ and tests/ on 2026-12-03 (pyright 1.1.414): most
+# pyright's error count over graphspec/, compiler/, runtime/ and tests/ on 2026-12-03 (pyright 1.1.414; 431 before
+# this session typed the engine's fields): most
 # are library types pyright cannot see through (torch's Module.__getattr__, pydantic unions, Optional access
 # the code has checked another way). Lower it when you fix some; a change that raises it fails here.
-ERROR_CEILING = 431
+ERROR_CEILING = 423
 UNRESOLVED = ("reportMissingImports", "reportMissingModuleSource", "reportAttributeAccessIssue")
 
 
