@@ -144,6 +144,7 @@ def measure(name: str, steps: int, warmup: int, cache_dir: str, base: Path = BAS
         t0 = time.perf_counter()
         batch = task.train_batch(MICRO, index)
         t1 = time.perf_counter()
+        batch = trainer.move(batch)
         loss = task.losses(trainer.forward(batch), batch)["loss"]
         t2 = time.perf_counter()
         trainer.engine.backward(loss)

@@ -14,7 +14,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.fx as fx
@@ -26,7 +26,7 @@ from graphspec.compiler.placement import frozen_dtype, outside_towers, placement
 from graphspec.errors import Issue, SpecError
 from graphspec.schema import Spec
 
-from . import ranks
+from . import devices, ranks
 from .launch import SELF_STARTED, free_port
 from .model_cut import ModelCut
 from .tower_cache import default_root
@@ -80,25 +80,25 @@ class Trainer:
         for name in self.eval_modules:
             self.engine.module.get_submodule(name).eval()
 
+    @property
+    def device(self) -> torch.device:
+        return torch.device(cast(torch.device, self.engine.device))
+
+    def move(self, batch: dict) -> dict:
+        """A micro batch's one move to the training device: the forward and the losses both read what this
+        returns (runtime.devices)."""
+        return devices.to_device(batch, self.device)
+
     def forward(self, batch: dict) -> dict:
-        device = self.engine.device
-        batch = {k: _cast(v, device) for k, v in batch.items()}
+        """The model's outputs, on the training device, for a batch `move` gave."""
         towers = self.towers(batch)
-        inputs = self.cut.inner_inputs(batch, towers)
-        inputs = {k: _cast(v, device, self.dtype) for k, v in inputs.items()}
+        inputs = devices.to_device(self.cut.inner_inputs(batch, towers), self.device, self.dtype)
         return self.engine(**inputs)
 
-
-def _cast(value, device: torch.device, dtype: torch.dtype | None = None):
-    """Tensors (also inside the dicts and tuples ports carry) to the engine's device; floats to its dtype."""
-    if isinstance(value, torch.Tensor):
-        value = value.to(device, non_blocking=True)  # from pinned memory (workers on an accelerator): async
-        return value.to(dtype) if dtype is not None and value.is_floating_point() else value
-    if isinstance(value, dict):
-        return {k: _cast(v, device, dtype) for k, v in value.items()}
-    if isinstance(value, tuple):
-        return tuple(_cast(v, device, dtype) for v in value)
-    return value
+    def host_forward(self, batch: dict) -> dict:
+        """A batch made on the host in, the outputs back on the host: what validation's metrics read, beside
+        the targets the task made there."""
+        return devices.to_host(self.forward(self.move(batch)))
 
 
 class _NotBeforeStart(logging.Filter):

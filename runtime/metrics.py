@@ -97,9 +97,10 @@ def contrastive_loss(out: dict, keep: torch.Tensor | None = None) -> torch.Tenso
     import torch.distributed as dist
 
     all_t, all_i = _GatherWithGrad.apply(t), _GatherWithGrad.apply(i)  # (W * B, dim)
-    kept = [torch.empty_like(keep) for _ in range(world())]
-    dist.all_gather(kept, keep)
-    all_keep = torch.cat(kept)  # (W * B,)
+    flags = keep.to(torch.uint8)  # NCCL has no bool
+    kept = [torch.empty_like(flags) for _ in range(world())]
+    dist.all_gather(kept, flags)
+    all_keep = torch.cat(kept).bool()  # (W * B,)
     before = int(all_keep[: rank() * keep.shape[0]].sum())  # kept rows of the ranks before this one
     mine, total = int(keep.sum()), int(all_keep.sum())
     if mine == 0:  # nothing of ours to contrast: every input stays in the graph, so that this rank's backward

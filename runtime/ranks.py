@@ -3,11 +3,18 @@
 Every rank builds the same global micro batch (so data order and MLM masking
 are functions of the step alone, whatever the world size) and trains on its own
 slice; rank 0 alone reports and writes files. With one process these are no-ops.
+
+The values reduced here are the host's (flags, counts, losses already read back): they go through a group on
+the host. Where the run's own group is gloo (the CPU), that group; where it is NCCL (GPUs), which takes only
+device tensors, a gloo group beside it, made once by every rank at its first collective. Device tensors
+(features gathered for the contrastive loss, masked-token counts) go through the run's group, on the device
+(`device_total`).
 """
 
 from __future__ import annotations
 
 import os
+from typing import cast
 
 import torch
 import torch.distributed as dist
@@ -29,9 +36,21 @@ def _active() -> bool:
     return world() > 1 and dist.is_available() and dist.is_initialized()
 
 
-def barrier() -> None:
-    if _active():
-        dist.barrier()
+def _backend() -> str:
+    return str(dist.get_backend())
+
+
+_host_group: "dist.ProcessGroup | None" = None  # set by `host_group`, dropped by `finish`
+
+
+def host_group() -> "dist.ProcessGroup | None":
+    """The group host tensors are reduced in: the run's own when it is gloo, else a gloo group beside it (made
+    collectively: every rank reaches its first host collective at the same point of the same code)."""
+    global _host_group
+    if _host_group is None:
+        _host_group = cast("dist.ProcessGroup", dist.group.WORLD if _backend() == "gloo"
+                           else dist.new_group(backend="gloo"))
+    return _host_group
 
 
 def total(values: dict[str, float]) -> dict[str, float]:
@@ -40,7 +59,7 @@ def total(values: dict[str, float]) -> dict[str, float]:
         return values
     keys = list(values)  # the same order on every rank: the same code made them
     t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
-    dist.all_reduce(t)
+    dist.all_reduce(t, group=host_group())
     return {k: float(v) for k, v in zip(keys, t.tolist())}
 
 
@@ -53,7 +72,7 @@ def maximum(value: float) -> float:
     if not _active():
         return value
     t = torch.tensor([value], dtype=torch.float64)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=host_group())
     return float(t.item())
 
 
@@ -63,7 +82,7 @@ def gather_counts(value: int) -> list[int]:
         return [int(value)]
     t = torch.zeros(world(), dtype=torch.float64)
     t[rank()] = value
-    dist.all_reduce(t)
+    dist.all_reduce(t, group=host_group())
     return [int(v) for v in t.tolist()]
 
 
@@ -72,7 +91,7 @@ def any_true(flag: bool) -> bool:
     if not _active():
         return bool(flag)
     t = torch.tensor([1.0 if flag else 0.0], dtype=torch.float64)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=host_group())
     return bool(t.item())
 
 
@@ -83,15 +102,31 @@ def any_text(text: str) -> str:
     return ""
 
 
+def device_total(t: torch.Tensor) -> torch.Tensor:
+    """The sum over the ranks of a tensor on the training device, in the run's own group (no host copy)."""
+    if not _active():
+        return t
+    t = t.clone()
+    dist.all_reduce(t)
+    return t
+
+
 def part(size: int) -> slice:
     """This rank's rows of a global batch of `size` (world x micro) rows."""
     share = size // world()
     return slice(rank() * share, (rank() + 1) * share)
 
 
+def barrier() -> None:
+    if _active():
+        dist.barrier(group=host_group())
+
+
 def finish() -> None:
     """Leave the process group together: a rank that exits while another still talks to it can abort in gloo's
     teardown (seen once: 'terminate called without an active exception' after all work was done)."""
+    global _host_group
     if _active():
-        dist.barrier()
+        dist.barrier(group=host_group())
         dist.destroy_process_group()
+    _host_group = None

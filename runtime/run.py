@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import resource
 import shutil
 import statistics
@@ -82,7 +83,8 @@ def train_step(s: Session, spec, step: int, batches: Batches) -> tuple[dict[str,
     """One optimizer step over `accumulation` micro batches: (the losses averaged over them and the ranks,
     whether they were finite, whether DeepSpeed itself skipped the update: see `deepspeed_skipped`). A micro
     batch whose loss is not finite on any rank ends the step before its backward, on every rank: the weights
-    are not touched."""
+    are not touched. Each micro batch is moved to the device once (`Trainer.move`), and read back to the host
+    once: its losses, in one copy, which also tells whether they are finite."""
     micro, accum = spec.batch_plan()
     shown: dict[str, float] = {}
     skipped_before = s.trainer.engine.skipped_steps
@@ -92,15 +94,23 @@ def train_step(s: Session, spec, step: int, batches: Batches) -> tuple[dict[str,
             s.reads[k] = s.reads.get(k, 0) + v
         if "_stream" in batch:  # where this rank's stream is after this batch: what a checkpoint records
             s.reads["position"] = batch.pop("_stream")
-        parts = s.task.losses(s.trainer.forward(batch), batch)
-        if ranks.any_true(not bool(torch.isfinite(parts["loss"].detach()).all())):
-            return {k: float(v.detach()) for k, v in parts.items()}, False, False
+        parts = step_losses(s, batch)
+        values = dict(zip(parts, torch.stack([v.detach().float() for v in parts.values()]).tolist()))
+        if ranks.any_true(not all(math.isfinite(v) for v in values.values())):
+            return values, False, False
         s.trainer.engine.backward(parts["loss"])
         s.trainer.engine.step()
-        for k, v in parts.items():
-            shown[k] = shown.get(k, 0.0) + float(v.detach()) / accum
+        for k, v in values.items():
+            shown[k] = shown.get(k, 0.0) + v / accum
     dropped = deepspeed_skipped(spec, s.trainer.engine.skipped_steps > skipped_before)
     return ranks.mean(shown), True, dropped
+
+
+def step_losses(s: Session, batch: dict) -> dict[str, torch.Tensor]:
+    """A host micro batch's losses, on the training device: the batch moved once, and both the forward and
+    the losses read the moved one (a target left on the host would meet the device's outputs)."""
+    batch = s.trainer.move(batch)
+    return s.task.losses(s.trainer.forward(batch), batch)
 
 
 def deepspeed_skipped(spec, skipped: bool) -> bool:
@@ -230,7 +240,7 @@ def _loop(s: Session, spec, run_dir: Path, first: int, frozen: dict, reporter, s
 def validate(s: Session, reporter: Reporter | Silent, step: int) -> dict:
     """Every rank runs the forwards (ZeRO-3 gathers weights in them); the split is not divided among ranks."""
     s.trainer.eval()
-    val = s.task.evaluate(s.trainer.forward)
+    val = s.task.evaluate(s.trainer.host_forward)  # metrics on the host, where the task made the targets
     s.trainer.train()
     reporter.log({"step": step, "split": "val", **val})
     reporter.line(f"step {step} validation: " + " ".join(f"{k} {v:.4f}" for k, v in val.items()))

@@ -27,6 +27,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from . import devices
+
 FORMAT = 3  # bump when the layout or the key changes (3: image towers keyed by the encoded sample)
 
 
@@ -57,9 +59,10 @@ class TowerCache:
 
     @staticmethod
     def key(args: list[torch.Tensor], row: int) -> str:
+        """A row's key from the tower's inputs as it receives them; `args` on the host."""
         h = hashlib.blake2b(digest_size=20)
         for a in args:
-            t = a[row].detach().cpu().contiguous()
+            t = a[row].contiguous()
             h.update(f"{t.dtype} {tuple(t.shape)};".encode())
             h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
         return h.hexdigest()
@@ -107,7 +110,8 @@ class TowerCache:
         n = args[0].shape[0]
         rows: list[dict | None] = [None] * n
         if keys is None:
-            keys = [self.key(args, r) for r in range(n)]
+            host_args = devices.to_host(args)  # one move for the whole batch, not one per row
+            keys = [self.key(host_args, r) for r in range(n)]
             for r, k in enumerate(keys):
                 rows[r] = self.read(k)[0]
         else:
@@ -121,8 +125,9 @@ class TowerCache:
             if self.structure is None:
                 self.structure = structure
                 _write_whole(self.dir / "structure.json", json.dumps(structure).encode())
+            flat = devices.to_host(flat)  # the computed rows leave the device once, to be stored
             for j, r in enumerate(missing):
-                rows[r] = {p: t[j].detach().cpu().contiguous().clone() for p, t in flat.items()}
+                rows[r] = {p: t[j].contiguous().clone() for p, t in flat.items()}
                 path = self._path(keys[r])
                 path.parent.mkdir(exist_ok=True)
                 tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
@@ -131,9 +136,9 @@ class TowerCache:
                 os.replace(tmp, path)
         self.hits += n - len(missing)
         self.misses += len(missing)
-        device = args[0].device
-        return _unflatten(self.structure, {p: torch.stack([row[p] for row in rows]).to(device)
-                                           for p in rows[0]})
+        # stored and computed rows meet on the host, and the batch goes to the tower's device in one move
+        stacked = {p: torch.stack([row[p] for row in rows]) for p in rows[0]}
+        return _unflatten(self.structure, devices.to_device(stacked, args[0].device))
 
     def size(self) -> tuple[int, int]:
         """(entries, bytes) stored for this tower."""

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from . import devices
 from .resume import digest
 from .model_cut import ModelCut
 from .tower_cache import TowerCache
@@ -109,7 +110,7 @@ class TowerRunner:
     def __call__(self, batch: dict) -> dict:
         out = {}
         for name, tower in self.cut.towers.items():
-            args = [_to(batch[a], self.device, self.dtype) for a in self.cut.tower_args[name]]
+            args = [devices.to_device(batch[a], self.device, self.dtype) for a in self.cut.tower_args[name]]
             cache = self.caches.get(name)
             if cache is None:
                 out[name] = tower(*args)
@@ -119,7 +120,3 @@ class TowerRunner:
             out[name] = cache.outputs(tower, args, **known) if known else cache.outputs(tower, args)
         return out
 
-
-def _to(value: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    value = value.to(device)
-    return value.to(dtype) if value.is_floating_point() else value

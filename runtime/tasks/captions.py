@@ -299,12 +299,13 @@ class Captions:
         length = self.spec.inputs[self.roles.text].max_length
         return MaskDraws.draw(gen, total, length, len(self.tokenizer)).rows(slice(mine.start, mine.stop))
 
-    def mlm_weight(self, labels: torch.Tensor) -> float:
+    def mlm_weight(self, labels: torch.Tensor) -> torch.Tensor:
         """A rank's MLM loss is weighted by its share of the masked tokens: the ranks' average (what data
-        parallelism takes) is then the mean over every masked token of the global batch (one all-reduce)."""
-        mine = float((labels != IGNORE).sum())
-        total = ranks.total({"masked": mine})["masked"]
-        return mine * ranks.world() / total if total else 1.0
+        parallelism takes) is then the mean over every masked token of the global batch (one all-reduce, on
+        the device the labels are on: no copy to the host)."""
+        mine = (labels != IGNORE).sum().to(torch.float32)
+        total = ranks.device_total(mine)
+        return torch.where(total > 0, mine * ranks.world() / total.clamp(min=1), torch.ones_like(total))
 
     def losses(self, out: dict, batch: dict) -> dict[str, torch.Tensor]:
         spec, roles = self.spec, self.roles

@@ -22,7 +22,7 @@ def _steps(build, n: int = 3):
     task = Captions(spec, spec.roles(), data,
                     load_tokenizer(spec, "text", 128, build.dir, lambda: ["a red circle left of a blue square"] * 4))
     for i in range(n):
-        batch = task.train_batch(8, i)
+        batch = trainer.move(task.train_batch(8, i))
         trainer.engine.backward(task.losses(trainer.forward(batch), batch)["loss"])
         trainer.engine.step()
     return trainer, model, plan

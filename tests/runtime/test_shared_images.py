@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from graphspec.compiler.placement import shared_images
-from graphspec.runtime.run import prepare
+from graphspec.runtime.run import prepare, step_losses
 
 
 @pytest.fixture
@@ -19,7 +19,7 @@ def two_pass(train_spec):
 
 def _losses(s, batch) -> dict[str, float]:
     with torch.no_grad():
-        return {k: float(v) for k, v in s.task.losses(s.trainer.forward(batch), batch).items()}
+        return {k: float(v) for k, v in step_losses(s, batch).items()}
 
 
 @pytest.mark.parametrize("vision", ["trainable", "frozen", "frozen+cache"])
