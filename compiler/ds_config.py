@@ -62,16 +62,34 @@ def _scheduler(spec: Spec, groups: list[dict]) -> dict:
     return {"type": _SCHEDULERS[s.decay], "params": params}
 
 
-def emit_ds_config(spec: Spec, groups: list[dict]) -> dict:
+def buckets(spec: Spec, trainable: int) -> dict[str, Any]:
+    """ZeRO's communication buckets sized to the trainable weights. DeepSpeed's defaults (5e8 elements, 2 GB of
+    fp32 per bucket and per rank) are sized for models of billions of parameters; a quarter of the trainable
+    weights, between 1e6 and 5e8 elements, keeps a few buckets per step, so that reducing one overlaps the
+    backward of the next, which `overlap_comm` lets DeepSpeed do on several GPUs (on the CPU there are no
+    streams to overlap on)."""
+    d = spec.distributed
+    if d.zero_stage == 0:
+        return {}
+    size = d.reduce_bucket_size or int(min(5e8, max(1e6, trainable // 4)))
+    out: dict[str, Any] = {"reduce_bucket_size": size}
+    out.update({"allgather_bucket_size": size} if d.zero_stage in (1, 2) else {"stage3_prefetch_bucket_size": size})
+    if d.world_size > 1 and resolve_accelerator(spec) == "cuda":
+        out["overlap_comm"] = True
+    return out
+
+
+def emit_ds_config(spec: Spec, groups: list[dict], trainable: int = 0) -> dict:
+    """`trainable`: the number of trainable weights, which sizes ZeRO's buckets (`buckets`)."""
     d, t = spec.distributed, spec.train
     micro, accum = spec.batch_plan()
-    zero: dict[str, Any] = {"stage": d.zero_stage}
+    zero: dict[str, Any] = {"stage": d.zero_stage, **buckets(spec, trainable)}
+    # Pinned host buffers let an accelerator copy to and from them asynchronously; on the CPU DeepSpeed's
+    # accelerator pins nothing, so the same config serves both.
     if d.offload_optimizer != "none":
-        zero["offload_optimizer"] = {"device": d.offload_optimizer, "pin_memory": False}
+        zero["offload_optimizer"] = {"device": d.offload_optimizer, "pin_memory": True}
     if d.offload_param != "none":
-        zero["offload_param"] = {"device": d.offload_param, "pin_memory": False}
-    if d.reduce_bucket_size:
-        zero["reduce_bucket_size"] = d.reduce_bucket_size
+        zero["offload_param"] = {"device": d.offload_param, "pin_memory": True}
     if (t.grad_clip is None and d.zero_stage in (1, 2) and d.offload_optimizer == "none"
             and "data_types" not in d.deepspeed and t.precision == "bf16"
             and d.deepspeed.get("bf16", {}).get("check_grad_overflow", True) is not False):

@@ -84,7 +84,7 @@ def compile_spec(spec: Spec) -> Compiled:
         issues += more
     issues += unmatched_multipliers(spec, gm)
     groups = param_groups(spec, gm, plan.frozen)
-    ds = emit_ds_config(spec, groups)
+    ds = emit_ds_config(spec, groups, sum(p.numel() for n, p in gm.named_parameters() if n not in plan.frozen))
     placed = placement(spec, gm, plan)
     warnings += _raise_if_errors(spec, issues + check_ds_config(ds, spec, groups) + placement_issues(spec, placed),
                                  "freeze and DeepSpeed checks")

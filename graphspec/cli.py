@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 
-from .errors import GraphspecError, Issue, Loc, SpecError
+from .errors import EnvironmentProblem, GraphspecError, Issue, Loc, SpecError
 from .loader import load
 from .source import load_scalar
 from .version import __version__
@@ -52,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("target", help="a run directory or its checkpoint/")
     e.add_argument("--split", default="val", choices=["train", "val", "test"], help="which split (default: val)")
     e.add_argument("-o", "--out", help="write the metrics here (default: TARGET/eval-SPLIT.json)")
+    e.add_argument("--device", default="cpu", help="where the model computes: cpu (default), cuda, cuda:1, ...")
     x = sub.add_parser("export", help="a run's trained model as one folder (Hugging Face Hub layout): every "
                        "weight, tokenizer, preprocessing, labels, model card")
     x.add_argument("target", help="a run directory, its checkpoint/, or one of its training checkpoints "
@@ -66,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--text", action="append", default=[], metavar="TEXT", help="a text (repeatable); one image "
                     "and several texts, or several images and one text, are paired each with each")
     pr.add_argument("--json", action="store_true", help="print JSON instead of lines")
+    pr.add_argument("--device", default="cpu", help="where the model computes: cpu (default), cuda, cuda:1, ...")
     v = sub.add_parser("variants", help="write specs derived from a base spec by a grid or a list of changes")
     v.add_argument("source", help="the base spec file, or a grid file (base:, grid:, variants:)")
     v.add_argument("--grid", dest="axes", action="append", default=[], metavar="PATH=V1,V2",
@@ -89,6 +91,22 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("schema", help="print the JSON Schema of the spec language (for editors)")
     s.add_argument("-o", "--out", help="write it to this file instead of standard output")
     return p
+
+
+def _device(text: str):
+    """A --device value as torch's device, or a located message: not one torch knows, or not on this machine."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise SpecError([Issue((), f"--device {text}: not a device torch knows", "give cpu, cuda or cuda:N")],
+                        title="bad argument") from None
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise EnvironmentProblem([Issue((), f"--device {text}: this machine shows "
+                                        f"{torch.cuda.device_count() if torch.cuda.is_available() else 'no'} GPU(s)",
+                                        "give --device cpu, or a GPU it shows")], title="the device is not here")
+    return device
 
 
 def _print_warnings(warnings: list[Issue]) -> None:
@@ -161,10 +179,12 @@ def _ranks_match(build, world: int | None, target: Path) -> int:
     return compiled
 
 
-def _launch(args, world: int, run_args: list[str]) -> int:
+def _launch(args, world: int, run_args: list[str], spec) -> int:
+    from graphspec.compiler.ds_config import resolve_accelerator
     from graphspec.runtime.launch import launch
 
-    return launch(world, run_args, Path(args.hostfile) if args.hostfile else None)
+    accelerator = os.environ.get("DS_ACCELERATOR") or resolve_accelerator(spec)
+    return launch(world, run_args, Path(args.hostfile) if args.hostfile else None, accelerator)
 
 
 def _run(args) -> int:
@@ -187,7 +207,7 @@ def _run(args) -> int:
         build = resume_build(target)
         world = _ranks_match(build, world, target)
         if world > 1 and not launched():
-            return _launch(args, world, [str(target), "--resume"])
+            return _launch(args, world, [str(target), "--resume"], build.spec)
         run(build, target, resume=True)
         return 0
     if target.is_dir():
@@ -209,7 +229,8 @@ def _run(args) -> int:
     if build.spec.distributed.world_size > 1 and not launched():  # every rank gets the same run directory
         located = [] if smap is None else ["--located-in", str(target)] + [
             a for o in overrides for a in ("--set", o)]
-        return _launch(args, build.spec.distributed.world_size, [str(build.dir), "--run-dir", str(run_dir), *located])
+        return _launch(args, build.spec.distributed.world_size, [str(build.dir), "--run-dir", str(run_dir), *located],
+                       build.spec)
     try:
         run(build, run_dir)
     except GraphspecError as e:
@@ -222,7 +243,7 @@ def _run(args) -> int:
 def _eval(args) -> int:
     from graphspec.runtime.evaluate import evaluate_checkpoint
 
-    metrics = evaluate_checkpoint(args.target, args.split)
+    metrics = evaluate_checkpoint(args.target, args.split, _device(args.device))
     text = json.dumps(metrics, indent=2) + "\n"
     out = Path(args.out or Path(args.target) / f"eval-{args.split}.json")
     out.write_text(text)
@@ -243,7 +264,7 @@ def _predict(args) -> int:
 
     from graphspec.runtime.inference import load_model
 
-    model, processor = load_model(args.model)
+    model, processor = load_model(args.model, _device(args.device))
     images, texts = args.image, args.text
     with torch.no_grad():
         out = model(**processor(images=images or None, text=texts or None))

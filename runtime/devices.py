@@ -46,3 +46,18 @@ def to_host(value: T) -> T:
     elif isinstance(value, (tuple, list)):
         out = type(value)(to_host(v) for v in value)
     return cast(T, out)
+
+
+def configure_kernels(tf32: bool, deterministic: bool, accelerator: str) -> None:
+    """The spec's kernel choices (`train.tf32`, `train.deterministic`) for this process, before anything runs
+    on the accelerator. On the CPU there is nothing to choose."""
+    if accelerator != "cuda":
+        return
+    import os
+
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's own condition for it
+        torch.backends.cudnn.benchmark = False
+        torch.use_deterministic_algorithms(True)

@@ -23,7 +23,7 @@ from graphspec.compiler.ds_config import resolve_accelerator
 from graphspec.compiler.layers.attention import unfused_library_attention
 from graphspec.compiler.freeze import FreezePlan
 from graphspec.compiler.placement import frozen_dtype, outside_towers, placement
-from graphspec.errors import Issue, SpecError
+from graphspec.errors import EnvironmentProblem, Issue, SpecError
 from graphspec.schema import Spec
 
 from . import devices, ranks
@@ -109,23 +109,28 @@ class _NotBeforeStart(logging.Filter):
 
 
 def unbuilt_ops(spec: Spec) -> list[str]:
-    """DeepSpeed's C++ ops this run compiles before it starts, because no earlier run of this installation
-    did: the CPU accelerator's shared-memory collectives always, its Adam when the optimizer is offloaded.
-    torch keeps what it compiled under its extensions folder (TORCH_EXTENSIONS_DIR), one folder per op, whose
-    build.ninja names the sources; another installation of DeepSpeed (a virtual environment) builds again."""
+    """DeepSpeed's C++ ops this run compiles before it starts, because neither the installation (DeepSpeed
+    built with DS_BUILD_OPS) nor an earlier run of it did: on the CPU its shared-memory collectives always; its
+    CPU Adam when the optimizer is offloaded, on any accelerator (on a GPU machine DeepSpeed compiles it with
+    the CUDA toolkit). torch keeps what it compiled under its extensions folder (TORCH_EXTENSIONS_DIR), one
+    folder per op, whose build.ninja names the sources; another installation of DeepSpeed (a virtual
+    environment) builds again."""
     from torch.utils.cpp_extension import _get_build_directory
 
     names = []
-    if os.environ.get("DS_ACCELERATOR", resolve_accelerator(spec)) == "cpu":
+    if _accelerator(spec) == "cpu":
         names.append("deepspeed_shm_comm")
-        if spec.distributed.offload_optimizer != "none":
-            names.append("cpu_adam")
+    if spec.distributed.offload_optimizer != "none":
+        names.append("cpu_adam")
     try:
         import deepspeed
+        from deepspeed.git_version_info import installed_ops
 
         sources = str(Path(deepspeed.__file__).resolve().parent)
 
         def built(name: str) -> bool:
+            if installed_ops.get(name):
+                return True
             folder = Path(_get_build_directory(name, verbose=False))
             ninja = folder / "build.ninja"
             return (folder / f"{name}.so").is_file() and ninja.is_file() and sources in ninja.read_text()
@@ -133,6 +138,26 @@ def unbuilt_ops(spec: Spec) -> list[str]:
         return [n for n in names if not built(n)]
     except Exception:  # noqa: BLE001 - a private torch helper: if it changes, say nothing rather than fail
         return []
+
+
+def _accelerator(spec: Spec) -> str:
+    return os.environ.get("DS_ACCELERATOR") or resolve_accelerator(spec)
+
+
+def check_toolchain(spec: Spec, unbuilt: list[str]) -> None:
+    """On a GPU machine DeepSpeed compiles its CPU Adam (optimizer offload) with the CUDA toolkit's nvcc: where
+    torch finds none, say so before the engine starts, not as a compiler error a minute into it."""
+    if "cpu_adam" not in unbuilt or _accelerator(spec) != "cuda":
+        return
+    from torch.utils import cpp_extension
+
+    if cpp_extension.CUDA_HOME is None:
+        raise EnvironmentProblem([Issue(
+            ("distributed", "offload_optimizer"), "DeepSpeed compiles its CPU Adam (for the offloaded optimizer) "
+            "with the CUDA toolkit on a GPU machine, and torch finds none here (no CUDA_HOME, no nvcc on PATH)",
+            "load the CUDA toolkit (e.g. `module load cuda`, or set CUDA_HOME), or install DeepSpeed with the op "
+            "built in (`DS_BUILD_CPU_ADAM=1 pip install deepspeed`), or set distributed.offload_optimizer: none")],
+            title="the run cannot start")
 
 
 def announce_op_builds(spec: Spec) -> float | None:
@@ -159,6 +184,7 @@ def make_trainer(spec: Spec, model: fx.GraphModule, plan: FreezePlan, groups: li
     params = dict(cut.inner.named_parameters())
     param_groups = [{"params": [params[n] for n in g["params"]], "weight_decay": g["weight_decay"],
                      "lr": spec.train.optimizer.lr * g["lr_scale"], "name": g["name"]} for g in groups]
+    check_toolchain(spec, unbuilt_ops(spec))
     building = announce_op_builds(spec)
     engine, optimizer, _, scheduler = deepspeed.initialize(model=cut.inner, model_parameters=param_groups,
                                                           config=ds_config)

@@ -22,6 +22,7 @@ from graphspec.compiler.checksums import damage
 from graphspec.errors import GraphspecError, Issue, Loc, SpecError
 from graphspec.schema import Spec
 
+from . import devices
 from .checkpoint import FORMAT_VERSION
 
 
@@ -83,14 +84,26 @@ def _load(ckpt: Path) -> tuple[Spec, torch.nn.Module]:
     return spec, model.eval()
 
 
-def evaluate_checkpoint(target: str | Path, split: str = "val") -> dict:
+def evaluate_checkpoint(target: str | Path, split: str = "val", device: str | torch.device = "cpu") -> dict:
+    """The checkpoint's metrics on `split`, as training validated: batches made on the host, the model's
+    outputs brought back to the host for the metrics. On an accelerator the model computes in the precision
+    it trained in (bf16 or fp16); on the CPU in fp32."""
     ckpt = find_checkpoint(target)
     spec, model = _load(ckpt)
     if spec.data.val is None and split == "val":
         raise SpecError([Issue(("data", "val"), "the spec has no validation data", "evaluate --split test")])
+    device = torch.device(device)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(spec.train.precision) if device.type != "cpu" \
+        else None
+    model = model.to(device=device, dtype=dtype)
     state = read_state(ckpt)
     task = make_task(spec, model, lambda data: AutoTokenizer.from_pretrained(str(ckpt / "tokenizer")), split,
                      {"answers": state["answers"]} if state.get("answers") else None)
     names = set(inspect.signature(model.forward).parameters)
-    metrics = task.evaluate(lambda b: model(**{k: v for k, v in b.items() if k in names}))
+
+    def forward(batch: dict) -> dict:
+        inputs = devices.to_device({k: v for k, v in batch.items() if k in names}, device, dtype)
+        return devices.to_host(model(**inputs))
+
+    metrics = task.evaluate(forward)
     return {"checkpoint": str(ckpt), "split": split, **metrics}

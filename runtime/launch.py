@@ -81,8 +81,11 @@ def torchrun_args(world: int, run_args: list[str]) -> list[str]:
             "SIGHUP,SIGQUIT", "--module", "graphspec.cli", "run", *run_args]
 
 
-def launch(world: int, run_args: list[str], hostfile: Path | None = None) -> int:
+def launch(world: int, run_args: list[str], hostfile: Path | None = None, accelerator: str = "cpu") -> int:
     """Start `graphspec run RUN_ARGS` as `world` ranks; the exit code of the first that failed, else 0."""
+    local = world if hostfile is None else _local_slots(read_hostfile(hostfile))
+    if accelerator == "cuda" and local:
+        check_gpus(local, hostfile)
     saved = dict(os.environ)
     os.environ.pop(SELF_STARTED, None)  # a single-process run in this process: not the ranks' business
     try:
@@ -90,6 +93,28 @@ def launch(world: int, run_args: list[str], hostfile: Path | None = None) -> int
     finally:  # the thread budget was the ranks', not this process's later children's
         os.environ.clear()
         os.environ.update(saved)
+
+
+def _local_slots(hosts: list[tuple[str, int]]) -> int:
+    """The ranks a hostfile puts on this machine (0 when it names other machines only)."""
+    here = ("localhost", "127.0.0.1", socket.gethostname())
+    return sum(slots for host, slots in hosts if host in here)
+
+
+def check_gpus(ranks: int, hostfile: Path | None = None) -> None:
+    """One GPU per rank: more ranks on this machine than the GPUs it shows (CUDA_VISIBLE_DEVICES counts) is a
+    clear error here, not "invalid device ordinal" from a rank."""
+    import torch
+
+    count = torch.cuda.device_count()
+    if ranks > count:
+        shown = os.environ.get("CUDA_VISIBLE_DEVICES")
+        where = f" (CUDA_VISIBLE_DEVICES={shown})" if shown is not None else ""
+        ask = f"{'the hostfile puts' if hostfile else '--nproc asks for'} {ranks} ranks on this machine"
+        raise EnvironmentProblem([Issue((), f"{ask}, which shows {count} GPU{'s' if count != 1 else ''}{where}: "
+                                        "a rank trains on one GPU", f"give --nproc {max(count, 1)}, or spread the "
+                                        "ranks over machines with --hostfile", loc=Loc(str(hostfile)) if hostfile
+                                        else None)], title="the run cannot start")
 
 
 class Forward:

@@ -39,17 +39,19 @@ def vqa_score(logits: torch.Tensor, scores: torch.Tensor) -> tuple[float, int]:
 
 
 def recall_at_k(similarity: torch.Tensor, text_to_image: list[int], ks=(1, 5, 10)) -> dict[str, float]:
-    """Retrieval recall both ways; similarity (texts, images), text_to_image[t] = the image text t describes."""
-    truth = torch.tensor(text_to_image)  # (T,)
-    ranks_t2i = (similarity.argsort(dim=1, descending=True) == truth[:, None]).float().argmax(1)  # (T,)
+    """Retrieval recall both ways; similarity (texts, images), text_to_image[t] = the image text t describes.
+
+    Ranks are counted, not sorted (one pass over T x I, no T x I sort): a text's rank is how many images score
+    above its own; an image's, how many texts score above the best of its own texts (an image no text
+    describes is a miss). A tie counts for the truth."""
+    t_count, i_count = similarity.shape
+    truth = torch.tensor(text_to_image, device=similarity.device)  # (T,)
+    ranks_t2i = (similarity > similarity.gather(1, truth[:, None])).sum(1)  # (T,)
+    owned = torch.zeros(t_count, i_count, dtype=torch.bool, device=similarity.device)
+    owned[torch.arange(t_count, device=similarity.device), truth] = True  # (T, I): text t describes image i
+    best_own = similarity.masked_fill(~owned, float("-inf")).amax(0)  # (I,)
+    ranks_i2t = torch.where(owned.any(0), (similarity > best_own[None, :]).sum(0), t_count)  # (I,)
     out = {f"t2i_r{k}": float((ranks_t2i < k).float().mean()) for k in ks}
-    best_i2t = []
-    order = similarity.T.argsort(dim=1, descending=True)  # (I, T)
-    for image in range(similarity.shape[1]):
-        own = (truth == image).nonzero().flatten()
-        positions = torch.isin(order[image], own).float().argmax()  # first matching text
-        best_i2t.append(int(positions))
-    ranks_i2t = torch.tensor(best_i2t)
     out.update({f"i2t_r{k}": float((ranks_i2t < k).float().mean()) for k in ks})
     return out
 

@@ -42,7 +42,8 @@ from graphspec.errors import GraphspecError, Issue, Loc
 from . import ranks
 
 __all__ = ["FOLDER", "FORMAT", "ResumeError", "UnsafeFile", "checkpoints", "checksums", "digest", "frozen_digests",
-           "frozen_record", "restore", "save", "unsafe_refusal", "verify", "weights_only"]
+           "frozen_record", "random_states", "restore", "save", "set_random_states", "unsafe_refusal", "verify",
+           "weights_only"]
 
 FOLDER = "checkpoints"
 FORMAT = 2  # of a training checkpoint: 1 (graphspec 0.1) kept random states in a pickle, state.pt
@@ -105,7 +106,7 @@ def _suffix(rank: int) -> str:
 def _write_rank_files(tmp: Path, step: int, trainer, task, reading: dict, built: dict) -> None:
     trainer.engine.save_checkpoint(str(tmp), tag="engine", exclude_frozen_parameters=True)
     suffix = _suffix(ranks.rank())
-    rng = {"torch": torch.get_rng_state()}
+    rng = random_states()
     task_rng = task.rng_state()
     if task_rng is not None:
         rng["task"] = task_rng
@@ -291,7 +292,32 @@ def restore(run_dir: Path, trainer, task, frozen: dict) -> tuple[int, dict]:
         raise unsafe_refusal(e) from None
     if client is None:
         raise _refuse(path, "DeepSpeed could not read this checkpoint", "start the run anew")
-    torch.set_rng_state(rng["torch"])
+    set_random_states(rng, path)
     if "task" in rng:
         task.set_rng_state(rng["task"])
     return int(state["step"]), state.get("reading") or {}
+
+
+def _cuda():
+    """torch.cuda where this machine has a GPU, else None."""
+    return torch.cuda if torch.cuda.is_available() else None
+
+
+def random_states() -> dict[str, torch.Tensor]:
+    """Every generator this rank's run draws from: the CPU's, and (once CUDA is in use) its GPU's, whose
+    dropout a resumed run must continue, not restart."""
+    states = {"torch": torch.get_rng_state()}
+    cuda = _cuda()
+    if cuda is not None and cuda.is_initialized():
+        states["cuda"] = cuda.get_rng_state()  # this rank's device
+    return states
+
+
+def set_random_states(states: dict[str, torch.Tensor], path: Path) -> None:
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states:
+        cuda = _cuda()
+        if cuda is None:
+            raise _refuse(path, "this checkpoint was written on a GPU, and this machine has none: its random "
+                          "state cannot be continued", "resume on a GPU machine")
+        cuda.set_rng_state(states["cuda"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import resource
 import shutil
 import statistics
@@ -15,10 +16,11 @@ from pathlib import Path
 import torch
 
 from graphspec.compiler import FreezePlan, build_model
+from graphspec.compiler.ds_config import resolve_accelerator
 from graphspec.compiler.placement import shared_images
 from graphspec.errors import EnvironmentProblem, Issue, Loc
 
-from . import ranks
+from . import devices, ranks
 from .build import Build, check_groups, read_build
 from .checkpoint import save_checkpoint, trainable_weights
 from .engine import Trainer, make_trainer
@@ -63,8 +65,12 @@ class Session:
 
 def prepare(build: Build, outside: bool = True) -> Session:
     """`outside=False` keeps frozen towers inside the engine (the benchmark's grads-off-only baseline)."""
-    keep_freed_memory()  # before the model and the engine allocate anything
     spec = build.spec
+    accelerator = os.environ.get("DS_ACCELERATOR") or resolve_accelerator(spec)
+    devices.configure_kernels(spec.train.tf32, spec.train.deterministic, accelerator)
+    if accelerator == "cpu":
+        keep_freed_memory()  # before the model and the engine allocate anything; on a GPU node it would only
+        # hold every rank's freed host memory (the steps' buffers live on the device there)
     model, plan = build_model(spec, build.plan)
     check_groups(build, {n for n, _ in model.named_parameters()})
     frozen_sha = frozen_digests(model, set(plan.frozen))  # as built, before the engine casts or shards them

@@ -24,6 +24,10 @@ class LayerStream:
     copied to the device before its forward and dropped after; the tower's other
     weights (embeddings, norms) for the whole tower forward. The CPU tensors stay
     the masters, untouched: frozen weights never change, so nothing is copied back.
+    While a layer computes, the next one's copy is already on its way: on a GPU in a
+    stream of its own, from pinned memory, so the copy overlaps the compute (the
+    compute stream waits for it only where it needs it); elsewhere in turn. So at
+    most two layers of the stack are on the device at once.
     """
 
     def __init__(self, tower: nn.Module, device: torch.device):
@@ -36,13 +40,45 @@ class LayerStream:
             for m in tower.modules():
                 for name, t in _own(m):
                     _put(m, name, t.detach().pin_memory())
+        self.copier = torch.cuda.Stream(device) if device.type == "cuda" else None
         self.masters = {id(m): dict(_own(m)) for m in tower.modules()}
+        self.ready: dict[int, tuple[list, object]] = {}  # layer -> (its copies, the event that ends them)
         self.handles = [tower.register_forward_pre_hook(lambda *_: self._move(self.rest)),
                         tower.register_forward_hook(lambda *_: self._drop(self.rest))]
-        for layer in self.layers:
+        for k, layer in enumerate(self.layers):
             held = list(layer.modules())
-            self.handles += [layer.register_forward_pre_hook(lambda *_, held=held: self._move(held)),
+            self.handles += [layer.register_forward_pre_hook(lambda *_, k=k: self._arrive(k)),
                              layer.register_forward_hook(lambda *_, held=held: self._drop(held))]
+
+    def _fetch(self, k: int) -> None:
+        """Start copying layer k's weights to the device (on the copy stream, where there is one)."""
+        if k >= len(self.layers) or k in self.ready:
+            return
+        modules = list(self.layers[k].modules())
+        if self.copier is None:
+            self.ready[k] = ([(m, n, t.detach().to(self.device)) for m in modules
+                              for n, t in self.masters[id(m)].items()], None)
+            return
+        with torch.cuda.stream(self.copier):
+            copies = [(m, n, t.detach().to(self.device, non_blocking=True)) for m in modules
+                      for n, t in self.masters[id(m)].items()]
+            done = torch.cuda.Event()
+            done.record(self.copier)
+        self.ready[k] = (copies, done)
+
+    def _arrive(self, k: int) -> None:
+        """Before layer k computes: its copies in place (waiting for them on the compute stream only), and the
+        next layer's copy started."""
+        self._fetch(k)
+        copies, done = self.ready.pop(k)
+        if done is not None:
+            compute = torch.cuda.current_stream(self.device)
+            compute.wait_event(done)
+            for _, _, t in copies:
+                t.record_stream(compute)  # made on the copy stream, used on this one: freed after its use here
+        for m, name, t in copies:
+            _put(m, name, t)
+        self._fetch(k + 1)
 
     def _move(self, modules: list[nn.Module]) -> None:
         for m in modules:

@@ -98,18 +98,22 @@ class Attention(nn.Module):
             return F.linear(x, w, bias).chunk(3, dim=-1)
         return self.q(x), self.k(ctx), self.v(ctx)
 
-    def forward(self, x: torch.Tensor, ctx: torch.Tensor, ctx_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, ctx: torch.Tensor, ctx_mask: torch.Tensor | None) -> torch.Tensor:
+        """`ctx_mask` (B, S), True where `ctx` has a token; None when `ctx` is never padded (an image stream,
+        known when the model is built), which lets SDPA take its flash and memory-efficient kernels on an
+        accelerator (they take no mask) and spares the CPU path its masked fill."""
         b, t, d = x.shape
         h, s = self.heads, ctx.shape[1]
         q, k, v = self._project(x, ctx)
         q = q.reshape(b, t, h, d // h).transpose(1, 2)  # (B, h, T, d/h)
         k = k.reshape(b, s, h, d // h).transpose(1, 2)  # (B, h, S, d/h)
         v = v.reshape(b, s, h, d // h).transpose(1, 2)  # (B, h, S, d/h)
-        mask = ctx_mask[:, None, None, :].bool()  # (B, 1, 1, S), True = attend
+        mask = None if ctx_mask is None else ctx_mask[:, None, None, :].bool()  # (B, 1, 1, S), True = attend
         p = self.dropout if self.training else 0.0
         if self.fast and q.device.type == "cpu":
             scores = (q * (1.0 / math.sqrt(d // h))) @ k.transpose(-1, -2)  # (B, h, T, S)
-            scores = scores.masked_fill(~mask, float("-inf"))
+            if mask is not None:
+                scores = scores.masked_fill(~mask, float("-inf"))
             y = dropout(torch.softmax(scores, dim=-1), p, True) @ v  # (B, h, T, d/h)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)

@@ -37,7 +37,8 @@ class StreamLayer(nn.Module):
 class FusionLayer(nn.Module):
     """Both streams' halves of a layer. With `share_cross` (co-attention only), one cross-attention block and
     its residual norm serve both directions, then each stream's self-attention and FFN: transformers'
-    `LxmertXLayer`, whose `visual_attention` both streams call."""
+    `LxmertXLayer`, whose `visual_attention` both streams call. `i_mask` None: the image stream has no padding
+    (attention to it takes no mask)."""
 
     def __init__(self, width: int, heads: int, mlp_hidden: int, dropout: float, cross_first: bool,
                  text: bool = True, image: bool = True, share_cross: bool = False):
@@ -81,20 +82,26 @@ class _Streams(nn.Module):
 
 
 class TwoStreamFusion(_Streams):
-    """Co-attention (LXMERT: cross then self) or cross-attention (METER: self then cross), per stream."""
+    """Co-attention (LXMERT: cross then self) or cross-attention (METER: self then cross), per stream.
+
+    The image stream comes from a vision tower, which gives every patch or feature-map token: attention to it
+    needs no mask, so none is passed (SDPA's flash kernels on a GPU take none). `image_padded` is for a
+    stream that may be padded."""
 
     def __init__(self, text_width: int, image_width: int, width: int, layers: int, heads: int, mlp_ratio: float,
                  dropout: float, cross_first: bool, text: bool = True, image: bool = True,
-                 share_cross: bool = False, always_project: bool = False):
+                 share_cross: bool = False, always_project: bool = False, image_padded: bool = False):
         super().__init__(text_width, image_width, width, always_project)
+        self.image_padded = image_padded
         hidden = int(width * mlp_ratio)
         self.layers = nn.ModuleList(FusionLayer(width, heads, hidden, dropout, cross_first, text, image, share_cross)
                                     for _ in range(layers))
 
     def forward(self, text: tuple, image: tuple) -> dict:
         t, t_mask, i, i_mask = self.embed(text, image)
+        attend_i = i_mask if self.image_padded else None
         for layer in self.layers:
-            t, i = layer(t, t_mask, i, i_mask)
+            t, i = layer(t, t_mask, i, attend_i)
         return {"text": (t, t_mask), "image": (i, i_mask)}
 
 

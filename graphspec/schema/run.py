@@ -109,6 +109,15 @@ class Train(Strict):
         "in one GEMM. On an accelerator torch's kernels are used either way. plain: torch's "
         "nn.Dropout and scaled_dot_product_attention (graphspec 0.2's path, kept to measure against). The same "
         "model and the same expected update; the dropout masks' random draws differ.")
+    tf32: bool = Field(
+        True, description="On an NVIDIA GPU, fp32 matrix products and convolutions in TF32 (a 10-bit mantissa, "
+        "about 1e-3 relative; several times faster from Ampere on). false: full fp32 products. Nothing changes "
+        "on the CPU. On a GPU, bf16 (`precision: bf16`) is the faster choice still.")
+    deterministic: bool = Field(
+        False, description="On a GPU, deterministic kernels only (torch.use_deterministic_algorithms, cuDNN's "
+        "benchmarking off, CUBLAS_WORKSPACE_CONFIG=:4096:8): the same run twice, or one stopped and resumed, logs "
+        "the same losses, at some cost in speed; an operation with no deterministic kernel stops the run. On the "
+        "CPU graphspec's kernels are deterministic already.")
     grad_clip: float | None = Field(1.0, gt=0, description="Clip the global gradient norm; null for no clipping.")
     seed: int = Field(0, ge=0, description="Seed for initialisation, data order and masking.")
     val_every: int | None = Field(None, ge=1, description="Validate every this many steps (and at the end).")

@@ -12,6 +12,7 @@ than one element raises, as CUDA does (CUDA accepts CPU scalars, and CPU index t
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Any, TypeVar
 
 import torch
@@ -102,10 +103,22 @@ class _OnFake(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+def compute_underneath(module, monkeypatch) -> None:
+    """`module` computes on the plain tensors under its inputs and hands Device tensors out (its weights are
+    on the observed device too, as far as the test is concerned)."""
+    real = module.forward
+
+    @functools.wraps(real)  # the same signature: callers read it (graphspec eval does)
+    def forward(*args, **kwargs):
+        return on_device(real(*host(args), **host(kwargs)))
+
+    monkeypatch.setattr(module, "forward", forward)
+
+
 @contextlib.contextmanager
-def observe_device(trainer, monkeypatch):
-    """While open, `trainer`'s device is observable: the runtime's moves tag and untag, and the engine's model
-    and every tower outside it compute on untagged tensors and give tagged ones."""
+def observed(monkeypatch, modules=()):
+    """While open, the runtime's moves (graphspec.runtime.devices) tag and untag, tensors made with a Device
+    tensor's device are Device tensors, and `modules` compute underneath."""
     to_device, to_host = devices.to_device, devices.to_host
 
     def moved(value, device, dtype=None):
@@ -115,10 +128,15 @@ def observe_device(trainer, monkeypatch):
 
     monkeypatch.setattr(devices, "to_device", moved)
     monkeypatch.setattr(devices, "to_host", lambda value: to_host(host(value)))
-    for module in [trainer.engine.module, *trainer.cut.towers.values()]:
-        real = module.forward
-        monkeypatch.setattr(module, "forward", lambda *a, real=real, **k: on_device(real(*host(a), **host(k))))
-    real_backward = trainer.engine.backward
-    monkeypatch.setattr(trainer.engine, "backward", lambda loss, *a, **k: real_backward(host(loss), *a, **k))
+    for module in modules:
+        compute_underneath(module, monkeypatch)
     with _OnFake():
         yield
+
+
+def observe_device(trainer, monkeypatch):
+    """`observed` for a run's trainer: its engine's model and every tower outside it; its backward takes the
+    loss's plain tensor underneath."""
+    real_backward = trainer.engine.backward
+    monkeypatch.setattr(trainer.engine, "backward", lambda loss, *a, **k: real_backward(host(loss), *a, **k))
+    return observed(monkeypatch, [trainer.engine.module, *trainer.cut.towers.values()])

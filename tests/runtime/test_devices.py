@@ -10,7 +10,7 @@ import pytest
 from graphspec.runtime.report import Silent
 from graphspec.runtime.run import prepare, step_losses, validate
 
-from .devices import Device, observe_device
+from .devices import Device, compute_underneath, observe_device, observed
 from .test_downstream import TASKS
 
 
@@ -56,3 +56,39 @@ def test_a_step_and_a_validation_read_each_tensor_where_it_is(case, train_spec, 
             assert 0 < found < 8  # the second batch met stored and computed rows together
         val = validate(s, Silent(), 1)
     assert val and all(not isinstance(v, Device) for v in val.values())
+
+
+def test_eval_computes_its_metrics_on_the_host(train_spec, compile_build, tmp_path, monkeypatch, capsys):
+    """`graphspec eval --device`: the batches move to the device, the outputs come back for the metrics (the
+    same metrics training logged)."""
+    import json
+
+    from graphspec.cli import main
+    from graphspec.runtime import evaluate
+    from graphspec.runtime.run import run
+
+    summary = run(compile_build(train_spec, ["train.steps=4", "train.val_every=4"]), tmp_path / "run",
+                  show_bar=False)
+    real = evaluate._load
+
+    def load(ckpt):
+        spec, model = real(ckpt)
+        compute_underneath(model, monkeypatch)
+        return spec, model
+
+    monkeypatch.setattr(evaluate, "_load", load)
+    capsys.readouterr()
+    with observed(monkeypatch):
+        assert main(["eval", str(tmp_path / "run"), "--device", "cpu"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert all(metrics[k] == v for k, v in summary["val"].items())
+
+
+def test_a_device_that_is_not_one_or_not_here_is_named(tmp_path, capsys):
+    from graphspec.cli import main
+
+    assert main(["eval", str(tmp_path), "--device", "gpu0"]) == 2
+    assert "--device gpu0: not a device torch knows" in capsys.readouterr().err
+    if not __import__("torch").cuda.is_available():
+        assert main(["predict", str(tmp_path), "--image", "x.png", "--text", "a", "--device", "cuda"]) == 3
+        assert "--device cuda: this machine shows no GPU(s)" in capsys.readouterr().err

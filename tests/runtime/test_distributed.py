@@ -298,3 +298,20 @@ def test_two_nodes_of_one_rank_each_train_and_checkpoint(spec_file, tmp_path):
     assert json.loads((two / "summary.json").read_text())["ranks"] == 2
     for n in (0, 1):  # each node computed and stored the vision outputs of its own rows in its own cache
         assert list((tmp_path / f"cache-node{n}").rglob("*.safetensors"))
+
+
+def test_more_ranks_than_the_machine_has_gpus_is_a_clear_error(spec_file, tmp_path, monkeypatch, capsys):
+    import torch
+
+    monkeypatch.setenv("DS_ACCELERATOR", "cuda")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert main(["run", str(spec_file), "--nproc", "2", "--run-dir", str(tmp_path / "r"), "--build-dir",
+                 str(tmp_path / "b")]) == 3
+    err = capsys.readouterr().err
+    assert "--nproc asks for 2 ranks on this machine, which shows 1 GPU (CUDA_VISIBLE_DEVICES=3)" in err
+    assert "give --nproc 1, or spread the ranks over machines with --hostfile" in err and "Traceback" not in err
+    hosts = tmp_path / "hostfile"
+    hosts.write_text("localhost slots=2\n")
+    assert main(["run", str(tmp_path / "b"), "--hostfile", str(hosts), "--run-dir", str(tmp_path / "r")]) == 3
+    assert "the hostfile puts 2 ranks on this machine" in capsys.readouterr().err

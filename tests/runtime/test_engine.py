@@ -83,4 +83,26 @@ def test_the_first_run_on_a_machine_says_deepspeed_is_compiling_its_ops(tiny, tm
     assert unbuilt_ops(spec) == [] and announce_op_builds(spec) is None
     assert capsys.readouterr().out == ""
     monkeypatch.setenv("DS_ACCELERATOR", "cuda")
-    assert unbuilt_ops(offloaded) == []  # no CPU ops to build for an accelerator
+    assert unbuilt_ops(spec) == []  # no shared-memory collectives on an accelerator
+    assert unbuilt_ops(offloaded) == ["cpu_adam"]  # but the offloaded optimizer's Adam, built with nvcc
+
+
+def test_an_offloaded_optimizer_on_a_gpu_machine_without_nvcc_is_named_before_the_engine(tiny, monkeypatch):
+    import graphspec
+    from graphspec.errors import EnvironmentProblem
+    from graphspec.runtime.engine import check_toolchain
+    from torch.utils import cpp_extension
+
+    monkeypatch.setenv("DS_ACCELERATOR", "cuda")
+    spec = graphspec.override(graphspec.loads(json.dumps(tiny)), {"distributed.zero_stage": 2,
+                                                                "distributed.offload_optimizer": "cpu"})
+    monkeypatch.setattr(cpp_extension, "CUDA_HOME", None)
+    with pytest.raises(EnvironmentProblem) as e:
+        check_toolchain(spec, ["cpu_adam"])
+    assert "torch finds none here (no CUDA_HOME, no nvcc on PATH)" in e.value.format()
+    assert "DS_BUILD_CPU_ADAM=1" in e.value.format() and e.value.exit_code == 3
+    monkeypatch.setattr(cpp_extension, "CUDA_HOME", "/usr/local/cuda")
+    check_toolchain(spec, ["cpu_adam"])  # with the toolkit: DeepSpeed builds it
+    monkeypatch.setenv("DS_ACCELERATOR", "cpu")
+    monkeypatch.setattr(cpp_extension, "CUDA_HOME", None)
+    check_toolchain(spec, ["cpu_adam"])  # on the CPU, gcc builds it

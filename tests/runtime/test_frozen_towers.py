@@ -142,7 +142,8 @@ def test_bf16_towers_train_close_to_fp32(train_spec, compile_build, tmp_path):
 
 
 def test_layers_visit_the_device_one_at_a_time(train_spec, compile_build):
-    """On the meta device as the 'accelerator': while a layer computes, it alone of the stack is there."""
+    """On the meta device as the 'accelerator': while a layer computes, it alone of the stack is in place, and
+    the next layer's copy is on its way (made before the layer computes, put in place when it begins)."""
     train_spec["nodes"]["vision_tower"]["freeze"] = True
     model, _ = build_model(compile_build(train_spec).spec)
     tower = model.get_submodule("vision_tower")
@@ -152,10 +153,12 @@ def test_layers_visit_the_device_one_at_a_time(train_spec, compile_build):
     for i, layer in enumerate(stream.layers):
         layer.register_forward_hook(lambda m, a, o, i=i: seen.append(  # before the stream drops the layer
             (i, [j for j, other in enumerate(stream.layers) if next(other.parameters()).is_meta],
-             tower.model.patch_embed.proj.weight.is_meta)), prepend=True)
+             tower.model.patch_embed.proj.weight.is_meta, sorted(stream.ready))), prepend=True)
     with torch.no_grad():
         out = tower(torch.zeros(2, 3, 32, 32, device="meta"))
     assert out["seq"][0].is_meta and len(stream.layers) == 2
-    assert seen == [(0, [0], True), (1, [1], True)]  # the embeddings stay for the whole tower forward
+    # the embeddings stay for the whole tower forward; while layer 0 computes, layer 1's copy is ready
+    assert seen == [(0, [0], True, [1]), (1, [1], True, [])]
+    assert not stream.ready  # nothing held once the forward is over
     after = dict(tower.named_parameters())
     assert all(not p.is_meta and torch.equal(p, before[n]) for n, p in after.items())  # back in CPU memory

@@ -36,3 +36,18 @@ def test_recall_at_k_both_ways():
     assert r["t2i_r2"] == 0.5  # texts 1 and 3 rank theirs third
     assert abs(r["i2t_r1"] - 2 / 3) < 1e-6  # image 0 -> text 0 first; image 1 -> text 2 first; image 2 -> text 1 first (wrong)
     assert r["i2t_r2"] == 1.0  # image 2's own text 3 is second
+
+
+def test_counted_ranks_equal_the_ranks_of_a_full_sort():
+    """Recall from counting (no T x I sort) against ranks read off argsort, on random similarities (no ties),
+    texts per image uneven, one image described by none (a miss both ways of reading it)."""
+    gen = torch.Generator().manual_seed(0)
+    sim = torch.randn(40, 9, generator=gen)
+    truth = torch.randint(0, 8, (40,), generator=gen).tolist()  # image 8 has no text
+    t2i = (sim.argsort(dim=1, descending=True) == torch.tensor(truth)[:, None]).float().argmax(1)
+    order = sim.T.argsort(dim=1, descending=True)  # (I, T)
+    i2t = torch.tensor([next((r for r, t in enumerate(order[i].tolist()) if truth[t] == i), 40) for i in range(9)])
+    got = recall_at_k(sim, truth, ks=(1, 3, 5))
+    for k in (1, 3, 5):
+        assert got[f"t2i_r{k}"] == float((t2i < k).float().mean())
+        assert got[f"i2t_r{k}"] == float((i2t < k).float().mean())

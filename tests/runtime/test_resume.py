@@ -316,3 +316,40 @@ def test_a_training_checkpoint_of_format_1_is_refused_naming_its_format(tmp_path
     with pytest.raises(ResumeError) as e:
         _read_state(folder)
     assert "a training checkpoint of format 1" in e.value.format() and str(folder) in e.value.format()
+
+
+def test_a_gpus_random_state_is_checkpointed_and_restored(spec_file, tmp_path, monkeypatch, capsys):
+    """On a GPU, dropout draws from the device's generator: a checkpoint keeps each rank's, and a resume
+    restores it (here torch.cuda is a stand-in that hands out and takes back a state); a GPU checkpoint resumed
+    on a machine without one is refused rather than silently continued on other draws."""
+    import torch
+    from safetensors.torch import load_file
+
+    from graphspec.runtime import resume
+
+    class Cuda:
+        state, restored = torch.arange(16, dtype=torch.uint8), []
+
+        def is_initialized(self) -> bool:
+            return True
+
+        def get_rng_state(self) -> torch.Tensor:
+            return self.state.clone()
+
+        def set_rng_state(self, state: torch.Tensor) -> None:
+            self.restored.append(state)
+
+    cuda = Cuda()
+    monkeypatch.setattr(resume, "_cuda", lambda: cuda)
+    run_dir = tmp_path / "run"
+    assert main(["run", *_short(spec_file, steps=4), "--run-dir", str(run_dir), "--build-dir",
+                 str(tmp_path / "b")]) == 0
+    saved = load_file(str(run_dir / "checkpoints" / "step-00000002" / "rng.safetensors"))
+    assert torch.equal(saved["cuda"], cuda.state)
+    (run_dir / "summary.json").unlink()
+    monkeypatch.setattr(resume, "_cuda", lambda: None)
+    assert main(["run", "--resume", str(run_dir)]) == 2  # no GPU here to continue its draws on
+    assert "this checkpoint was written on a GPU, and this machine has none" in capsys.readouterr().err
+    monkeypatch.setattr(resume, "_cuda", lambda: cuda)
+    assert main(["run", "--resume", str(run_dir)]) == 0
+    assert len(cuda.restored) == 1 and torch.equal(cuda.restored[0], cuda.state)
