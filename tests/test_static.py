@@ -17,11 +17,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-# pyright's error count over graphspec/, compiler/, runtime/ and tests/ on 2026-12-03 (pyright 1.1.414; 431 before
-# this session typed the engine's fields): most
-# are library types pyright cannot see through (torch's Module.__getattr__, pydantic unions, Optional access
-# the code has checked another way). Lower it when you fix some; a change that raises it fails here.
+# pyright's error count over graphspec/, compiler/, runtime/ and tests/ (431 before this session typed the
+# engine's fields), with the versions below: most are library types pyright cannot see through (torch's
+# Module.__getattr__, pydantic unions, Optional access the code has checked another way). Lower it when you fix
+# some; a change that raises it fails here. The count also moves with the libraries' own annotations (the
+# oldest versions pyproject.toml allows gave 499): with other versions than these, 20% more are allowed, and the
+# message names what differs.
 ERROR_CEILING = 423
+RECORDED = {"pyright": "1.1.414", "torch": "2.14.1", "transformers": "5.24.0", "timm": "1.0.31",
+            "deepspeed": "0.19.8", "pydantic": "2.13.4"}
 UNRESOLVED = ("reportMissingImports", "reportMissingModuleSource", "reportAttributeAccessIssue")
 
 
@@ -61,9 +65,14 @@ def test_every_import_of_ours_resolves(report):
 
 
 def test_the_type_errors_do_not_grow(report):
+    from importlib.metadata import version
+
     errors = [d for d in report["generalDiagnostics"] if d["severity"] == "error"]
     rules = Counter(d.get("rule", "?") for d in errors).most_common(8)
-    assert len(errors) <= ERROR_CEILING, f"{len(errors)} errors, ceiling {ERROR_CEILING}; most common: {rules}"
+    differ = {name: version(name) for name in RECORDED if version(name) != RECORDED[name]}
+    ceiling = ERROR_CEILING if not differ else int(ERROR_CEILING * 1.2)
+    assert len(errors) <= ceiling, (f"{len(errors)} errors, ceiling {ceiling} (recorded {ERROR_CEILING} with "
+                                    f"{RECORDED}; here {differ or 'the same'}); most common: {rules}")
 
 
 def test_the_check_sees_an_import_that_does_not_resolve(tmp_path):
