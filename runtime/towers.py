@@ -42,7 +42,7 @@ class LayerStream:
                     _put(m, name, t.detach().pin_memory())
         self.copier = torch.cuda.Stream(device) if device.type == "cuda" else None
         self.masters = {id(m): dict(_own(m)) for m in tower.modules()}
-        self.ready: dict[int, tuple[list, object]] = {}  # layer -> (its copies, the event that ends them)
+        self.ready: dict[int, tuple[list, torch.cuda.Event | None]] = {}  # layer -> (copies, the event ending them)
         self.handles = [tower.register_forward_pre_hook(lambda *_: self._move(self.rest)),
                         tower.register_forward_hook(lambda *_: self._drop(self.rest))]
         for k, layer in enumerate(self.layers):

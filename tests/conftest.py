@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -14,6 +15,11 @@ import yaml
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait on the network: it is not there
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The tests start some 60 processes (ranks, launched runs, study stages), each importing graphspec's modules:
+# where PYTHONDONTWRITEBYTECODE is set (it is on the project's machines), each compiled them all again, 0.8 s
+# a process (measured). The suite keeps their bytecode (__pycache__, ignored by git) for its children and itself.
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+sys.dont_write_bytecode = False
 # Tower records (compiler/tower_records.py) of this session only: tests neither read nor fill the user's.
 _OWN_RECORDS = "GRAPHSPEC_TOWER_RECORDS" not in os.environ
 if _OWN_RECORDS:
