@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.integration  # pyright takes 30-45 s here, most of it reading torch's annotations
 ROOT = Path(__file__).resolve().parents[1]
 # pyright's error count over graphspec/, compiler/, runtime/ and tests/ (431 before this session typed the
 # engine's fields), with the versions below: most are library types pyright cannot see through (torch's
