@@ -58,11 +58,56 @@ def one_rank(tmp_path_factory):
     return base / "spec.yaml", base / "run"
 
 
-def _ranks(args: list[str]) -> subprocess.CompletedProcess:
+def _ranks(args: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
     from graphspec.study_run import fresh_env
 
     return subprocess.run([sys.executable, "-m", "graphspec.cli", "run", *args], capture_output=True, text=True,
-                          env=fresh_env(), timeout=300)
+                          env={**fresh_env(), **(env or {})}, timeout=300)
+
+
+PRETEND_NCCL = """
+import os, sys
+if os.environ.get("RANK") is not None and os.environ.get("GRAPHSPEC_COLLECTIVES_LOG"):
+    import torch.distributed as dist
+    from graphspec.runtime import ranks
+
+    ranks._backend = lambda: "nccl"  # graphspec's view of the run's group; gloo underneath
+    log = open(f"{os.environ['GRAPHSPEC_COLLECTIVES_LOG']}.{os.environ['RANK']}", "w")
+
+    def wrap(name, at):
+        real = getattr(dist, name)
+
+        def call(*args, **kwargs):
+            frame = sys._getframe(1)
+            caller = frame.f_code.co_filename
+            if "/runtime/" in caller and "/site-packages/" not in caller:  # graphspec's, not DeepSpeed's
+                group = kwargs.get("group")
+                tensor = args[at] if len(args) > at else None
+                where = "host" if group is not None and group is ranks._host_group else "run"
+                device = tensor.device.type if tensor is not None else "-"
+                log.write(f"{os.path.basename(caller)}:{frame.f_code.co_name} {name} {where} {device}\\n")
+                log.flush()
+            return real(*args, **kwargs)
+
+        setattr(dist, name, call)
+
+    for name, at in (("all_reduce", 0), ("all_gather", 1), ("barrier", 99), ("broadcast", 0)):
+        wrap(name, at)
+"""
+DEVICE_COLLECTIVES = ("ranks.py:device_total", "metrics.py:")  # device tensors: the run's group
+
+
+def _collectives_under_nccl(log) -> tuple[list[str], list[str]]:
+    """(every collective graphspec issued on either rank, those in the wrong group): host values in the host
+    group on the CPU, device tensors in the run's group."""
+    lines = [line for path in sorted(log.parent.glob(log.name + ".*")) for line in path.read_text().splitlines()]
+    wrong = []
+    for line in lines:
+        where, _, group, device = line.split()
+        on_device = where.startswith(DEVICE_COLLECTIVES)
+        if (group == "run") != on_device or (not on_device and device not in ("cpu", "-")):
+            wrong.append(line)
+    return lines, wrong
 
 
 def _losses(run_dir) -> list[dict]:
@@ -101,8 +146,10 @@ def _stopped_by_sigterm(args: list[str], run_dir) -> None:
 def test_two_ranks_follow_the_one_rank_trajectory(one_rank, tmp_path, stage):
     """ZeRO 0-3 on two ranks against one rank at ZeRO 0. Stage 0 is launched from this process (which has
     trained in one process itself), stage 2 through DeepSpeed's launcher (a hostfile of this machine), 1 and 3
-    through torchrun (--nproc). Stage 3 is stopped by SIGTERM (a collective checkpoint: each rank's shards and
-    random state), resumed on 2 ranks, and exported."""
+    through torchrun (--nproc). Stage 1 runs as if its group were NCCL (host values then go through a gloo
+    group graphspec makes beside it), and every collective graphspec issues is checked against that rule. Stage
+    3 is stopped by SIGTERM (a collective checkpoint: each rank's shards and random state), resumed on 2 ranks,
+    and exported."""
     spec_file, one = one_rank
     two = tmp_path / "two"
     zero = f"distributed.zero_stage={stage}"
@@ -122,10 +169,19 @@ def test_two_ranks_follow_the_one_rank_trajectory(one_rank, tmp_path, stage):
         assert resumed.returncode == 0, resumed.stderr[-3000:]
         assert f"resuming at step {stopped_at + 1}" in resumed.stdout
     else:
-        done = _ranks(args)
+        env = {}
+        if stage == 1:  # graphspec believes its group is NCCL: host values go to a gloo group made beside it
+            (tmp_path / "hook").mkdir()
+            (tmp_path / "hook" / "sitecustomize.py").write_text(PRETEND_NCCL)
+            env = {"PYTHONPATH": str(tmp_path / "hook"), "GRAPHSPEC_COLLECTIVES_LOG": str(tmp_path / "calls")}
+        done = _ranks(args, env)
         assert done.returncode == 0, done.stderr[-3000:]
         assert "launching 2 ranks" in done.stdout and "4 x 1 x 2 ranks" in done.stdout
         assert ("deepspeed --hostfile" if stage == 2 else "torchrun --standalone") in done.stdout
+        if stage == 1:
+            calls, wrong = _collectives_under_nccl(tmp_path / "calls")
+            assert not wrong, wrong
+            assert any(" host cpu" in c for c in calls) and any(c.startswith("metrics.py") for c in calls)
     _close(_losses(one), _losses(two))
     summaries = [json.loads((d / "summary.json").read_text()) for d in (one, two)]
     assert summaries[1]["ranks"] == 2
