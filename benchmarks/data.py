@@ -170,7 +170,7 @@ def _time_loader(source: str, workers: int, batches: int) -> None:
     """The body of `loader_rate`: the task the run would build, its micro batches drawn as training does."""
     import graphspec
     from graphspec.compiler import build_model
-    from graphspec.runtime.loader import Batches
+    from graphspec.runtime.batches import Batches
     from graphspec.runtime.tasks import make_task
     from graphspec.runtime.text import load_tokenizer, text_node
 

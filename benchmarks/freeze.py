@@ -119,9 +119,9 @@ def measure(name: str, steps: int, warmup: int, cache_dir: str, base: Path = BAS
     from torch.utils.flop_counter import FlopCounterMode
 
     import graphspec
-    from graphspec.runtime.build import read_build
+    from graphspec.compiler.folders import read_build
     from graphspec.runtime import ranks
-    from graphspec.runtime.run import prepare
+    from graphspec.runtime.train import prepare
 
     overrides, outside, pin = CONFIGS[name]
     extra = [f"distributed.frozen.cache_dir={cache_dir}"] if CACHE in overrides else []

@@ -183,8 +183,8 @@ with torch.no_grad():
 def dry_run(s: Smoke) -> None:
     """Everything the checks would run exists and parses; nothing trains."""
     import graphspec
-    from graphspec.cli import _parser
-    from graphspec.errors import GraphspecError
+    from graphspec.cli import parser
+    from graphspec.language.errors import GraphspecError
 
     specs = [(n, spec, o) for n, (spec, o) in RUNS.items()] + [("frozen", *FROZEN), ("resume", *RESUME),
                                                                ("nproc", *NPROC)]
@@ -200,7 +200,7 @@ def dry_run(s: Smoke) -> None:
              ["predict", "e", "--image", "x.png", "--text", "t", "--device", "cuda"]]
     for line in lines:
         try:
-            _parser().parse_args(line)
+            parser().parse_args(line)
             s.check(f"command {line[0]}", True, " ".join(line))
         except SystemExit:
             s.check(f"command {line[0]}", False, f"does not parse: {' '.join(line)}")

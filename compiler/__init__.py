@@ -1,7 +1,8 @@
-"""Spec -> networkx graph -> checks -> torch.fx GraphModule + DeepSpeed config + report."""
+"""Spec -> networkx graph -> checks -> torch.fx GraphModule + DeepSpeed config + report, and the build folder."""
 
-from .pipeline import FORMAT_VERSION, Compiled, apply_freeze, build_model, compile_spec, write_artifacts
+from .folders import BUILD_FORMAT, Build, read_build, write_build
 from .freeze import FreezePlan
+from .pipeline import Compiled, apply_freeze, build_model, build_weights, compile_spec
 
-__all__ = ["FORMAT_VERSION", "Compiled", "FreezePlan", "apply_freeze", "build_model", "compile_spec",
-           "write_artifacts"]
+__all__ = ["BUILD_FORMAT", "Build", "Compiled", "FreezePlan", "apply_freeze", "build_model", "build_weights",
+           "compile_spec", "read_build", "write_build"]

@@ -9,13 +9,14 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from graphspec.errors import EnvironmentProblem, Issue, SpecError
-from graphspec.schema import Spec
+from graphspec.language.errors import EnvironmentProblem, Issue, SpecError
+from graphspec.language.schema import Spec
 
 from .builders import BuildContext
 from .kinds import KINDS
 from .graph import resolve_port
 from .init_params import init_new_params, library_params
+from .layers.adapter import Adapter
 from .layers.attention import use_fast_dropout, use_plain_kernels
 from .tower_records import TowerRecords
 
@@ -105,7 +106,7 @@ def _store_widths(attrs: dict, module: nn.Module) -> None:
     """Port widths, and the facts later rules check (text positions, patch size) on the graph."""
     if attrs["section"] == "heads":
         return
-    widths = module.port_widths() if hasattr(module, "port_widths") else {}
+    widths = module.port_widths() if isinstance(module, Adapter) else {}
     attrs["out"] = {port: p.with_width(widths.get(port, module.width)) for port, p in attrs["out"].items()}
     for fact in ("max_positions", "patch_size"):
         if getattr(module, fact, None):

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from graphspec.errors import EnvironmentProblem, GraphspecError, Issue, SpecError, suggest
+from graphspec.language.errors import EnvironmentProblem, GraphspecError, Issue, SpecError, suggest
 
 _HF_SIZES = {  # size override -> transformers config attribute
     "hidden": "hidden_size", "layers": "num_hidden_layers", "heads": "num_attention_heads",

@@ -11,8 +11,10 @@ from dataclasses import dataclass
 
 import networkx as nx
 
-from graphspec.errors import Issue, SpecError
-from graphspec.schema import Spec, ref_node
+from graphspec.language.errors import Issue, SpecError
+from graphspec.language.schema import Spec, ref_node
+from graphspec.language.schema import heads as S
+from graphspec.language.schema import nodes as N
 
 from . import backbones
 from .kinds import (
@@ -22,6 +24,7 @@ from .kinds import (
     PIXELS,
     SEQ,
     TOKENS,
+    HeadOutputs,
     Port,
     Want,
     register,
@@ -61,6 +64,22 @@ def _projected(ins: dict[str, Port | None]) -> dict[str, Port]:
     return {"out": Port(form, src.modality if src is not None else "joint")}
 
 
+def _one_tower_library(node) -> str:
+    return "transformers" if node.backbone == "text" else "timm"
+
+
+def _probability(head: str, raw) -> dict:
+    return {f"{head}_probability": raw.float().softmax(-1)[:, 1]}  # of a match
+
+
+def _prediction(head: str, raw) -> dict:
+    return {f"{head}_prediction": raw.float().argmax(-1)}
+
+
+def _embeddings(head: str, raw) -> dict:
+    return {"text_embedding": raw["text"], "image_embedding": raw["image"]}  # normalised unimodal features
+
+
 TWO_STREAMS = {"inputs.text": Want(SEQ, "text"), "inputs.image": Want(SEQ, "image")}
 LOGITS = {"logits": Port("vector", "joint")}
 VECTOR = {"input": Want(("vector",))}
@@ -86,8 +105,8 @@ def _check_layers(module, path: tuple, ctx: BuildContext) -> None:
                                f"use layer_1 .. layer_{module.num_layers}")])
 
 
-@register("hf_text", reads={"input": TOKENS}, gives={"seq": seq("text")}, main="seq", layers=True,
-          tokenizer=hf_tokenizer)
+@register(N.HFText, reads={"input": TOKENS}, gives={"seq": seq("text")}, main="seq", layers=True,
+          tokenizer=hf_tokenizer, library="transformers", text_vocabulary=True)
 def build_hf_text(node, path, ins, ctx):
     cfg = backbones.hf_config(node, path, meta=ctx.meta, warnings=ctx.warnings)
     module = HFTextEncoder(backbones.hf_model(node, cfg, path, ctx.meta), _layers(path, ctx))
@@ -95,8 +114,8 @@ def build_hf_text(node, path, ins, ctx):
     return module
 
 
-@register("hf_vision", reads={"input": PIXELS}, gives={"seq": seq("image")}, main="seq", layers=True,
-          image_transform=hf_transform)
+@register(N.HFVision, reads={"input": PIXELS}, gives={"seq": seq("image")}, main="seq", layers=True,
+          image_transform=hf_transform, library="transformers", image_processor=True)
 def build_hf_vision(node, path, ins, ctx):
     size = _image_size(node.input, ctx)
     cfg = backbones.hf_config(node, path, image_size=size, meta=ctx.meta, warnings=ctx.warnings)
@@ -106,8 +125,8 @@ def build_hf_vision(node, path, ins, ctx):
     return module
 
 
-@register("timm_vision", reads={"input": PIXELS}, gives={"seq": seq("image")}, main="seq", layers=True,
-          image_transform=timm_transform)
+@register(N.TimmVision, reads={"input": PIXELS}, gives={"seq": seq("image")}, main="seq", layers=True,
+          image_transform=timm_transform, library="timm")
 def build_timm_vision(node, path, ins, ctx):
     model = backbones.timm_model(node, _image_size(node.input, ctx), path, ctx.meta)
     module = TimmVisionEncoder(model, _layers(path, ctx))
@@ -115,8 +134,9 @@ def build_timm_vision(node, path, ins, ctx):
     return module
 
 
-@register("one_tower", reads={"inputs.text": TOKENS, "inputs.image": PIXELS},
-          gives={"text": seq("text"), "image": seq("image"), "seq": seq("joint")}, main="seq", tokenizer=hf_tokenizer)
+@register(N.OneTower, reads={"inputs.text": TOKENS, "inputs.image": PIXELS},
+          gives={"text": seq("text"), "image": seq("image"), "seq": seq("joint")}, main="seq", tokenizer=hf_tokenizer,
+          library=_one_tower_library, text_vocabulary=True)
 def build_one_tower(node, path, ins, ctx):
     image = ctx.spec.inputs[ref_node(node.inputs.image)]
     if node.backbone == "text":
@@ -131,7 +151,7 @@ def build_one_tower(node, path, ins, ctx):
     return OneTower(backbone, other, False, node.vocab_size, node.max_text_positions, patch[0])
 
 
-@register("projection", reads={"input": Want(EITHER)}, gives=_projected)
+@register(N.Projection, reads={"input": Want(EITHER)}, gives=_projected)
 def build_projection(node, path, ins, ctx):
     return Projection(ins["input"].width, node.width)
 
@@ -141,43 +161,45 @@ def _fusion_widths(node, ins) -> tuple[int, int, int]:
     return text_w, image_w, node.width or text_w
 
 
-@register("co_attention", reads=TWO_STREAMS, gives={"text": seq("text"), "image": seq("image")})
+@register(N.CoAttention, reads=TWO_STREAMS, gives={"text": seq("text"), "image": seq("image")})
 def build_co_attention(node, path, ins, ctx):
     return TwoStreamFusion(*_fusion_widths(node, ins), node.layers, node.heads, node.mlp_ratio, node.dropout,
                            cross_first=True, share_cross=node.share_cross,
                            always_project=node.project_inputs == "always")
 
 
-@register("cross_attention", reads=TWO_STREAMS, gives={"text": seq("text"), "image": seq("image")})
+@register(N.CrossAttention, reads=TWO_STREAMS, gives={"text": seq("text"), "image": seq("image")})
 def build_cross_attention(node, path, ins, ctx):
     return TwoStreamFusion(*_fusion_widths(node, ins), node.layers, node.heads, node.mlp_ratio, node.dropout,
                            cross_first=False, text=node.direction in ("both", "text"),
                            image=node.direction in ("both", "image"), always_project=node.project_inputs == "always")
 
 
-@register("merged_attention", reads=TWO_STREAMS,
+@register(N.MergedAttention, reads=TWO_STREAMS,
           gives={"text": seq("text"), "image": seq("image"), "seq": seq("joint")}, main="seq")
 def build_merged_attention(node, path, ins, ctx):
     return MergedAttention(*_fusion_widths(node, ins), node.layers, node.heads, node.mlp_ratio, node.dropout,
                            always_project=node.project_inputs == "always")
 
 
-@register("cls_pool", reads={"inputs.0": Want(SEQ), "inputs.1": Want(SEQ)}, gives=_pooled)
+@register(N.ClsPool, reads={"inputs.0": Want(SEQ), "inputs.1": Want(SEQ)}, gives=_pooled)
 def build_cls_pool(node, path, ins, ctx):
     return ClsPool([ins[f"inputs.{i}"].width for i in range(len(node.inputs))], node.dense)
 
 
-@register("mean_pool", reads={"input": Want(SEQ)}, gives=_pooled)
+@register(N.MeanPool, reads={"input": Want(SEQ)}, gives=_pooled)
 def build_mean_pool(node, path, ins, ctx):
     return MeanPool(ins["input"].width)
 
 
-@register("itm", reads=VECTOR, gives=LOGITS)
+@register(S.ITMHead, reads=VECTOR, gives=LOGITS,
+          outputs=HeadOutputs(_probability, ("no match", "match"), features=True))
 def build_itm(node, path, ins, ctx):
     return H.ITMHead(ins["input"].width, node.hidden)
 
 
-@register("mlm", reads={"input": Want(SEQ, "text"), "vocab_from": Want(SEQ)}, gives={"logits": seq("text")})
+@register(S.MLMHead, reads={"input": Want(SEQ, "text"), "vocab_from": Want(SEQ)}, gives={"logits": seq("text")},
+          outputs=HeadOutputs(exported=False))
 def build_mlm(node, path, ins, ctx):
     if node.vocab_from is None:
         return H.MLMHead(ins["input"].width, node.vocab_size)
@@ -186,27 +208,29 @@ def build_mlm(node, path, ins, ctx):
     return H.MLMHead(ins["input"].width, source.vocab_size, tied)
 
 
-@register("itc", reads={"inputs.text": Want(EITHER), "inputs.image": Want(EITHER)}, gives=LOGITS)
+@register(S.ITCHead, reads={"inputs.text": Want(EITHER), "inputs.image": Want(EITHER)}, gives=LOGITS,
+          outputs=HeadOutputs(_embeddings))
 def build_itc(node, path, ins, ctx):
     return H.ITCHead(ins["inputs.text"].width, ins["inputs.image"].width, node.dim, node.temperature)
 
 
-@register("classify", reads=VECTOR, gives=LOGITS)
+@register(S.ClassifyHead, reads=VECTOR, gives=LOGITS, outputs=HeadOutputs(_prediction, features=True))
 def build_classify(node, path, ins, ctx):
     return H.ClassifyHead(ins["input"].width, node.classes, node.hidden)
 
 
-@register("pair_classify", reads=VECTOR, gives=LOGITS)
+@register(S.PairClassifyHead, reads=VECTOR, gives=LOGITS,
+          outputs=HeadOutputs(_prediction, ("false", "true"), features=True))
 def build_pair_classify(node, path, ins, ctx):
     return H.PairClassifyHead(ins["input"].width, node.classes, node.hidden)
 
 
-@register("vqa", reads=VECTOR, gives=LOGITS)
+@register(S.VQAHead, reads=VECTOR, gives=LOGITS, outputs=HeadOutputs(_prediction, features=True))
 def build_vqa(node, path, ins, ctx):
     return H.VQAHead(ins["input"].width, node.answers, node.hidden)
 
 
-@register("ref", reads={"inputs.image": Want(SEQ, "image"), "inputs.text": Want(EITHER), "inputs.boxes": BOXES},
-          gives=LOGITS)
+@register(S.RefHead, reads={"inputs.image": Want(SEQ, "image"), "inputs.text": Want(EITHER), "inputs.boxes": BOXES},
+          gives=LOGITS, outputs=HeadOutputs(_prediction))
 def build_ref(node, path, ins, ctx):
     return H.RefHead(ins["inputs.image"].width, ins["inputs.text"].width, node.heads)

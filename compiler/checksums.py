@@ -8,7 +8,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from graphspec.errors import Issue, Loc
+from graphspec.language.errors import Issue, Loc
 
 LIST = "checksums.json"
 

@@ -7,10 +7,10 @@ import logging
 import os
 from typing import Iterator
 
-from graphspec.errors import Issue
-from graphspec.schema import Spec
+from graphspec.language.errors import Issue
+from graphspec.language.schema import Spec
 
-from .ds_config import _ENGINE_KEYS, resolve_accelerator
+from .ds_config import ENGINE_KEYS, resolve_accelerator
 
 WHERE = ("distributed",)
 
@@ -58,7 +58,7 @@ def deepspeed_parses(config: dict, spec: Spec) -> Iterator[Issue]:
         yield Issue(WHERE, f"DeepSpeed rejects the config: {type(e).__name__}: {str(e).splitlines()[0][:300]}",
                     "see `distributed.deepspeed` and the settings it overrides")
         return
-    unknown = sorted(set(config) - recorder.read - _ENGINE_KEYS)
+    unknown = sorted(set(config) - recorder.read - ENGINE_KEYS)
     for key in unknown:
         yield Issue(WHERE + ("deepspeed", key), f"DeepSpeed does not know the top-level key '{key}' and would ignore it silently",
                     "remove it, or check its spelling in the DeepSpeed config docs")

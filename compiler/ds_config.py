@@ -11,11 +11,11 @@ import copy
 import math
 from typing import Any
 
-from graphspec.schema import Spec
+from graphspec.language.schema import Spec
 
 _SCHEDULERS = {"linear": "WarmupDecayLR", "cosine": "WarmupCosineLR", "constant": "WarmupLR"}
 # Top-level keys read outside DeepSpeedConfig's parser (by the engine or launcher).
-_ENGINE_KEYS = {"optimizer", "scheduler", "zero_allow_untested_optimizer", "compression_training",
+ENGINE_KEYS = {"optimizer", "scheduler", "zero_allow_untested_optimizer", "compression_training",
                 "data_efficiency", "curriculum_learning", "autotuning", "elasticity", "flops_profiler"}
 
 

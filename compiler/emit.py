@@ -22,7 +22,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from graphspec.schema import Spec, ref_node, ref_port
+from graphspec.language.schema import Spec, ref_node, ref_port
 
 from .graph import port_name, references
 

@@ -11,8 +11,10 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from graphspec.errors import Issue
-from graphspec.schema import Spec
+from graphspec.language.errors import Issue
+from graphspec.language.schema import Spec
+
+from .layers.adapter import Adapter
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,7 @@ def _freeze_part(name: str, path: tuple, freeze, module: nn.Module) -> tuple[set
     chosen: set[str] = set()
     issues: list[Issue] = []
     if freeze.layers is not None:
-        prefixes = module.layer_prefixes() if hasattr(module, "layer_prefixes") else []
+        prefixes = module.layer_prefixes() if isinstance(module, Adapter) else []
         if not prefixes:
             issues.append(Issue(path + ("layers",), f"'{name}' has no layers to choose from", "freeze it whole, or by `params`"))
         else:
@@ -59,7 +61,7 @@ def _freeze_part(name: str, path: tuple, freeze, module: nn.Module) -> tuple[set
             for i in picked:
                 chosen.update(p for p in params if p.startswith(prefixes[i]))
     if freeze.embeddings:
-        prefixes = module.embedding_prefixes() if hasattr(module, "embedding_prefixes") else []
+        prefixes = module.embedding_prefixes() if isinstance(module, Adapter) else []
         chosen.update(p for p in params if any(p == e or p.startswith(e) for e in prefixes))
     for i, pattern in enumerate(freeze.params):
         # Patterns name parameters as the backbone library does ('patch_embed.*'), or as graphspec does ('model.patch_embed.*').

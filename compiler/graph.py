@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import networkx as nx
 
-from graphspec.schema import Spec, ref_node, ref_port
+from graphspec.language.schema import Spec, ref_node, ref_port
 
 from .kinds import KINDS, LAYER_PORT, input_port_for
 
@@ -62,7 +62,7 @@ def _fill_outputs(g: nx.MultiDiGraph) -> None:
         attrs = g.nodes[name]
         if attrs["section"] != "inputs":
             ins = {e["dst_port"]: resolve_port(g, src, e["src_port"]) for src, _, e in g.in_edges(name, data=True)}
-            attrs["out"] = KINDS[attrs["kind"]].outputs(ins)
+            attrs["out"] = KINDS[attrs["kind"]].ports(ins)
             if KINDS[attrs["kind"]].layers:  # intermediate layers that consumers ask for: `tower.layer_6`
                 for _, _, e in g.out_edges(name, data=True):
                     if LAYER_PORT.match(e["src_port"] or ""):

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from graphspec.errors import Issue
-from graphspec.schema import Spec
+from graphspec.language.errors import Issue
+from graphspec.language.schema import Spec
 
 
 def lr_multiplier(spec: Spec, param: str) -> float:

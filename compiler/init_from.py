@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from graphspec.errors import Issue, SpecError
+from graphspec.language.errors import Issue, SpecError
 
 from .checksums import damage
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from graphspec.schema import ParamInit
+from graphspec.language.schema import ParamInit
 
 LIBRARIES = ("transformers.", "timm.")  # modules these packages define initialise themselves
 

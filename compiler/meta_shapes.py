@@ -12,8 +12,8 @@ import torch
 import torch.fx as fx
 from torch.utils._pytree import tree_map
 
-from graphspec.errors import Issue, SpecError
-from graphspec.schema import Spec
+from graphspec.language.errors import Issue, SpecError
+from graphspec.language.schema import Spec
 
 from .tower_records import describe_output
 

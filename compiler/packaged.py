@@ -30,7 +30,7 @@ from importlib import metadata
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
-from graphspec.errors import EnvironmentProblem, Issue, SpecError
+from graphspec.language.errors import EnvironmentProblem, Issue, SpecError
 
 if TYPE_CHECKING:
     from torch import Tensor

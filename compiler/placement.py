@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import torch.fx as fx
 
-from graphspec.errors import Issue
-from graphspec.schema import Spec
+from graphspec.language.errors import Issue
+from graphspec.language.schema import Spec
 
 from .freeze import FreezePlan
 
@@ -65,8 +65,9 @@ def stochastic_parts(module) -> list[str]:
 
     found = []
     for name, m in module.named_modules():
-        if isinstance(m, nn.modules.dropout._DropoutNd):
-            if m.p > 0:
+        # a dropout, or a compile-time stand-in of one (a library tower rebuilt from its record, tower_records)
+        if isinstance(m, nn.modules.dropout._DropoutNd) or "Dropout" in getattr(m, "recorded_class", ""):
+            if getattr(m, "p", 0) > 0:
                 found.append(name)
             continue
         if any("drop" in k.lower() and isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from graphspec.errors import EnvironmentProblem, Issue
-from graphspec.schema import Spec
+from graphspec.language.errors import EnvironmentProblem, Issue
+from graphspec.language.schema import Spec
 
 from .backbones import local_source
 from .graph import references

@@ -10,8 +10,8 @@ from typing import Callable, Iterator
 
 import networkx as nx
 
-from graphspec.errors import Issue, suggest
-from graphspec.schema import FUSION_KINDS, Spec, ref_node, ref_port
+from graphspec.language.errors import Issue, suggest
+from graphspec.language.schema import Fusion, Spec, ref_node, ref_port
 
 from .graph import references, resolve_port
 from .kinds import KINDS
@@ -74,14 +74,15 @@ def mlm_vocabulary(spec: Spec, g: nx.MultiDiGraph) -> Iterator[Issue]:
         if head.kind != "mlm":
             continue
         if head.vocab_from is None and head.vocab_size is None:
-            texts = [n for n, node in spec.nodes.items() if node.kind == "hf_text"]
+            texts = [n for n, node in spec.nodes.items() if KINDS[node.kind].text_vocabulary]
             yield Issue(("heads", name), "an mlm head needs a vocabulary: `vocab_from` or `vocab_size`",
                         f"set `vocab_from: {texts[0]}`" if texts else "set `vocab_size`")
         elif head.vocab_from is not None:
             src = ref_node(head.vocab_from)
-            if src in spec.nodes and not (spec.nodes[src].kind == "hf_text" or spec.nodes[src].kind == "one_tower"):
+            if src in spec.nodes and not KINDS[spec.nodes[src].kind].text_vocabulary:
+                kinds = " or ".join(sorted(k.name for k in KINDS.values() if k.text_vocabulary))
                 yield Issue(("heads", name, "vocab_from"), f"'{src}' is a {spec.nodes[src].kind}, not a text encoder",
-                            "name an hf_text or one_tower node")
+                            f"name a node of a kind with a text vocabulary ({kinds})")
 
 
 def objectives_reference_heads(spec: Spec, g: nx.MultiDiGraph) -> Iterator[Issue]:
@@ -129,7 +130,7 @@ def _stream_widths(g: nx.MultiDiGraph, node) -> dict[str, int | None]:
 
 def fusion_widths_agree(spec: Spec, g: nx.MultiDiGraph) -> Iterator[Issue]:
     for name, node in spec.nodes.items():
-        if node.kind not in FUSION_KINDS:
+        if not isinstance(node, Fusion):
             continue
         widths = _stream_widths(g, node)
         if None in widths.values():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from graphspec.schema import Spec
+from graphspec.language.schema import Spec
 
 from .freeze import FreezePlan
 from .placement import format_placement, frozen_dtype

@@ -39,11 +39,12 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from graphspec.errors import GraphspecError, Issue
+from graphspec.language.errors import GraphspecError, Issue
+
+from .kinds import KINDS
+from .layers.adapter import Adapter
 
 FORMAT = 1  # bump when the record's layout changes
-LIBRARY_KINDS = ("hf_text", "hf_vision", "timm_vision", "one_tower")  # kinds whose builders import transformers/timm
-_HF_CONFIG_KINDS = ("hf_text", "hf_vision")
 
 
 def records_dir() -> Path | None:
@@ -103,10 +104,11 @@ def record_key(spec, g, name: str) -> str | None:
     """The key of node `name`'s record, or None when its tower is not recorded."""
     attrs = g.nodes[name]
     node = attrs["spec"]
-    if attrs["kind"] not in LIBRARY_KINDS:
+    library = KINDS[attrs["kind"]].library(node)  # a kind built with transformers or timm is recorded
+    if library is None:
         return None
     config = None
-    if node.source and (attrs["kind"] in _HF_CONFIG_KINDS or getattr(node, "backbone", None) == "text"):
+    if node.source and library == "transformers":  # a config read from its source: part of the key
         config = _config_fingerprint(node)
         if config is None:
             return None
@@ -181,13 +183,14 @@ def _rebuild(desc):
 
 
 def _facts(module: nn.Module) -> dict:
-    embeddings = module.input_embeddings() if hasattr(module, "input_embeddings") else None
+    adapter = module if isinstance(module, Adapter) else None
+    embeddings = adapter.input_embeddings() if adapter is not None else None
     where = next((n for n, m in module.named_modules(remove_duplicate=False) if m is embeddings), None)
     return {
-        "layer_prefixes": module.layer_prefixes() if hasattr(module, "layer_prefixes") else None,
-        "embedding_prefixes": module.embedding_prefixes() if hasattr(module, "embedding_prefixes") else None,
-        "port_widths": module.port_widths() if hasattr(module, "port_widths") else {},
-        "num_layers": getattr(module, "num_layers", None),
+        "layer_prefixes": adapter.layer_prefixes() if adapter is not None else None,
+        "embedding_prefixes": adapter.embedding_prefixes() if adapter is not None else None,
+        "port_widths": adapter.port_widths() if adapter is not None else {},
+        "num_layers": adapter.num_layers if adapter is not None else None,
         "input_embeddings": where,
     }
 
@@ -229,7 +232,7 @@ def _fill(module: nn.Module, tree: dict, params: dict[str, nn.Parameter], prefix
         module.add_module(cname, kind(child, params, f"{prefix}{cname}."))
 
 
-class RecordedTower(_Part):
+class RecordedTower(_Part, Adapter):
     """A library tower rebuilt from its record: what the checks read, and its outputs' shapes for the spec's inputs."""
 
     def __init__(self, record: dict):

@@ -1,3 +1,3 @@
-from .cli import entry
+from graphspec.cli import entry
 
 entry()

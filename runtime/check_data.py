@@ -12,8 +12,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from graphspec.errors import Issue, SpecError
-from graphspec.schema import Spec
+from graphspec.language.errors import Issue, SpecError
+from graphspec.language.schema import Spec
 
 from .data.records import MAX_MESSAGES, BadData
 from .launch import cores

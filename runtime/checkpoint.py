@@ -18,9 +18,9 @@ from safetensors.torch import save_file
 
 from graphspec.compiler import FreezePlan
 from graphspec.compiler.checksums import write_checksums
-from graphspec.errors import EnvironmentProblem, Issue, Loc
+from graphspec.compiler.folders import CHECKPOINT_FORMAT, WEIGHTS
+from graphspec.language.errors import EnvironmentProblem, Issue, Loc
 
-FORMAT_VERSION = 2  # of a final checkpoint (state.json); 1 (no version written) reads the same
 
 
 def trainable_weights(module: torch.nn.Module, frozen: set[str]) -> dict[str, torch.Tensor]:
@@ -45,10 +45,10 @@ def save_checkpoint(path: Path, weights: dict[str, torch.Tensor], spec_json: dic
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
-        save_file(weights, str(tmp / "model.safetensors"))
+        save_file(weights, str(tmp / WEIGHTS))
         (tmp / "spec.resolved.json").write_text(json.dumps(spec_json, indent=2) + "\n")
         (tmp / "freeze.json").write_text(json.dumps(plan.to_json(), indent=2) + "\n")
-        (tmp / "state.json").write_text(json.dumps({"format_version": FORMAT_VERSION, **extra}, indent=2) + "\n")
+        (tmp / "state.json").write_text(json.dumps({"format_version": CHECKPOINT_FORMAT, **extra}, indent=2) + "\n")
         tokenizer.save_pretrained(str(tmp / "tokenizer"))  # the exact vocabulary the weights were trained with
         write_checksums(tmp)  # last: a file cut short or altered later is named by whoever reads it
     except (OSError, SafetensorError) as e:

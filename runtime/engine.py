@@ -22,9 +22,9 @@ import torch.fx as fx
 from graphspec.compiler.ds_config import resolve_accelerator
 from graphspec.compiler.layers.attention import unfused_library_attention
 from graphspec.compiler.freeze import FreezePlan
-from graphspec.compiler.placement import frozen_dtype, outside_towers, placement
-from graphspec.errors import EnvironmentProblem, Issue, SpecError
-from graphspec.schema import Spec
+from graphspec.compiler.placement import frozen_dtype
+from graphspec.language.errors import EnvironmentProblem, Issue, SpecError
+from graphspec.language.schema import Spec
 
 from . import devices, ranks
 from .launch import SELF_STARTED, free_port
@@ -172,15 +172,16 @@ def announce_op_builds(spec: Spec) -> float | None:
 
 
 def make_trainer(spec: Spec, model: fx.GraphModule, plan: FreezePlan, groups: list[dict], ds_config: dict,
-                 outside: bool = True) -> Trainer:
-    """The engine over the trainable part; `outside=False` keeps frozen towers inside it (a baseline to compare)."""
+                 placed: dict[str, dict] | None) -> Trainer:
+    """The engine over the trainable part, the frozen towers where the build placed them (`placed`, see
+    graphspec.compiler.placement); None keeps them inside the engine (a baseline to compare)."""
     distributed_env(spec)
     import deepspeed
     from deepspeed.utils import logger
 
     logger.addFilter(_NotBeforeStart())
 
-    cut = ModelCut(model, outside_towers(model, plan.frozen_nodes) if outside else [])
+    cut = ModelCut(model, [n for n, row in (placed or {}).items() if row["where"] == "outside"])
     params = dict(cut.inner.named_parameters())
     param_groups = [{"params": [params[n] for n in g["params"]], "weight_decay": g["weight_decay"],
                      "lr": spec.train.optimizer.lr * g["lr_scale"], "name": g["name"]} for g in groups]
@@ -193,7 +194,7 @@ def make_trainer(spec: Spec, model: fx.GraphModule, plan: FreezePlan, groups: li
               flush=True)
     if engine.device.type == "cpu" and spec.train.kernels == "fast":
         unfused_library_attention(model)
-    towers = TowerRunner(cut, placement(spec, model, plan), frozen_dtype(spec), engine.device, plan.train_mode)
+    towers = TowerRunner(cut, placed or {}, frozen_dtype(spec), engine.device, plan.train_mode)
     if spec.distributed.frozen.cache_outputs:
         from graphspec.compiler.preprocess import image_transform
 

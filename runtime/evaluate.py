@@ -17,20 +17,20 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
-from graphspec.compiler import FreezePlan, build_model
+from graphspec.compiler import FreezePlan, build_weights
+from graphspec.compiler.folders import CHECKPOINT_FORMAT
 from graphspec.compiler.checksums import damage
-from graphspec.errors import GraphspecError, Issue, Loc, SpecError
-from graphspec.schema import Spec
+from graphspec.language.errors import GraphspecError, Issue, Loc, SpecError
+from graphspec.language.schema import Spec
 
 from . import devices
-from .checkpoint import FORMAT_VERSION
 
 
 class CheckpointError(GraphspecError):
     """A checkpoint that is not one, or not one this graphspec reads, or damaged since it was written."""
 
     exit_code = 2
-from .tasks import make_task
+from .tasks import TaskContext, make_task
 
 
 def find_checkpoint(target: str | Path) -> Path:
@@ -49,14 +49,14 @@ def read_state(ckpt: Path) -> dict:
     path = ckpt / "state.json"
     state = json.loads(path.read_text()) if path.is_file() else {}
     version = state.get("format_version", 1)
-    if version > FORMAT_VERSION:
+    if version > CHECKPOINT_FORMAT:
         raise CheckpointError([Issue((), f"checkpoint format version {version}; this graphspec reads versions 1 to "
-                                    f"{FORMAT_VERSION}", "evaluate it with the graphspec that wrote it",
+                                    f"{CHECKPOINT_FORMAT}", "evaluate it with the graphspec that wrote it",
                                     loc=Loc(str(path)))], title="cannot read this checkpoint")
     return state
 
 
-def _load(ckpt: Path) -> tuple[Spec, torch.nn.Module]:
+def load_checkpoint(ckpt: Path) -> tuple[Spec, torch.nn.Module]:
     problem = damage(ckpt, required=False)  # checkpoints of graphspec 0.1 have no list
     if problem is not None:
         raise CheckpointError([problem], title="cannot evaluate this checkpoint")
@@ -66,7 +66,13 @@ def _load(ckpt: Path) -> tuple[Spec, torch.nn.Module]:
         raise CheckpointError([Issue((), f"the checkpoint's spec does not fit this graphspec: {str(e)[:200]}",
                                     loc=Loc(str(ckpt / "spec.resolved.json")))]) from None
     freeze = ckpt / "freeze.json"
-    model, plan = build_model(spec, FreezePlan.from_json(json.loads(freeze.read_text())) if freeze.is_file() else None)
+    if freeze.is_file():
+        plan = FreezePlan.from_json(json.loads(freeze.read_text()))
+    else:  # a checkpoint of graphspec 0.1, which kept no freeze record: the spec's annotations, resolved again
+        from graphspec.compiler import compile_spec
+
+        plan = compile_spec(spec).plan
+    model = build_weights(spec, plan)
     try:
         weights = load_file(str(ckpt / "model.safetensors"))
     except (OSError, SafetensorError) as e:
@@ -89,7 +95,7 @@ def evaluate_checkpoint(target: str | Path, split: str = "val", device: str | to
     outputs brought back to the host for the metrics. On an accelerator the model computes in the precision
     it trained in (bf16 or fp16); on the CPU in fp32."""
     ckpt = find_checkpoint(target)
-    spec, model = _load(ckpt)
+    spec, model = load_checkpoint(ckpt)
     if spec.data.val is None and split == "val":
         raise SpecError([Issue(("data", "val"), "the spec has no validation data", "evaluate --split test")])
     device = torch.device(device)
@@ -98,7 +104,7 @@ def evaluate_checkpoint(target: str | Path, split: str = "val", device: str | to
     model = model.to(device=device, dtype=dtype)
     state = read_state(ckpt)
     task = make_task(spec, model, lambda data: AutoTokenizer.from_pretrained(str(ckpt / "tokenizer")), split,
-                     {"answers": state["answers"]} if state.get("answers") else None)
+                     TaskContext(vocabulary={"answers": state["answers"]} if state.get("answers") else None))
     names = set(inspect.signature(model.forward).parameters)
 
     def forward(batch: dict) -> dict:

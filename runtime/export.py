@@ -26,12 +26,13 @@ from pathlib import Path
 
 import torch
 
-from graphspec.errors import EnvironmentProblem, Issue, Loc
-from graphspec.version import __version__
+from graphspec.compiler.folders import EXPORT_FORMAT, EXPORT_MANIFEST as MANIFEST, EXPORT_PROGRAM as PROGRAM, TRAINING_FOLDER, WEIGHTS
+from graphspec.language.errors import EnvironmentProblem, Issue, Loc
+from graphspec.language.version import __version__
 
-from .evaluate import CheckpointError, _load, find_checkpoint, read_state
-from .inference import EXPORT_FORMAT, HF_KINDS, MANIFEST, PROGRAM, head_labels
-from .resume import FOLDER, frozen_digests
+from .evaluate import CheckpointError, find_checkpoint, load_checkpoint, read_state
+from .inference import head_labels, kind, named_outputs
+from .resume import frozen_digests
 
 
 def export_model(target: str | Path, out: str | Path, program: bool = True) -> Path:
@@ -43,8 +44,9 @@ def export_model(target: str | Path, out: str | Path, program: bool = True) -> P
         raise EnvironmentProblem([Issue((), "the export folder exists and is not empty", "choose another -o, or "
                                         "remove it", loc=Loc(str(out)))], title="cannot export")
     path = Path(target)
-    if path.parent.name == FOLDER and (path / "engine").is_dir():
+    if path.parent.name == TRAINING_FOLDER and (path / "engine").is_dir():
         spec, model, state, plan, tokenizer = from_training_checkpoint(path)
+        run_dir = path.parent.parent
     else:
         try:
             ckpt = find_checkpoint(path)
@@ -52,17 +54,17 @@ def export_model(target: str | Path, out: str | Path, program: bool = True) -> P
             raise CheckpointError([Issue((), "neither a run with a final checkpoint, nor a checkpoint, nor a training "
                                         "checkpoint (RUN/checkpoints/step-N)", "give one of those",
                                         loc=Loc(str(path)))], title="nothing to export") from e
-        spec, model = _load(ckpt)
+        spec, model = load_checkpoint(ckpt)
         state = read_state(ckpt)
         plan = json.loads((ckpt / "freeze.json").read_text()) if (ckpt / "freeze.json").is_file() else {"frozen": []}
         tokenizer = ckpt / "tokenizer"
-        path = ckpt
+        path, run_dir = ckpt, ckpt.parent
     verified = _check_frozen(model, set(plan["frozen"]), state, path)
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        _write(tmp, tokenizer, spec, model, state, plan, verified, program)
+        _write(tmp, tokenizer, spec, model, state, plan, verified, program, architecture(run_dir, spec, model))
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise EnvironmentProblem([Issue((), f"the export could not be written ({e.strerror or e})",
@@ -78,16 +80,15 @@ def from_training_checkpoint(step_dir: Path):
     """(spec, model, state, freeze plan, tokenizer) of a training checkpoint: the run's build, its trainable
     weights from DeepSpeed's files (read under the allow-list; ZeRO 1-3 partitions merged by DeepSpeed's
     zero_to_fp32 into fp32), frozen weights from their source."""
-    from graphspec.compiler import build_model
+    from graphspec.compiler import build_weights, read_build
 
-    from .build import read_build
     from .resume import UnsafeFile, unsafe_refusal, verify, weights_only
     from .text import load_tokenizer, text_node
 
     verify(step_dir)  # every file as written, before any is read
     state = json.loads((step_dir / "state.json").read_text())
     build = read_build(step_dir.parent.parent / "build")
-    model, plan = build_model(build.spec, build.plan)
+    model, plan = build_weights(build.spec, build.plan), build.plan
     engine = step_dir / "engine"
     try:
         with weights_only():
@@ -142,12 +143,25 @@ def _check_frozen(model, frozen: set[str], state: dict, ckpt: Path) -> dict[str,
     return {node: "verified" for node in found}
 
 
-def _write(tmp: Path, tokenizer, spec, model, state: dict, plan: dict, verified: dict, program: bool) -> None:
-    """`tokenizer`: a checkpoint's tokenizer folder, or a tokenizer."""
+def architecture(run_dir: Path, spec, model) -> str:
+    """The compile report the run's build folder holds (RUN/build/summary.txt); for a checkpoint kept apart
+    from its run, the parameters per node of the model itself."""
+    report = run_dir / "build" / "summary.txt"
+    if report.is_file():
+        return report.read_text().rstrip()
+    lines = [f"{'node':<24}{'parameters':>14}"]
+    for prefix in [*spec.nodes, *(f"heads.{h}" for h in spec.heads)]:
+        lines.append(f"{prefix:<24}{sum(p.numel() for p in model.get_submodule(prefix).parameters()):>14,}")
+    return "\n".join(lines)
+
+
+def _write(tmp: Path, tokenizer, spec, model, state: dict, plan: dict, verified: dict, program: bool,
+           summary: str) -> None:
+    """`tokenizer`: a checkpoint's tokenizer folder, or a tokenizer; `summary`: the architecture report."""
     from safetensors.torch import save_model
 
-    save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt", "graphspec": __version__})
-    (tmp / "model.safetensors").chmod(0o644)  # safetensors writes it private; the folder is for sharing
+    save_model(model, str(tmp / WEIGHTS), metadata={"format": "pt", "graphspec": __version__})
+    (tmp / WEIGHTS).chmod(0o644)  # safetensors writes it private; the folder is for sharing
     if isinstance(tokenizer, Path):
         for f in tokenizer.iterdir() if tokenizer.is_dir() else []:
             shutil.copy2(f, tmp / f.name)
@@ -167,32 +181,24 @@ def _write(tmp: Path, tokenizer, spec, model, state: dict, plan: dict, verified:
     manifest["program"] = write_program(spec, model, tmp / PROGRAM) if program else {
         "written": False, "why": "left out on request (graphspec export --no-program)"}
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    (tmp / "README.md").write_text(model_card(spec, manifest))
+    (tmp / "README.md").write_text(model_card(spec, manifest, summary))
 
 
 class Program(torch.nn.Module):
     """The inference forward that `model.pt2` holds: the model's input tensors in (text padded to its
-    max_length), a flat dict of tensors out: each head's output (an ITC head's as `HEAD_text` / `HEAD_image`),
-    ITM's match probability as `HEAD_probability`; MLM left out."""
+    max_length), a flat dict of tensors out, named as `load_model`'s model names them (`named_outputs`): each
+    head's raw tensor, `HEAD_probability`, `HEAD_prediction`, `text_embedding` / `image_embedding`; heads whose
+    kind is not exported (MLM) left out. Export format 1 named an ITC head's outputs `HEAD_text` / `HEAD_image`."""
 
     def __init__(self, graph: torch.fx.GraphModule, spec):
         super().__init__()
-        self.kinds = {head: obj.kind for head, obj in spec.heads.items() if obj.kind != "mlm"}
+        self.spec = spec
+        dropped = [h for h, obj in spec.heads.items() if not (outputs := kind(obj).outputs) or not outputs.exported]
         # not `graph`: torch.export's program is a GraphModule, whose `graph` is its fx graph
-        self.model = without_heads(graph, [h for h, obj in spec.heads.items() if obj.kind == "mlm"])
+        self.model = without_heads(graph, dropped)
 
     def forward(self, *inputs) -> dict:
-        raw = self.model(*inputs)
-        out = {}
-        for head, kind in self.kinds.items():
-            value = raw[head]
-            if kind == "itc":
-                out[f"{head}_text"], out[f"{head}_image"] = value["text"], value["image"]
-                continue
-            out[head] = value
-            if kind == "itm":
-                out[f"{head}_probability"] = value.float().softmax(-1)[:, 1]
-        return out
+        return named_outputs(self.spec, self.model(*inputs), exported_only=True)
 
 
 def without_heads(gm: torch.fx.GraphModule, heads: list[str]) -> torch.fx.GraphModule:
@@ -266,17 +272,18 @@ def _save_towers(spec, model, root: Path) -> dict[str, dict]:
     """Each library tower's source, init and licence; transformers towers' configs written under `root`."""
     out = {}
     for name, node in spec.nodes.items():
-        if node.kind not in (*HF_KINDS, "timm_vision"):
+        library = kind(node).library(node)
+        if library is None:
             continue
         module = model.get_submodule(name)
         source = getattr(node, "source", None) or getattr(node, "model_type", None)
         row = {"kind": node.kind, "source": source, "weights": getattr(node, "weights", None), "init": node.init,
                "licence": _licence(node, module)}
-        hf = _hf_model(module) if node.kind in HF_KINDS else None
+        hf = _hf_model(module) if library == "transformers" else None
         if hf is not None and getattr(node, "source", None):
             (root / name).mkdir(parents=True, exist_ok=True)
             hf.config.to_json_file(str(root / name / "config.json"))
-            if node.kind == "hf_vision":
+            if kind(node).image_processor:
                 _save_image_processor(node, root / name)
         out[name] = row
     return out
@@ -332,10 +339,7 @@ def _preprocessing(spec, model) -> dict:
     return out
 
 
-def model_card(spec, manifest: dict) -> str:
-    from graphspec.compiler import compile_spec
-    from graphspec.compiler.summary import format_summary
-
+def model_card(spec, manifest: dict, summary: str) -> str:
     towers = manifest["towers"]
     bases = sorted({t["source"] for t in towers.values() if t["source"] and t["init"] == "pretrained"})
     header = ["---", "library_name: graphspec", "tags:", "- graphspec", "- vision-language",
@@ -348,7 +352,7 @@ def model_card(spec, manifest: dict) -> str:
              f"and exported with its tokenizer and image preprocessing.", "",
              "```python", "import graphspec", "", "model, processor = graphspec.load_model(\"PATH_OR_HUB_ID\")",
              "out = model(**processor(images=[\"photo.jpg\"], text=[\"a caption\"]))", "```", "",
-             "## Architecture", "", "```", format_summary(compile_spec(spec).summary), "```", "",
+             "## Architecture", "", "```", summary, "```", "",
              f"Parameters: {manifest['parameters']['total']:,}, of which "
              f"{manifest['parameters']['frozen_in_training']:,} were frozen in training.", "",
              "## Towers", "", "| node | kind | source | init | licence | frozen weights |", "|---|---|---|---|---|---|"]

@@ -14,7 +14,7 @@ import sys
 import threading
 from pathlib import Path
 
-from graphspec.errors import GraphspecError, Issue, Loc
+from graphspec.language.errors import GraphspecError, Issue, Loc
 
 RESUMABLE = 75  # EX_TEMPFAIL: try again (with --resume)
 DIVERGED = 4

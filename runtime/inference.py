@@ -20,15 +20,35 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from graphspec.errors import EnvironmentProblem, Issue, Loc
-from graphspec.schema import Spec
+from graphspec.compiler.folders import EXPORT_FORMAT, EXPORT_MANIFEST as MANIFEST
+from graphspec.compiler.kinds import KINDS, Kind
+from graphspec.language.errors import EnvironmentProblem, Issue, Loc
+from graphspec.language.schema import Spec
+from graphspec.language.schema.heads import PairClassifyHead
 
-EXPORT_FORMAT = 1
-MANIFEST = "graphspec.json"
-PROGRAM = "model.pt2"
-# head kind -> names of its classes, where the class index alone means nothing to a person
-CLASS_NAMES = {"itm": ["no match", "match"], "pair_classify": ["false", "true"]}
-HF_KINDS = ("hf_text", "hf_vision", "one_tower")
+READS = (1, EXPORT_FORMAT)  # export formats load_model reads: 1 differs only in the program's output names
+
+
+def kind(node) -> Kind:
+    """A node's or head's registered kind (graphspec.compiler.kinds)."""
+    import graphspec.compiler.builders  # noqa: F401  (registers the built-in kinds)
+
+    return KINDS[node.kind if not isinstance(node, dict) else node["kind"]]
+
+
+def named_outputs(spec: Spec, raw: dict, exported_only: bool = False) -> dict:
+    """The heads' outputs named for people (HeadOutputs of each head's kind), as `load_model`'s model and the
+    `.pt2` program both give them: each head's raw tensor under its name, and e.g. `{head}_probability`,
+    `{head}_prediction`, `text_embedding` / `image_embedding`."""
+    out: dict = {}
+    for head, obj in spec.heads.items():
+        outputs = kind(obj).outputs
+        if outputs is None or (exported_only and not outputs.exported):
+            continue
+        if not isinstance(raw[head], dict):
+            out[head] = raw[head]
+        out.update(outputs.named(head, raw[head]))
+    return out
 
 
 def standalone_spec(spec: Spec, folder: Path) -> Spec:
@@ -41,7 +61,7 @@ def standalone_spec(spec: Spec, folder: Path) -> Spec:
             node["init"] = "random"
         if node.get("weights"):
             node["weights"] = None
-        if node["kind"] in HF_KINDS and node.get("source"):
+        if kind(node).library(spec.nodes[name]) == "transformers" and node.get("source"):
             node["source"] = str(folder / "towers" / name)
             node["size"], node["dropout"] = None, None  # applied already in the saved config
     return Spec.model_validate(data)
@@ -84,7 +104,7 @@ class Processor:
         self.spec, self.tokenizer, self.transforms = spec, tokenizer, transforms
         kinds = {i.modality for i in spec.inputs.values()}
         self.unsupported = sorted(kinds - {"text", "image"})
-        self.pairs = [h for h, obj in spec.heads.items() if obj.kind == "pair_classify"]
+        self.pairs = [h for h, obj in spec.heads.items() if isinstance(obj, PairClassifyHead)]
 
     def __call__(self, images=None, text=None) -> dict[str, torch.Tensor]:
         if self.unsupported:
@@ -152,17 +172,18 @@ def _pixels(image, size: int):
 
 
 class Encoder(nn.Module):
-    """The exported model; its forward returns each head's raw output and, named for people:
-    `{head}_probability` (ITM: of a match), `{head}_prediction` (a class head's index; `labels` names it),
-    `text_embedding` / `image_embedding` (an ITC head's normalised unimodal features) and `{head}_features`
-    (the pooled image-text vector a head reads)."""
+    """The exported model; its forward returns each head's raw output and, named for people (the names of
+    `named_outputs`, which the `.pt2` program shares): `{head}_probability` (ITM: of a match),
+    `{head}_prediction` (a class head's index; `labels` names it), `text_embedding` / `image_embedding` (an ITC
+    head's normalised unimodal features), and here also `{head}_features` (the pooled vector a head reads)."""
 
     def __init__(self, graph: nn.Module, spec: Spec, labels: dict[str, list[str]]):
         super().__init__()
         self.graph, self.spec, self.labels = graph, spec, labels
         self._features: dict[str, torch.Tensor] = {}
         for head, obj in spec.heads.items():
-            if obj.kind in ("itm", "classify", "pair_classify", "vqa"):
+            outputs = kind(obj).outputs
+            if outputs is not None and outputs.features:
                 graph.get_submodule(f"heads.{head}").register_forward_pre_hook(
                     lambda m, args, head=head: self._features.__setitem__(head, args[0]))
 
@@ -170,24 +191,15 @@ class Encoder(nn.Module):
         self._features = {}
         device = next(self.graph.parameters()).device  # the processor's tensors are on the CPU
         raw = self.graph(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()})
-        out = dict(raw)
-        for head, obj in self.spec.heads.items():
-            value = raw[head]
-            if obj.kind == "itm":
-                out[f"{head}_probability"] = value.float().softmax(-1)[:, 1]
-            elif obj.kind == "itc":
-                out["text_embedding"], out["image_embedding"] = value["text"], value["image"]
-            elif obj.kind in ("classify", "pair_classify", "vqa", "ref"):
-                out[f"{head}_prediction"] = value.float().argmax(-1)
-            if head in self._features:
-                out[f"{head}_features"] = self._features[head]
+        out = {**raw, **named_outputs(self.spec, raw)}
+        out.update({f"{head}_features": value for head, value in self._features.items()})
         return out
 
     def describe(self, out: dict, row: int = 0) -> dict:
         """One row's answers, in words: {head: probability or label}."""
         said = {}
-        for head, obj in self.spec.heads.items():
-            if obj.kind == "itm":
+        for head in self.spec.heads:
+            if f"{head}_probability" in out:
                 said[head] = {"match_probability": round(float(out[f"{head}_probability"][row]), 6)}
             elif f"{head}_prediction" in out:
                 index = int(out[f"{head}_prediction"][row])
@@ -201,17 +213,18 @@ def load_model(target: str | Path, device: str | torch.device = "cpu") -> tuple[
     from safetensors.torch import load_model as load_weights
     from transformers import AutoTokenizer
 
-    from graphspec.compiler import build_model
+    from graphspec.compiler import FreezePlan, build_weights
     from graphspec.compiler.preprocess import image_transform
 
     folder = resolve(target)
     manifest = json.loads((folder / MANIFEST).read_text())
-    if manifest.get("format_version", 0) > EXPORT_FORMAT:
-        raise EnvironmentProblem([Issue((), f"export format {manifest['format_version']}; this graphspec reads "
-                                        f"up to {EXPORT_FORMAT}", "load it with the graphspec that exported it",
-                                        loc=Loc(str(folder / MANIFEST)))], title="cannot load this model")
+    if manifest.get("format_version", 0) not in READS:
+        raise EnvironmentProblem([Issue((), f"export format {manifest.get('format_version')!r}; this graphspec "
+                                        f"reads formats {READS[0]} to {READS[-1]}", "load it with the graphspec "
+                                        "that exported it", loc=Loc(str(folder / MANIFEST)))],
+                                 title="cannot load this model")
     spec = standalone_spec(Spec.model_validate(manifest["spec"]), folder)
-    graph, _ = build_model(spec)
+    graph = build_weights(spec, FreezePlan(frozenset(), (), (), ()))  # the export compiled; every weight loads
     missing, unexpected = load_weights(graph, str(folder / "model.safetensors"), strict=False)
     if missing or unexpected:
         raise EnvironmentProblem([Issue((), f"the weights do not fit the exported spec: missing {missing[:5]}, "
@@ -225,15 +238,17 @@ def load_model(target: str | Path, device: str | torch.device = "cpu") -> tuple[
 
 
 def head_labels(spec: Spec, vocabulary: dict) -> dict[str, list[str]]:
-    """Names of each class head's classes: VQA's answers, SNLI-VE's labels, ITM's and NLVR2's."""
-    from .tasks.snli_ve import LABELS
+    """Names of each class head's classes: those its kind names (ITM's, NLVR2's), else those the task it was
+    trained on names for its head (VQA's answers, SNLI-VE's labels)."""
+    from .tasks import REGISTRY
 
+    task = REGISTRY[spec.data.train.task]
+    roles = spec.roles()
     out: dict[str, list[str]] = {}
     for head, obj in spec.heads.items():
-        if obj.kind in CLASS_NAMES:
-            out[head] = CLASS_NAMES[obj.kind]
-        elif obj.kind == "vqa" and vocabulary.get("answers"):
-            out[head] = list(vocabulary["answers"])
-        elif obj.kind == "classify" and spec.data.train.task == "snli_ve":
-            out[head] = [name for name, _ in sorted(LABELS.items(), key=lambda item: item[1])]
+        outputs = kind(obj).outputs
+        if outputs is not None and outputs.classes:
+            out[head] = list(outputs.classes)
+        elif head == roles.head and (names := task.class_names(vocabulary)):
+            out[head] = list(names)
     return out

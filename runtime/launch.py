@@ -24,7 +24,7 @@ import socket
 import sys
 from pathlib import Path
 
-from graphspec.errors import EnvironmentProblem, Issue, Loc, SpecError
+from graphspec.language.errors import EnvironmentProblem, Issue, Loc, SpecError
 
 from .guard import HandlerScope
 
@@ -75,21 +75,22 @@ def read_hostfile(path: Path) -> list[tuple[str, int]]:
     return hosts
 
 
-def torchrun_args(world: int, run_args: list[str]) -> list[str]:
+def torchrun_args(world: int, command: list[str]) -> list[str]:
     # SIGTERM, SIGINT and SIGUSR1 are left to `Forward`: torchrun would kill the ranks 30 s after the first
     return ["--standalone", "--nnodes", "1", "--nproc_per_node", str(world), "--signals_to_handle",
-            "SIGHUP,SIGQUIT", "--module", "graphspec.cli", "run", *run_args]
+            "SIGHUP,SIGQUIT", "--module", *command]
 
 
-def launch(world: int, run_args: list[str], hostfile: Path | None = None, accelerator: str = "cpu") -> int:
-    """Start `graphspec run RUN_ARGS` as `world` ranks; the exit code of the first that failed, else 0."""
+def launch(world: int, command: list[str], hostfile: Path | None = None, accelerator: str = "cpu") -> int:
+    """Start `python -m COMMAND...` as `world` ranks (the caller names its module: the command line passes
+    itself, `graphspec.cli run ...`); the exit code of the first that failed, else 0."""
     local = world if hostfile is None else _local_slots(read_hostfile(hostfile))
     if accelerator == "cuda" and local:
         check_gpus(local, hostfile)
     saved = dict(os.environ)
     os.environ.pop(SELF_STARTED, None)  # a single-process run in this process: not the ranks' business
     try:
-        return _deepspeed(hostfile, run_args) if hostfile is not None else _torchrun(world, run_args)
+        return _deepspeed(hostfile, command) if hostfile is not None else _torchrun(world, command)
     finally:  # the thread budget was the ranks', not this process's later children's
         os.environ.clear()
         os.environ.update(saved)
@@ -144,7 +145,7 @@ class Forward:
                 pass
 
 
-def _torchrun(world: int, run_args: list[str]) -> int:
+def _torchrun(world: int, command: list[str]) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args
     from torch.distributed.run import run as torchrun
@@ -153,7 +154,7 @@ def _torchrun(world: int, run_args: list[str]) -> int:
 
     threads = threads_per_rank(world)
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
-    args = torchrun_args(world, run_args)
+    args = torchrun_args(world, command)
     print(f"launching {world} ranks on this machine ({os.environ['OMP_NUM_THREADS']} threads each): "
           f"torchrun {shlex.join(args)}", flush=True)
     try:
@@ -171,7 +172,7 @@ def _torchrun(world: int, run_args: list[str]) -> int:
     return 0
 
 
-def _deepspeed(hostfile: Path, run_args: list[str]) -> int:
+def _deepspeed(hostfile: Path, command: list[str]) -> int:
     """DeepSpeed's launcher over the hostfile's machines (pdsh and passwordless ssh between them, the build
     and run directories on a shared filesystem); a hostfile of this machine alone needs neither."""
     from deepspeed.launcher.runner import main as deepspeed_main
@@ -184,7 +185,7 @@ def _deepspeed(hostfile: Path, run_args: list[str]) -> int:
         raise _cannot_start(hostfile, "DeepSpeed's launcher starts ranks on other machines with pdsh, which this "
                             "machine lacks", "install pdsh (e.g. `apt install pdsh`) and passwordless ssh to every "
                             "host, or list only this machine")
-    args += ["--module", "graphspec.cli", "run", *run_args]
+    args += ["--module", *command]
     world = sum(slots for _, slots in hosts)
     print(f"launching {world} ranks on {len(hosts)} machine{'s' if len(hosts) > 1 else ''}: "
           f"deepspeed {shlex.join(args)}", flush=True)

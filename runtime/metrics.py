@@ -88,11 +88,11 @@ def contrastive_loss(out: dict, keep: torch.Tensor | None = None) -> torch.Tenso
     rank would compute over the whole batch. `keep` (B,) marks the rows that take part (captions: the
     matching pairs; a negative pair's image is no positive for its text).
     """
-    from .ranks import _active, rank, world
+    from .ranks import group_active, rank, world
 
     t, i = out["text"].float(), out["image"].float()  # (B, dim) each
     keep = torch.ones(t.shape[0], dtype=torch.bool, device=t.device) if keep is None else keep.bool()
-    if not _active():
+    if not group_active():
         if not keep.any():  # a batch of negatives only: nothing to contrast (a mean over no rows is NaN)
             return (t.sum() + i.sum() + out["scale"].float().sum()) * 0.0
         return itc_loss(out["scale"].float() * t[keep] @ i[keep].T)

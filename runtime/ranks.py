@@ -32,7 +32,7 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def _active() -> bool:
+def group_active() -> bool:
     return world() > 1 and dist.is_available() and dist.is_initialized()
 
 
@@ -55,7 +55,7 @@ def host_group() -> "dist.ProcessGroup | None":
 
 def total(values: dict[str, float]) -> dict[str, float]:
     """The sum of each value over the ranks (in one all-reduce)."""
-    if not _active() or not values:
+    if not group_active() or not values:
         return values
     keys = list(values)  # the same order on every rank: the same code made them
     t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
@@ -65,11 +65,11 @@ def total(values: dict[str, float]) -> dict[str, float]:
 
 def mean(values: dict[str, float]) -> dict[str, float]:
     """The average of each value over the ranks."""
-    return {k: v / world() for k, v in total(values).items()} if _active() else values
+    return {k: v / world() for k, v in total(values).items()} if group_active() else values
 
 
 def maximum(value: float) -> float:
-    if not _active():
+    if not group_active():
         return value
     t = torch.tensor([value], dtype=torch.float64)
     dist.all_reduce(t, op=dist.ReduceOp.MAX, group=host_group())
@@ -78,7 +78,7 @@ def maximum(value: float) -> float:
 
 def gather_counts(value: int) -> list[int]:
     """Each rank's value, in rank order (one all-reduce of a vector with this rank's slot filled)."""
-    if not _active():
+    if not group_active():
         return [int(value)]
     t = torch.zeros(world(), dtype=torch.float64)
     t[rank()] = value
@@ -88,7 +88,7 @@ def gather_counts(value: int) -> list[int]:
 
 def any_true(flag: bool) -> bool:
     """Whether any rank's flag is set (one all-reduce): the ranks decide together, so none is left waiting."""
-    if not _active():
+    if not group_active():
         return bool(flag)
     t = torch.tensor([1.0 if flag else 0.0], dtype=torch.float64)
     dist.all_reduce(t, op=dist.ReduceOp.MAX, group=host_group())
@@ -104,7 +104,7 @@ def any_text(text: str) -> str:
 
 def device_total(t: torch.Tensor) -> torch.Tensor:
     """The sum over the ranks of a tensor on the training device, in the run's own group (no host copy)."""
-    if not _active():
+    if not group_active():
         return t
     t = t.clone()
     dist.all_reduce(t)
@@ -118,7 +118,7 @@ def part(size: int) -> slice:
 
 
 def barrier() -> None:
-    if _active():
+    if group_active():
         dist.barrier(group=host_group())
 
 
@@ -126,7 +126,7 @@ def finish() -> None:
     """Leave the process group together: a rank that exits while another still talks to it can abort in gloo's
     teardown (seen once: 'terminate called without an active exception' after all work was done)."""
     global _host_group
-    if _active():
+    if group_active():
         dist.barrier(group=host_group())
         dist.destroy_process_group()
     _host_group = None

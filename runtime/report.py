@@ -99,7 +99,7 @@ def _tensorboard(path: Path):
     return SummaryWriter(str(path))
 
 
-def format_summary(s: dict) -> str:
+def format_run_summary(s: dict) -> str:
     lines = [f"run {s['run_dir']}", f"  steps {s['steps']} in {s['wall_time_s']:.0f} s "
              f"({s['samples_per_s']:.1f} samples/s, median step {s['step_time_s']:.3f} s, peak memory "
              f"{s['peak_rss_mb']:,.0f} MB)",

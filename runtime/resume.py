@@ -37,16 +37,15 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from graphspec.compiler.checksums import checksums, damage, write_checksums
-from graphspec.errors import GraphspecError, Issue, Loc
+from graphspec.compiler.folders import TRAINING_FOLDER, TRAINING_FORMAT
+from graphspec.language.errors import GraphspecError, Issue, Loc
 
 from . import ranks
 
-__all__ = ["FOLDER", "FORMAT", "ResumeError", "UnsafeFile", "checkpoints", "checksums", "digest", "frozen_digests",
+__all__ = ["ResumeError", "UnsafeFile", "checkpoints", "checksums", "digest", "frozen_digests",
            "frozen_record", "random_states", "restore", "save", "set_random_states", "unsafe_refusal", "verify",
            "weights_only"]
 
-FOLDER = "checkpoints"
-FORMAT = 2  # of a training checkpoint: 1 (graphspec 0.1) kept random states in a pickle, state.pt
 
 
 def frozen_record(spec, module: torch.nn.Module, towers: torch.nn.Module, frozen: set[str]) -> dict:
@@ -91,7 +90,7 @@ def _source(spec, node: str) -> str:
 
 def checkpoints(run_dir: Path) -> list[Path]:
     """Complete training checkpoints, oldest first."""
-    folder = run_dir / FOLDER
+    folder = run_dir / TRAINING_FOLDER
     done = [p for p in folder.glob("step-*") if p.is_dir() and not p.name.endswith(".partial")]
     return sorted(done, key=lambda p: p.name)
 
@@ -111,7 +110,7 @@ def _write_rank_files(tmp: Path, step: int, trainer, task, reading: dict, built:
     if task_rng is not None:
         rng["task"] = task_rng
     save_file({k: v.contiguous() for k, v in rng.items()}, str(tmp / f"rng{suffix}.safetensors"))
-    (tmp / f"state{suffix}.json").write_text(json.dumps({"format_version": FORMAT, "step": step,
+    (tmp / f"state{suffix}.json").write_text(json.dumps({"format_version": TRAINING_FORMAT, "step": step,
                                                          "world": ranks.world(), "reading": reading,
                                                          "frozen_sha256": built}) + "\n")
 
@@ -124,7 +123,7 @@ def save(run_dir: Path, step: int, trainer, task, frozen: dict, keep: int, readi
     A write that fails on any rank (a full disk) is undone on all: the partial folder goes, the previous
     checkpoint stays, a warning says so, and None is returned.
     """
-    final = run_dir / FOLDER / f"step-{step:08d}"
+    final = run_dir / TRAINING_FOLDER / f"step-{step:08d}"
     tmp = final.with_name(final.name + ".partial")
     failed = ""
     if ranks.is_main():
@@ -237,7 +236,7 @@ def _read_state(folder: Path) -> tuple[dict, dict]:
     suffix = _suffix(ranks.rank())
     if (folder / f"state{suffix}.pt").is_file() and not (folder / f"state{suffix}.json").is_file():
         raise _refuse(folder, "a training checkpoint of format 1 (graphspec 0.1, random states pickled); this "
-                      f"graphspec resumes format {FORMAT}", "start the run anew with this graphspec")
+                      f"graphspec resumes format {TRAINING_FORMAT}", "start the run anew with this graphspec")
     state_file = folder / f"state{suffix}.json"
     if not state_file.is_file():
         raise _refuse(folder, f"this checkpoint has no state for rank {ranks.rank()}: it was written by "
@@ -251,9 +250,9 @@ def _read_state(folder: Path) -> tuple[dict, dict]:
         raise _refuse(state_file, f"this file is damaged ({str(e).splitlines()[0][:200]})",
                       "delete this checkpoint folder to resume from the one before it, or start the run anew"
                       ) from None
-    if state.get("format_version") != FORMAT:
+    if state.get("format_version") != TRAINING_FORMAT:
         raise _refuse(state_file, f"training checkpoint format {state.get('format_version')!r}; this graphspec "
-                      f"resumes format {FORMAT}", "resume it with the graphspec that wrote it")
+                      f"resumes format {TRAINING_FORMAT}", "resume it with the graphspec that wrote it")
     if state.get("world", 1) != ranks.world():
         raise _refuse(folder, f"this checkpoint was written by {state.get('world')} ranks; this run has "
                       f"{ranks.world()}", "resume with the world size the run started with")
@@ -268,7 +267,7 @@ def restore(run_dir: Path, trainer, task, frozen: dict) -> tuple[int, dict]:
     """Load the newest checkpoint into the trainer and the task (on every rank); return its step and where
     this rank's data stream was (`reading`: a stream's position; empty for sources read by index)."""
     if ranks.is_main():
-        for partial in (run_dir / FOLDER).glob("*.partial"):  # cut off while being written: never complete
+        for partial in (run_dir / TRAINING_FOLDER).glob("*.partial"):  # cut off while being written: never complete
             shutil.rmtree(partial)
     ranks.barrier()
     found = checkpoints(run_dir)

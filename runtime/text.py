@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from graphspec.compiler.preprocess import source_tokenizer, text_reader
-from graphspec.errors import Issue, SpecError
-from graphspec.schema import Spec
+from graphspec.language.errors import Issue, SpecError
+from graphspec.language.schema import Spec
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # BERT's, so pad id 0 matches BERT-style configs
 

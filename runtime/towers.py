@@ -9,6 +9,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from graphspec.compiler.layers.adapter import Adapter
+
 from . import devices
 from .resume import digest
 from .model_cut import ModelCut
@@ -32,7 +34,7 @@ class LayerStream:
 
     def __init__(self, tower: nn.Module, device: torch.device):
         self.device = device
-        stack = getattr(tower, "stack", None)
+        stack = tower.stack if isinstance(tower, Adapter) else None
         self.layers = list(tower.get_submodule(stack)) if stack else []
         inside = {id(m) for layer in self.layers for m in layer.modules()}
         self.rest = [m for m in tower.modules() if id(m) not in inside]

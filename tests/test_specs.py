@@ -10,8 +10,8 @@ import torch
 
 import graphspec
 from graphspec.compiler import build_model, compile_spec
-from graphspec.loader import validate_data
-from graphspec.source import SourceMap
+from graphspec.language.reading import validate_data
+from graphspec.language.parsing import SourceMap
 
 ROOT = Path(__file__).resolve().parents[1] / "specs"
 STUDIES = sorted((ROOT / "studies").glob("*.yaml"))  # study files, not specs: checked by test_study_plans
@@ -40,7 +40,7 @@ def test_spec_compiles(path):
 @pytest.mark.parametrize("path", STUDIES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_study_plans(path):
     """Every variant and every stage of the study passes every compile check."""
-    from graphspec.study import plan_study
+    from graphspec.studies.plan import plan_study
 
     import yaml
 

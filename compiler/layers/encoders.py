@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .adapter import Adapter
+
 
 def layer_stack(model: nn.Module, count: int | None = None) -> str | None:
     """Dotted name of the backbone's stack of transformer blocks (or CNN stages)."""
@@ -29,16 +31,10 @@ def _ones_mask(hidden: torch.Tensor) -> torch.Tensor:
     return torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device)  # (B, T)
 
 
-class _Adapter(nn.Module):
-    """Shared: layer and embedding prefixes (relative to the adapter) and the requested layer outputs."""
+class _Backbone(Adapter):
+    """A library backbone: embedding prefixes (relative to the adapter) and the requested layer outputs."""
 
-    stack: str | None = None
     layers: tuple[int, ...] = ()  # 1-based intermediate layers to return as `layer_N`
-
-    def layer_prefixes(self) -> list[str]:
-        if self.stack is None:
-            return []
-        return [f"{self.stack}.{i}." for i in range(len(self.get_submodule(self.stack)))]
 
     def embedding_prefixes(self) -> list[str]:
         """What runs before the layer stack: top-level parameters and children registered before it."""
@@ -49,10 +45,6 @@ class _Adapter(nn.Module):
                 break
             out.append(f"model.{name}.")
         return out
-
-    @property
-    def num_layers(self) -> int:
-        return len(self.get_submodule(self.stack)) if self.stack else 0
 
     def port_widths(self) -> dict[str, int]:
         """Width of each output port: a CNN's stages differ from its last feature map."""
@@ -74,7 +66,7 @@ def _out_width(block: nn.Module) -> int | None:
     return None
 
 
-class HFTextEncoder(_Adapter):
+class HFTextEncoder(_Backbone):
     """A transformers text encoder (BERT, ELECTRA, RoBERTa, ...)."""
 
     needs_fake_shapes = True  # transformers checks `mask.all()` to choose its attention path
@@ -101,7 +93,7 @@ class HFTextEncoder(_Adapter):
         return ports
 
 
-class HFVisionEncoder(_Adapter):
+class HFVisionEncoder(_Backbone):
     """A transformers vision encoder (ViT, DeiT, ...): its patch tokens, CLS first."""
 
     def __init__(self, model: nn.Module, interpolate_pos_encoding: bool = False, layers: tuple[int, ...] = ()):
@@ -129,7 +121,7 @@ def _tokens(feats: torch.Tensor) -> torch.Tensor:
     return feats.flatten(2).transpose(1, 2) if feats.dim() == 4 else feats
 
 
-class TimmVisionEncoder(_Adapter):
+class TimmVisionEncoder(_Backbone):
     """A timm model: a ViT's token sequence, or a CNN's last feature map flattened to tokens."""
 
     def __init__(self, model: nn.Module, layers: tuple[int, ...] = ()):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .adapter import Adapter
 from .attention import Attention, FeedForward, Residual
 
 
@@ -58,7 +59,7 @@ class FusionLayer(nn.Module):
         return t_new, i_new
 
 
-class _Streams(nn.Module):
+class _Streams(Adapter):
     """Shared front of every fusion kind: project each stream to the width, add a modality-type embedding."""
 
     def __init__(self, text_width: int, image_width: int, width: int, always_project: bool = False):
@@ -68,8 +69,7 @@ class _Streams(nn.Module):
         self.type_embed = nn.Embedding(2, width)
         self.width = width
 
-    def layer_prefixes(self) -> list[str]:
-        return [f"layers.{i}." for i in range(len(self.layers))]
+    stack = "layers"
 
     def embedding_prefixes(self) -> list[str]:
         return ["text_proj.", "image_proj.", "type_embed."]

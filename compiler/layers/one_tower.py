@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .adapter import Adapter
 from .encoders import layer_stack
 
 
@@ -88,7 +89,7 @@ class TimmViTBackbone(nn.Module):
         return self.model.norm(x)  # (B, T, D)
 
 
-class OneTower(nn.Module):
+class OneTower(Adapter):
     """[text tokens; image tokens] + modality-type embeddings through one backbone's layers.
 
     The joint mask masks text padding (ViLT does not, so padding leaks into real
@@ -105,9 +106,6 @@ class OneTower(nn.Module):
         self.type_embed = nn.Embedding(2, self.width)
         self.vocab_size, self.max_positions, self.patch_size = vocab_size, max_positions, patch_size
         self.stack = "backbone." + backbone.stack
-
-    def layer_prefixes(self) -> list[str]:
-        return [f"{self.stack}.{i}." for i in range(len(self.get_submodule(self.stack)))]
 
     def embedding_prefixes(self) -> list[str]:
         top = self.stack.split(".")[2]

@@ -77,12 +77,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from graphspec.errors import Issue, SpecError, suggest
+from graphspec.language.errors import Issue, SpecError, suggest
 
-from .arrow_layouts import FAMILIES, KIND_TEXT, Column, TableSpec, _is, _pyarrow, family_spec
-from .arrow_rows import _RowContext, expand_row
+from .arrow_layouts import FAMILIES, KIND_TEXT, Column, TableSpec, arrow_kind, import_pyarrow, family_spec
+from .arrow_rows import RowContext, expand_row
 from .images import ArrowImage
-from .records import (MAX_MESSAGES, SKIP_HINT, BadData, ReadStats, _need_stats, check_image, decode_image,
+from .records import (MAX_MESSAGES, SKIP_HINT, BadData, ReadStats, need_stats, check_image, decode_image,
                       load_images, raise_if_skipped)
 
 SLICE_ROWS = 256  # rows converted to Python at a time: images are copied out of the memory map only this many at once
@@ -145,7 +145,7 @@ def table_files(directory, family: str, split: str = "train", tables: Sequence[s
 
 def _open(path: Path):
     """(schema, iterator of record batches) of an Arrow IPC file (or stream)."""
-    pa = _pyarrow()
+    pa = import_pyarrow()
 
     try:
         source = pa.memory_map(str(path), "r")
@@ -183,7 +183,7 @@ def check_schema(schema, spec: TableSpec, path: Path) -> list[str]:
                                     suggest(col.name, names) or f"the layout is the one {spec.writer} writes"))
             continue
         actual = schema.field(col.name).type
-        if not _is(col.kind)(actual):
+        if not arrow_kind(col.kind)(actual):
             issues.append(Issue((), f"{path}: column '{col.name}' has type {actual}, expected {KIND_TEXT[col.kind]}; "
                                     f"columns present: {_columns_text(schema)}",
                                 f"the {spec.family} layout is the one {spec.writer} writes"))
@@ -204,7 +204,7 @@ def read_table(path, family: str, *, skip_bad: bool = False, stats: ReadStats | 
     The file and its columns are checked at once (a SpecError names the file); rows are read lazily.
     """
     spec = family_spec(family)
-    stats = _need_stats(skip_bad, stats)
+    stats = need_stats(skip_bad, stats)
     path = Path(path)
     if not path.is_file():
         parent = path.parent
@@ -231,7 +231,7 @@ def _prepare(files: Sequence[Path], spec: TableSpec) -> list:
 def _read_all(opened, spec: TableSpec, skip_bad, stats, decode_images, dedupe, refs: bool = False) -> Iterator[dict]:
     for path, batches, use in opened:
         name = path.name[:-6] if path.name.endswith(".arrow") else path.name
-        ctx = _RowContext(spec.family, name, dedupe)
+        ctx = RowContext(spec.family, name, dedupe)
         row_index = 0
         for batch_id, batch in batches:
             lazy = refs and batch_id is not None  # images stay in the mapped file, read when a batch needs them
@@ -268,7 +268,7 @@ def read_arrow(directory, family: str, split: str = "train", *, tables: Sequence
     grow with the table (Arrow streams, which cannot be read by position, keep bytes).
     """
     spec = family_spec(family)
-    stats = _need_stats(skip_bad, stats)
+    stats = need_stats(skip_bad, stats)
     files = table_files(directory, spec.family, split, tables)
     return _read_all(_prepare(files, spec), spec, skip_bad, stats, decode_images, dedupe_captions, refs)
 

@@ -1,7 +1,7 @@
 """The layouts of the ViLT/METER/Renaissance Arrow tables: families, splits, columns and their types.
 
 See `graphspec.runtime.data.arrow` for the tables each family names and the scripts that write them. The
-family names (and their short aliases) are the task table's (graphspec.schema.tasks), which says which task
+family names (and their short aliases) are the task table's (graphspec.language.schema.tasks), which says which task
 reads each family.
 """
 
@@ -10,13 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
-from graphspec.errors import EnvironmentProblem, Issue, SpecError, suggest
-from graphspec.schema.tasks import FAMILY_ALIASES, resolve_family
+from graphspec.language.errors import EnvironmentProblem, Issue, SpecError, suggest
+from graphspec.language.schema.tasks import FAMILY_ALIASES, resolve_family
 
 from .arrow_rows import captions_rows, nlvr2_rows, refcoco_rows, snli_rows, vqa_rows
 
 
-def _pyarrow():
+def import_pyarrow():
     try:
         import pyarrow
         import pyarrow.ipc  # noqa: F401
@@ -26,8 +26,8 @@ def _pyarrow():
     return pyarrow
 
 
-def _is(kind: str) -> Callable:
-    pa = _pyarrow()
+def arrow_kind(kind: str) -> Callable:
+    pa = import_pyarrow()
 
     t = pa.types
     is_list = lambda x: t.is_list(x) or t.is_large_list(x) or t.is_fixed_size_list(x)  # noqa: E731

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Callable, Iterator, Sequence
 
-from graphspec.errors import SpecError
+from graphspec.language.errors import SpecError
 
-from .records import SKIP_HINT, BadData, ReadStats, _open_image, _short
+from .records import SKIP_HINT, BadData, ReadStats, open_image, short_repr
 
 
 def _bad_row(where: str, column: str, what: str) -> BadData:
@@ -20,7 +20,7 @@ def _bad_row(where: str, column: str, what: str) -> BadData:
 def _list(row: dict, column: str, where: str) -> list:
     value = row[column]
     if not isinstance(value, list):
-        raise _bad_row(where, column, f"expected a list, found {_short(value)}")
+        raise _bad_row(where, column, f"expected a list, found {short_repr(value)}")
     return value
 
 
@@ -37,7 +37,7 @@ def captions_rows(row, ctx):
     seen = set()
     for j, cap in enumerate(caps):
         if not isinstance(cap, str) or not cap.strip():
-            yield _bad_row(ctx.where, "caption", f"caption {j} is {_short(cap)}, not a non-empty string")
+            yield _bad_row(ctx.where, "caption", f"caption {j} is {short_repr(cap)}, not a non-empty string")
             continue
         if ctx.dedupe:
             if cap in seen:
@@ -59,14 +59,14 @@ def nlvr2_rows(row, ctx):
         raise _bad_row(ctx.where, "answers", f"{len(answers)} answers for {len(questions)} questions")
     for j, (q, a) in enumerate(zip(questions, answers)):
         if not isinstance(q, str) or not q.strip():
-            yield _bad_row(ctx.where, "questions", f"question {j} is {_short(q)}, not a non-empty string")
+            yield _bad_row(ctx.where, "questions", f"question {j} is {short_repr(q)}, not a non-empty string")
             continue
         if isinstance(a, bool):
             label = a
         elif isinstance(a, str) and a.strip().lower() in ("true", "false"):
             label = a.strip().lower() == "true"
         else:
-            yield _bad_row(ctx.where, "answers", f"answer {j} is {_short(a)}, expected \"True\" or \"False\"")
+            yield _bad_row(ctx.where, "answers", f"answer {j} is {short_repr(a)}, expected \"True\" or \"False\"")
             continue
         yield ctx.record(j, text=q, images=(row["image_0"], row["image_1"]),
                          image_refs=("column 'image_0'", "column 'image_1'"),
@@ -87,19 +87,19 @@ def vqa_rows(row, ctx):
         raise _bad_row(ctx.where, "question_id", f"expected one question id per question ({len(questions)})")
     for j, q in enumerate(questions):
         if not isinstance(q, str) or not q.strip():
-            yield _bad_row(ctx.where, "questions", f"question {j} is {_short(q)}, not a non-empty string")
+            yield _bad_row(ctx.where, "questions", f"question {j} is {short_repr(q)}, not a non-empty string")
             continue
         answers, labels, scores = (v[j] for v in lists) if labeled else ([], [], [])
         if not (isinstance(answers, list) and isinstance(labels, list) and isinstance(scores, list)
                 and len(answers) == len(labels) == len(scores)):
-            yield _bad_row(ctx.where, "answer_scores", f"question {j}: answers {_short(answers)}, answer_labels "
-                                                       f"{_short(labels)} and answer_scores {_short(scores)} "
+            yield _bad_row(ctx.where, "answer_scores", f"question {j}: answers {short_repr(answers)}, answer_labels "
+                                                       f"{short_repr(labels)} and answer_scores {short_repr(scores)} "
                                                        f"are not lists of one length")
             continue
         if any(not isinstance(a, str) for a in answers) or any(
                 isinstance(s, bool) or not isinstance(s, (int, float)) or not 0 <= s <= 1 for s in scores):
             yield _bad_row(ctx.where, "answer_scores", f"question {j}: answers must be strings and scores numbers "
-                                                       f"in [0, 1] (got {_short(answers)}, {_short(scores)})")
+                                                       f"in [0, 1] (got {short_repr(answers)}, {short_repr(scores)})")
             continue
         yield ctx.record(j, text=q, image=row["image"], answers=dict(zip(answers, (float(s) for s in scores))),
                          answer_labels=list(labels), answer_scores=[float(s) for s in scores],
@@ -113,10 +113,10 @@ def snli_rows(row, ctx):
     for j, (pair, label) in enumerate(zip(sentences, labels)):
         if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(s, str) for s in pair)
                 and pair[1].strip()):
-            yield _bad_row(ctx.where, "sentences", f"entry {j} is {_short(pair)}, expected [premise, hypothesis]")
+            yield _bad_row(ctx.where, "sentences", f"entry {j} is {short_repr(pair)}, expected [premise, hypothesis]")
             continue
         if isinstance(label, bool) or label not in (0, 1, 2):
-            yield _bad_row(ctx.where, "labels", f"label {j} is {_short(label)}, expected 0 (contradiction), "
+            yield _bad_row(ctx.where, "labels", f"label {j} is {short_repr(label)}, expected 0 (contradiction), "
                                                 f"1 (neutral) or 2 (entailment)")
             continue
         # METER and Renaissance feed the hypothesis (t[1].strip()) as the text
@@ -129,7 +129,7 @@ def refcoco_rows(row, ctx):
     for k, b in enumerate(bboxes):
         if not (isinstance(b, list) and len(b) == 4 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
                                                              for v in b) and b[2] >= 0 and b[3] >= 0):
-            raise _bad_row(ctx.where, "bboxes", f"box {k} is {_short(b)}, expected [x, y, w, h] with w, h >= 0")
+            raise _bad_row(ctx.where, "bboxes", f"box {k} is {short_repr(b)}, expected [x, y, w, h] with w, h >= 0")
         x, y, w, h = (float(v) for v in b)
         boxes.append([x, y, x + w, y + h])
     if not boxes:
@@ -140,16 +140,16 @@ def refcoco_rows(row, ctx):
         raise _bad_row(ctx.where, "labels", f"{len(targets)} labels for {len(sentences)} sentences")
     for j, (s, t) in enumerate(zip(sentences, targets)):
         if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < len(boxes):
-            yield _bad_row(ctx.where, "labels", f"label {_short(t)} is not the index of one of the "
+            yield _bad_row(ctx.where, "labels", f"label {short_repr(t)} is not the index of one of the "
                                                 f"{len(boxes)} boxes")
             continue
         if not isinstance(s, str) or not s.strip():
-            yield _bad_row(ctx.where, "sentences", f"sentence {j} is {_short(s)}, not a non-empty string")
+            yield _bad_row(ctx.where, "sentences", f"sentence {j} is {short_repr(s)}, not a non-empty string")
             continue
         yield ctx.record(j, text=s, image=row["image"], boxes=[list(b) for b in boxes], target=t, id=None)
 
 
-class _RowContext:
+class RowContext:
     def __init__(self, family: str, table: str, dedupe: bool):
         self.family, self.table, self.dedupe = family, table, dedupe
         self.row, self.where = 0, ""
@@ -161,7 +161,7 @@ class _RowContext:
         return rec
 
 
-def expand_row(expand: Callable, row: dict, ctx: _RowContext, images: Sequence[str], *, decode_images: bool,
+def expand_row(expand: Callable, row: dict, ctx: RowContext, images: Sequence[str], *, decode_images: bool,
                skip_bad: bool, stats: ReadStats, check_images: bool = True) -> Iterator[dict]:
     """Check a row's images (unless they are references, checked when decoded), then yield its records
     (`expand(row, ctx)`, the layout's expander); bad rows/entries raise, or are counted and skipped. `images`
@@ -170,7 +170,7 @@ def expand_row(expand: Callable, row: dict, ctx: _RowContext, images: Sequence[s
     try:
         decoded = {}
         for col in images if check_images else ():
-            img = _open_image(row[col], f"{ctx.where} column '{col}'", full=decode_images)
+            img = open_image(row[col], f"{ctx.where} column '{col}'", full=decode_images)
             if decode_images:
                 decoded[col] = img
         if decoded:

@@ -4,7 +4,7 @@ One JSON object per line; image paths are relative to the image root (the
 manifest's folder unless given), or absolute. Blank lines are ignored. The reader
 knows no task: which fields a line holds and what they mean is the task's
 `JsonlLayout` (graphspec.runtime.tasks.NAME, its fields from the task table in
-graphspec.schema.tasks). ``id`` is optional everywhere; any other field is kept
+graphspec.language.schema.tasks). ``id`` is optional everywhere; any other field is kept
 in ``extra``. The built-in tasks read::
 
     captions  {"image": "imgs/1.jpg", "text": "a dog on a sofa"}
@@ -32,10 +32,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from graphspec.errors import Issue, SpecError, suggest
+from graphspec.language.errors import Issue, SpecError, suggest
 
 from .images import FileImage
-from .records import MAX_MESSAGES, SKIP_HINT, BadData, ReadStats, _need_stats, _open_image, _short, raise_if_skipped
+from .records import MAX_MESSAGES, SKIP_HINT, BadData, ReadStats, need_stats, open_image, short_repr, raise_if_skipped
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ def field_error(where: str, name: str, what: str) -> BadData:
 def text_field(obj: dict, where: str, name: str = "text") -> str:
     v = obj[name]
     if not isinstance(v, str) or not v.strip():
-        raise field_error(where, name, f"must be a non-empty string (got {_short(v)})")
+        raise field_error(where, name, f"must be a non-empty string (got {short_repr(v)})")
     return v
 
 
@@ -71,7 +71,7 @@ def is_number(v: Any) -> bool:
 
 def _resolve(root: Path, rel: Any, where: str, name: str) -> tuple[Path, str]:
     if not isinstance(rel, str) or not rel.strip():
-        raise field_error(where, name, f"must be an image path (got {_short(rel)})")
+        raise field_error(where, name, f"must be an image path (got {short_repr(rel)})")
     path = Path(rel) if Path(rel).is_absolute() else root / rel
     if not path.is_file():
         raise BadData("missing image file", f"{where}: image file '{rel}' not found (looked for {path})",
@@ -112,7 +112,7 @@ def read_jsonl(manifest, layout: JsonlLayout, *, image_root=None, skip_bad: bool
     if not root.is_dir():
         raise SpecError([Issue((), f"the image root {root} of {manifest} is not a directory")],
                         title="the image folder is missing")
-    stats = _need_stats(skip_bad, stats)
+    stats = need_stats(skip_bad, stats)
     return _read(manifest, layout, root, skip_bad, stats, decode_images, lazy)
 
 
@@ -153,7 +153,7 @@ def _read(manifest: Path, layout: JsonlLayout, root: Path, skip_bad: bool, stats
                 if lazy:
                     images.append(FileImage(str(path), f"{where} {ref}"))
                 else:
-                    images.append(_open_image(path.read_bytes(), f"{where} {ref}", full=decode_images)
+                    images.append(open_image(path.read_bytes(), f"{where} {ref}", full=decode_images)
                                   if decode_images else _checked(path.read_bytes(), f"{where} {ref}"))
                 refs.append(ref)
             ident = obj.get("id")
@@ -176,7 +176,7 @@ def _read(manifest: Path, layout: JsonlLayout, root: Path, skip_bad: bool, stats
 
 
 def _checked(data: bytes, where: str) -> bytes:
-    _open_image(data, where, full=False)
+    open_image(data, where, full=False)
     return data
 
 

@@ -13,7 +13,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from graphspec.errors import Issue, SpecError
+from graphspec.language.errors import Issue, SpecError
 
 MAX_MESSAGES = 50  # detailed messages kept in ReadStats
 
@@ -63,7 +63,7 @@ class BadData(Exception):
 SKIP_HINT = "fix or drop it, or read with skip_bad=True to skip such rows (they are counted in the run summary)"
 
 
-def _open_image(data: Any, where: str, *, full: bool):
+def open_image(data: Any, where: str, *, full: bool):
     from PIL import Image
 
     if not isinstance(data, (bytes, bytearray, memoryview)):
@@ -86,7 +86,7 @@ def _open_image(data: Any, where: str, *, full: bool):
 def decode_image(data: bytes, where: str):
     """Encoded image bytes -> an RGB ``PIL.Image.Image``; a SpecError naming `where` when they do not decode."""
     try:
-        return _open_image(data, where, full=True)
+        return open_image(data, where, full=True)
     except BadData as bad:
         raise SpecError([bad.issue()], title="an image could not be read") from None
 
@@ -94,7 +94,7 @@ def decode_image(data: bytes, where: str):
 def check_image(data: bytes, where: str) -> None:
     """A cheap check that `data` is an image (header; PNG checksums) without decoding it."""
     try:
-        _open_image(data, where, full=False)
+        open_image(data, where, full=False)
     except BadData as bad:
         raise SpecError([bad.issue()], title="an image could not be read") from None
 
@@ -107,12 +107,12 @@ def load_images(record: Mapping) -> list:
             else img for img, ref in zip(images, refs)]
 
 
-def _short(value: Any, n: int = 60) -> str:
+def short_repr(value: Any, n: int = 60) -> str:
     text = repr(value)
     return text if len(text) <= n else text[: n - 3] + "..."
 
 
-def _need_stats(skip_bad: bool, stats: ReadStats | None) -> ReadStats:
+def need_stats(skip_bad: bool, stats: ReadStats | None) -> ReadStats:
     if skip_bad and stats is None:
         raise TypeError("skip_bad=True needs stats=ReadStats(), so that the skipped rows can be reported")
     return stats if stats is not None else ReadStats()

@@ -59,7 +59,7 @@ class ShapesConfig:
     max_size: float = 0.30
     seed: int = 0
 
-    def validate(self) -> list[str]:
+    def problems(self) -> list[str]:
         """List every problem at once so a bad config is fixed in one round."""
         problems = []
         if self.min_shapes < 1:
@@ -162,7 +162,7 @@ def _unrank(config: ShapesConfig, rank: int) -> list[tuple[int, str, str]]:
 
 def scenes(config: ShapesConfig, split: str, n: int) -> list[Scene]:
     """The first n scenes of a split; splits are disjoint by content hash, so no scene leaks."""
-    problems = config.validate()
+    problems = config.problems()
     if problems:
         raise ValueError("invalid ShapesConfig: " + "; ".join(problems))
     if split not in SPLITS:

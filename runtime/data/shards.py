@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from graphspec.errors import Issue, SpecError
+from graphspec.language.errors import Issue, SpecError
 
 from .images import BytesImage
 from .records import SKIP_HINT, BadData, ReadStats

@@ -11,23 +11,23 @@ from typing import Callable
 from torch import nn
 
 from graphspec.compiler.preprocess import image_transform
-from graphspec.errors import Issue, SpecError, suggest
-from graphspec.schema import Spec
+from graphspec.language.errors import Issue, SpecError, suggest
+from graphspec.language.schema import Spec
 
 from ..data.jsonl import JsonlLayout
 from . import captions, nlvr2, refexp, retrieval, snli_ve, vqa  # noqa: F401  (each registers its task)
-from .base import REGISTRY, Example, Task, TaskData
+from .base import REGISTRY, Example, Task, TaskContext, TaskData
 
 
 def make_task(spec: Spec, model: nn.Module, tokenizer: Callable[[TaskData], object], split: str | None = None,
-              vocabulary: dict | None = None) -> Task:
+              context: TaskContext = TaskContext()) -> Task:
     """The spec's task over `model`'s inputs. `tokenizer(data)` gives the tokenizer (from the text tower, a
-    checkpoint, or trained on `data.texts()`); `split`: evaluation only (no training data read); `vocabulary`:
-    what a checkpoint remembers of its training data (the VQA answers its head scores)."""
+    checkpoint, or trained on `data.texts()`); `split`: evaluation only (no training data read); `context`:
+    a checkpoint's vocabulary, the frozen towers' caches, whether images may be shared (see TaskContext)."""
     roles = spec.roles()
     cls = REGISTRY[roles.task.name]
     data = cls.read(spec, roles, image_transform(spec, roles.image, model), split)
-    return cls(spec, roles, data, tokenizer(data), vocabulary)
+    return cls(spec, roles, data, tokenizer(data), context)
 
 
 def jsonl_layout(task: str) -> JsonlLayout:
@@ -40,4 +40,4 @@ def jsonl_layout(task: str) -> JsonlLayout:
     return layout
 
 
-__all__ = ["Example", "REGISTRY", "Task", "TaskData", "jsonl_layout", "make_task"]
+__all__ = ["Example", "REGISTRY", "Task", "TaskContext", "TaskData", "jsonl_layout", "make_task"]

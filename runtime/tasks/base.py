@@ -2,7 +2,7 @@
 tasks (examples from built-in scenes or from file records, batches of them, a head's loss and metric).
 
 A task is one module (graphspec.runtime.tasks.NAME) plus its row in the spec package's task table
-(graphspec.schema.tasks), which says which head and objectives it trains, which inputs it feeds and which
+(graphspec.language.schema.tasks), which says which head and objectives it trains, which inputs it feeds and which
 Arrow families and JSONL fields it reads. Readers yield records and know no task; a task turns records (or
 built-in scenes) into examples, examples into batches, and head outputs into losses and metrics.
 """
@@ -16,9 +16,9 @@ from typing import Callable, ClassVar, Iterator, Protocol, Sequence
 
 import torch
 
-from graphspec.errors import Issue, SpecError
-from graphspec.schema import TASKS, DataSource, Roles, Spec, TaskFacts
-from graphspec.schema.tasks import resolve_family
+from graphspec.language.errors import Issue, SpecError
+from graphspec.language.schema import TASKS, DataSource, Roles, Spec, TaskFacts
+from graphspec.language.schema.tasks import resolve_family
 
 from .. import ranks
 from ..data import scenes
@@ -32,10 +32,31 @@ from ..metrics import accuracy, classify_loss
 Forward = Callable[[dict], dict]
 
 
+@dataclass(frozen=True)
+class TaskContext:
+    """What a task is given at construction beside its data and tokenizer.
+
+    vocabulary: what a checkpoint remembers of the training data (the VQA answers its head scores), when
+    evaluating or resuming. caches: image tensor name -> (frozen tower, TowerCache) for towers whose outputs
+    are cached: a worker looks a sample up there before decoding it. share_images: a batch whose rows repeat
+    images may hold each distinct image once (the build's `shared_images`: the towers reading it compute a
+    fixed function of it)."""
+
+    vocabulary: dict | None = None
+    caches: dict = field(default_factory=dict)
+    share_images: bool = False
+
+
 class Task(Protocol):
-    """What the run loop, evaluation and checkpoints use of a task."""
+    """Everything the run loop, evaluation and checkpoints use of a task (tests/runtime/test_tasks.py checks
+    that every registered task has each member). A task is constructed as
+    `cls(spec, roles, data, tokenizer, context)` from `cls.read(spec, roles, transform, split)`."""
 
     data_stats: dict  # what each split's reader read and skipped, for the run summary
+    tokenizer: object  # the tokenizer its batches were encoded with: the final checkpoint saves it
+    two_pass: bool  # whether its batches hold two passes of each row (the run summary reports the images')
+    caches: dict  # as given in the TaskContext
+    share_images: bool  # as given in the TaskContext
 
     def describe(self) -> str: ...
 
@@ -53,6 +74,14 @@ class Task(Protocol):
     def rng_state(self): ...
 
     def set_rng_state(self, state) -> None: ...
+
+    @classmethod
+    def class_names(cls, vocabulary: dict) -> list[str] | None:
+        """The names of its head's classes for an export (VQA's answers, SNLI-VE's labels); None: indices."""
+
+    def resume_reading(self, samples_done: int, position: list[int]) -> None:
+        """A resumed run's stream goes on from `position` (what the checkpoint recorded) after `samples_done`
+        samples; a task whose batches are a function of their index alone ignores it."""
 
 
 @dataclass
@@ -153,7 +182,7 @@ REGISTRY: dict[str, type] = {}
 def register(cls: type) -> type:
     """Register a task class under its `name`, which must be a row of the task table."""
     if cls.name not in TASKS:
-        raise ValueError(f"task '{cls.name}' has no row in graphspec.schema.tasks.TASKS")
+        raise ValueError(f"task '{cls.name}' has no row in graphspec.language.schema.tasks.TASKS")
     if cls.name in REGISTRY:
         raise ValueError(f"task '{cls.name}' is already registered")
     REGISTRY[cls.name] = cls
@@ -168,7 +197,7 @@ def eval_source(spec: Spec, split: str | None) -> DataSource | None:
 
 
 @contextmanager
-def _located(where: tuple):
+def spec_field(where: tuple):
     """Reader errors carry the file and row; the spec field that named the file is added here."""
     try:
         yield
@@ -182,7 +211,7 @@ def file_records(source: DataSource, where: tuple, task: TaskFacts, layout: Json
     """The records of an `arrow:` source (each family it names, in turn; the task's own by default) or a
     `jsonl:` manifest read with the task's layout; errors name the file and row, and the spec field."""
     kind, _, path = source.source.partition(":")
-    with _located(where):
+    with spec_field(where):
         if kind == "jsonl":
             yield from read_jsonl(path, layout, skip_bad=source.skip_bad, stats=stats, lazy=True)
             return
@@ -218,7 +247,7 @@ def shapes_config(source: DataSource, image_size: int, where: tuple) -> scenes.S
         min_shapes=opts.min_shapes, max_shapes=opts.max_shapes,
         colors=tuple(opts.colors) if opts.colors else tuple(scenes.COLORS),
         shapes=tuple(opts.shapes) if opts.shapes else scenes.SHAPES, image_size=image_size, seed=opts.seed)
-    problems = config.validate()
+    problems = config.problems()
     if problems:
         raise SpecError([Issue(where + ("shapes",), p, "see the builtin:shapes options") for p in problems],
                         title="the data block asks for scenes the generator cannot make")
@@ -235,12 +264,21 @@ class ExampleTask:
 
     name: ClassVar[str]
     jsonl: ClassVar[JsonlLayout | None] = None
+    two_pass = False
 
-    def __init__(self, spec: Spec, roles: Roles, data: TaskData, tokenizer, vocabulary: dict | None = None):
+    def __init__(self, spec: Spec, roles: Roles, data: TaskData, tokenizer, context: TaskContext = TaskContext()):
         self.spec, self.roles, self.tokenizer = spec, roles, tokenizer
         self.train, self.val, self.data_stats = data.train, data.val, data.stats
         self.transform, self.size = data.transform, data.size
-        self.caches: dict = {}  # image input -> (tower, TowerCache): set by the run when a tower's outputs are cached
+        self.caches, self.share_images = context.caches, context.share_images
+
+    def resume_reading(self, samples_done: int, position: list[int]) -> None:
+        """Examples are drawn by batch index: nothing to go on from."""
+
+    @classmethod
+    def class_names(cls, vocabulary: dict) -> list[str] | None:
+        """The names of its head's classes, where the task names them (an export's labels); None: indices."""
+        return None
 
     def reader(self) -> tuple[str | None, ImageReader]:
         """How this task's images are read for training: (the cached tower reading them, or None; the reader)."""
@@ -270,7 +308,7 @@ class ExampleTask:
                 raise SpecError([Issue(where + ("samples",), str(e), "ask for fewer samples, or allow more "
                                        "shapes")]) from None
         examples, read = [], ReadStats()
-        with _located(where):  # a malformed record names the file, row and the spec field
+        with spec_field(where):  # a malformed record names the file, row and the spec field
             for record in file_records(source, where, roles.task, cls.jsonl, read):
                 examples.append(cls.example(record))
                 if source.samples and len(examples) >= source.samples:
@@ -306,7 +344,7 @@ class ExampleTask:
         """Validation examples loaded in order; a bad image (with the val block's skip_bad) gives way to the
         next example, as in training."""
         source = self.spec.data.val or self.spec.data.train
-        with _located(("data", "val")):
+        with spec_field(("data", "val")):
             rows, _ = load_rows(len(examples), range(len(examples)), lambda k: self.load(examples[k]), source.skip_bad)
         return [loaded for _, loaded in rows]
 
@@ -353,7 +391,7 @@ class ExampleTask:
         drawn = [self.train[rng.randrange(len(self.train))] for _ in range(total)]
         mine = range(total)[ranks.part(total)]
         tower, reader = self.reader()
-        with _located(("data", "train")):
+        with spec_field(("data", "train")):
             rows, stats = load_rows(total, mine, lambda k: self.load(drawn[k], reader), self.spec.data.train.skip_bad)
         loaded = [items for _, items in rows]
         batch = self.rows([drawn[k] for k, _ in rows], loaded, [e.text for e in drawn])

@@ -18,8 +18,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from graphspec.errors import Issue, SpecError
-from graphspec.schema import DataSource
+from graphspec.language.errors import Issue, SpecError
+from graphspec.language.schema import DataSource
 
 from ..data import scenes as gen
 from ..data.images import SceneImage, image_ref

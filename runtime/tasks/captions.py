@@ -12,16 +12,16 @@ from typing import Callable, Sequence
 
 import torch
 
-from graphspec.schema import TASKS, DataSource, Roles, Spec
+from graphspec.language.schema import TASKS, DataSource, Roles, Spec
 
 from .. import ranks
 from ..data.jsonl import JsonlLayout, field_error
 from ..data.shards import Position, ShardStream
-from ..data.records import ReadStats, _short
+from ..data.records import ReadStats, short_repr
 from ..metrics import contrastive_loss, itc_logits, itc_loss
 from ..objectives import IGNORE, MaskDraws, itm_loss, mask_tokens, mlm_loss
 from ..text import cut_text, padded_length
-from .base import ImageReader, TaskData, _located, cache_rows, eval_source, file_records, hash_seed, load_rows, register
+from .base import ImageReader, TaskContext, TaskData, spec_field, cache_rows, eval_source, file_records, hash_seed, load_rows, register
 from .caption_sources import CaptionFiles, PairPlan, SceneSet, batched, swap_images
 
 
@@ -30,7 +30,7 @@ def _parse(obj: dict, where: str) -> tuple[list[dict], list]:
     if isinstance(texts, str):
         texts = [texts]
     if not isinstance(texts, list) or not texts or not all(isinstance(t, str) and t.strip() for t in texts):
-        raise field_error(where, "text", f"must be a non-empty string or a list of them (got {_short(obj['text'])})")
+        raise field_error(where, "text", f"must be a non-empty string or a list of them (got {short_repr(obj['text'])})")
     return [{"text": t, "region": None} for t in texts], [obj["image"]]
 
 
@@ -53,10 +53,10 @@ def pair_source(spec: Spec, roles: Roles, source: DataSource, key: str, stats: d
         stats[key] = {"stream": source.source}  # counted as it is read: the run summary's train_reads
         if key == "train":
             return stream
-        with _located(where):  # validation: the whole split, read once, as fixed pairs
+        with spec_field(where):  # validation: the whole split, read once, as fixed pairs
             records = stream.records()
             return CaptionFiles(source, where, records, read)
-    with _located(where):
+    with spec_field(where):
         pairs = CaptionFiles(source, where, file_records(source, where, roles.task, Captions.jsonl, read), read)
     stats[key] = read.as_dict()
     return pairs
@@ -127,18 +127,19 @@ class Captions:
     """Batches, losses and validation metrics of MLM + ITM (+ ITC) pretraining."""
 
     name = "captions"
+    class_names = classmethod(lambda cls, vocabulary: None)  # its heads' classes are named by their kinds
     jsonl = JsonlLayout(name, TASKS[name].fields, TASKS[name].optional, "image", _parse)
 
-    def __init__(self, spec: Spec, roles: Roles, data: TaskData, tokenizer, vocabulary: dict | None = None):
+    def __init__(self, spec: Spec, roles: Roles, data: TaskData, tokenizer, context: TaskContext = TaskContext()):
         self.spec, self.roles, self.tokenizer = spec, roles, tokenizer
         self.train_set, self.val_set, self.data_stats = data.train, data.val, data.stats
         self.transform, self.size = data.transform, data.size
-        self.caches: dict = {}  # image input -> (tower, TowerCache): set by the run when a tower's outputs are cached
+        self.caches = context.caches
         self.negative_prob = spec.objectives[roles.itm].negative_prob if roles.itm else 0.0
         self.two_pass = bool(roles.itm) and spec.objectives[roles.itm].recipe == "two_pass"
-        # set by the run when the towers reading the image compute a fixed function of it
-        # (graphspec.compiler.placement.shared_images): a two-pass batch then holds each image once
-        self.share_images = False
+        # where the towers reading the image compute a fixed function of it (the build's shared_images), a
+        # two-pass batch holds each image once
+        self.share_images = context.share_images
 
     @classmethod
     def read(cls, spec: Spec, roles: Roles, transform, split: str | None = None) -> TaskData:
@@ -187,7 +188,7 @@ class Captions:
 
         used, pixels, loaded, stats = [], [], [], {"replaced": 0}
         for plan in plans:
-            with _located(where):
+            with spec_field(where):
                 rows, got = load_rows(len(plan.texts), mine, lambda k, plan=plan: read(plan.images[k]), skip_bad)
             stats["replaced"] += got["replaced"]
             used.append(PairPlan([plan.images[k] for k, _ in rows], [plan.texts[k] for k, _ in rows],

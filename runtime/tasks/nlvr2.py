@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from graphspec.schema import TASKS
+from graphspec.language.schema import TASKS
 
 from ..data.jsonl import JsonlLayout, field_error, text_field
-from ..data.records import _short
+from ..data.records import short_repr
 from ..data.scene_text import Plan, Pool, draw, random_thing, task_rng
 from ..data.scenes import Scene, ShapesConfig
 from .base import Example, ExampleTask, example_images, register
@@ -73,9 +73,9 @@ def generate(config: ShapesConfig, split: str, n: int, seed: int = 0) -> list[Pa
 def _parse(obj: dict, where: str) -> tuple[list[dict], list]:
     paths = obj["images"]
     if not (isinstance(paths, list) and len(paths) == 2):
-        raise field_error(where, "images", f"must be a list of two image paths (got {_short(paths)})")
+        raise field_error(where, "images", f"must be a list of two image paths (got {short_repr(paths)})")
     if not isinstance(obj["label"], bool):
-        raise field_error(where, "label", f"must be true or false (got {_short(obj['label'])})")
+        raise field_error(where, "label", f"must be true or false (got {short_repr(obj['label'])})")
     return [{"text": text_field(obj, where), "label": obj["label"]}], paths
 
 

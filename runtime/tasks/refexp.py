@@ -12,11 +12,11 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from graphspec.errors import Issue, SpecError
-from graphspec.schema import TASKS
+from graphspec.language.errors import Issue, SpecError
+from graphspec.language.schema import TASKS
 
 from ..data.jsonl import JsonlLayout, field_error, is_number, text_field
-from ..data.records import _short
+from ..data.records import short_repr
 from ..data.scene_text import (
     POSITIONS,
     Plan,
@@ -102,16 +102,16 @@ def fractions(boxes, size) -> tuple:
 def _parse(obj: dict, where: str) -> tuple[list[dict], list]:
     boxes = obj["boxes"]
     if not isinstance(boxes, list) or not boxes:
-        raise field_error(where, "boxes", f"must be a non-empty list of [x0, y0, x1, y1] (got {_short(boxes)})")
+        raise field_error(where, "boxes", f"must be a non-empty list of [x0, y0, x1, y1] (got {short_repr(boxes)})")
     for k, b in enumerate(boxes):
         if not (isinstance(b, list) and len(b) == 4 and all(is_number(v) for v in b) and b[2] >= b[0]
                 and b[3] >= b[1]):
-            raise field_error(where, "boxes", f"box {k} is {_short(b)}, expected [x0, y0, x1, y1] with "
+            raise field_error(where, "boxes", f"box {k} is {short_repr(b)}, expected [x0, y0, x1, y1] with "
                                               f"x1 >= x0 and y1 >= y0")
     target = obj["target"]
     if isinstance(target, bool) or not isinstance(target, int) or not 0 <= target < len(boxes):
         raise field_error(where, "target", f"must be the index of one of the {len(boxes)} boxes "
-                                           f"(got {_short(target)})")
+                                           f"(got {short_repr(target)})")
     return [{"text": text_field(obj, where), "boxes": [[float(v) for v in b] for b in boxes], "target": target}], \
         [obj["image"]]
 

@@ -11,10 +11,10 @@ import random
 from dataclasses import dataclass
 from typing import Callable
 
-from graphspec.schema import TASKS
+from graphspec.language.schema import TASKS
 
 from ..data.jsonl import JsonlLayout, field_error, text_field
-from ..data.records import _short
+from ..data.records import short_repr
 from ..data.scene_text import (
     POSITIONS,
     Plan,
@@ -111,10 +111,10 @@ def _parse(obj: dict, where: str) -> tuple[list[dict], list]:
         label = LABELS[label.strip().lower()]
     if isinstance(label, bool) or label not in (0, 1, 2):
         raise field_error(where, "label", f"must be 0 (contradiction), 1 (neutral) or 2 (entailment) "
-                                          f"(got {_short(obj['label'])})")
+                                          f"(got {short_repr(obj['label'])})")
     premise = obj.get("premise")
     if premise is not None and not isinstance(premise, str):
-        raise field_error(where, "premise", f"must be a string (got {_short(premise)})")
+        raise field_error(where, "premise", f"must be a string (got {short_repr(premise)})")
     return [{"text": text_field(obj, where), "premise": premise, "label": label}], [obj["image"]]
 
 
@@ -122,6 +122,10 @@ def _parse(obj: dict, where: str) -> tuple[list[dict], list]:
 class SnliVe(ExampleTask):
     name = "snli_ve"
     jsonl = JsonlLayout(name, TASKS[name].fields, TASKS[name].optional, "image", _parse)
+
+    @classmethod
+    def class_names(cls, vocabulary: dict) -> list[str] | None:
+        return [name for name, _ in sorted(LABELS.items(), key=lambda item: item[1])]
 
     @classmethod
     def generate_examples(cls, config, source, n, image):

@@ -14,11 +14,11 @@ from typing import Callable
 
 import torch
 
-from graphspec.errors import Issue, SpecError
-from graphspec.schema import TASKS
+from graphspec.language.errors import Issue, SpecError
+from graphspec.language.schema import TASKS
 
 from ..data.jsonl import JsonlLayout, field_error, is_number, text_field
-from ..data.records import _short
+from ..data.records import short_repr
 from ..data.scene_text import (
     NUMBERS,
     POSITIONS,
@@ -31,7 +31,7 @@ from ..data.scene_text import (
 )
 from ..data.scenes import Scene, ShapesConfig
 from ..metrics import vqa_loss, vqa_score
-from .base import Example, ExampleTask, example_images, register, shapes_config
+from .base import Example, ExampleTask, TaskContext, example_images, register, shapes_config
 
 Answers = dict[str, float]
 QUESTION_TYPES = ("colour", "shape", "count", "exists")
@@ -106,7 +106,7 @@ def _question(config: ShapesConfig, kind: str, target: int | bool | None, rng: r
 def _parse(obj: dict, where: str) -> tuple[list[dict], list]:
     answers = obj["answers"]
     if not isinstance(answers, dict) or not all(is_number(s) and 0 <= s <= 1 for s in answers.values()):
-        raise field_error(where, "answers", f"must map each answer to a score in [0, 1] (got {_short(answers)})")
+        raise field_error(where, "answers", f"must map each answer to a score in [0, 1] (got {short_repr(answers)})")
     scores = {str(a): float(s) for a, s in answers.items()}
     return [{"text": text_field(obj, where), "answers": scores, "answer_labels": None,
              "answer_scores": list(scores.values())}], [obj["image"]]
@@ -117,9 +117,13 @@ class Vqa(ExampleTask):
     name = "vqa"
     jsonl = JsonlLayout(name, TASKS[name].fields, TASKS[name].optional, "image", _parse)
 
-    def __init__(self, spec, roles, data, tokenizer, vocabulary: dict | None = None):
-        super().__init__(spec, roles, data, tokenizer, vocabulary)
-        self.answers = (vocabulary or {}).get("answers") or self._answer_vocabulary()
+    @classmethod
+    def class_names(cls, vocabulary: dict) -> list[str] | None:
+        return list(vocabulary["answers"]) if vocabulary.get("answers") else None
+
+    def __init__(self, spec, roles, data, tokenizer, context: TaskContext = TaskContext()):
+        super().__init__(spec, roles, data, tokenizer, context)
+        self.answers = (context.vocabulary or {}).get("answers") or self._answer_vocabulary()
 
     @classmethod
     def generate_examples(cls, config, source, n, image):

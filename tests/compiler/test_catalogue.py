@@ -7,7 +7,7 @@ import torch
 
 import graphspec
 from graphspec.compiler import build_model, compile_spec
-from graphspec.errors import SpecError
+from graphspec.language.errors import SpecError
 
 
 def _batch(spec, b: int = 2, pad_from: int | None = None) -> dict:

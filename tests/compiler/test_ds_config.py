@@ -6,7 +6,7 @@ import pytest
 
 import graphspec
 from graphspec.compiler import build_model, compile_spec
-from graphspec.errors import SpecError
+from graphspec.language.errors import SpecError
 
 
 def _compile(tiny, write_spec, **sets):

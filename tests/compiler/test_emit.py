@@ -7,7 +7,7 @@ import shutil
 import torch
 
 import graphspec
-from graphspec.compiler import build_model, compile_spec, write_artifacts
+from graphspec.compiler import build_model, compile_spec, write_build
 
 
 def _batch(spec, batch: int = 3) -> dict:
@@ -81,7 +81,7 @@ def test_random_init_is_seeded_by_the_spec(tiny, write_spec):
 
 def test_build_directory_holds_every_artifact(tiny, write_spec, tmp_path):
     compiled = compile_spec(graphspec.load(write_spec(tiny)))
-    write_artifacts(compiled, tmp_path / "build")
+    write_build(compiled, tmp_path / "build")
     names = {p.name for p in (tmp_path / "build").iterdir()}
     assert {"manifest.json", "spec.resolved.json", "ds_config.json", "param_groups.json", "freeze.json",
             "summary.json", "summary.txt", "model.py", "graph.mmd", "graph.dot"} <= names

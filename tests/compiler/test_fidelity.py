@@ -11,8 +11,8 @@ from torch import nn
 
 import graphspec
 from graphspec.compiler import build_model, compile_spec
-from graphspec.loader import validate_data
-from graphspec.source import SourceMap
+from graphspec.language.reading import validate_data
+from graphspec.language.parsing import SourceMap
 
 SPECS = Path(__file__).resolve().parents[2] / "specs"
 WIDTH, HEADS, LAYERS = 64, 4, 2

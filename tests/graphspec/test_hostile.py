@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from graphspec.cli import main
-from graphspec.source import MAX_BYTES, MAX_DEPTH, MAX_SCALAR, MAX_VALUES
+from graphspec.language.parsing import MAX_BYTES, MAX_DEPTH, MAX_SCALAR, MAX_VALUES
 
 REPO = Path(__file__).resolve().parents[2]
 BASE = (REPO / "specs" / "quickstart.yaml").read_text()

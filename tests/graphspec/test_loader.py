@@ -1,4 +1,4 @@
-"""graphspec.loader: schema errors located and explained, `extends:`, overrides, `override`, `loads`."""
+"""graphspec.language.reading: schema errors located and explained, `extends:`, overrides, `override`, `loads`."""
 
 from __future__ import annotations
 

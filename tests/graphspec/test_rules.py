@@ -1,4 +1,4 @@
-"""graphspec.rules: each spec rule, triggered once, with its message; the shipped quickstart passes them all."""
+"""graphspec.language.checks: each spec rule, triggered once, with its message; the shipped quickstart passes them all."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import yaml
 
 import graphspec
 from graphspec import Spec, SpecError
-from graphspec.loader import spec_warnings
-from graphspec.rules import SPEC_RULES, check_spec
+from graphspec.language.reading import spec_warnings
+from graphspec.language.checks import SPEC_RULES, check_spec
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import typing
-
 import pytest
 from pydantic import BaseModel
 
-from graphspec import schema
+from graphspec.language import schema
 
 
 def _models() -> list[type[BaseModel]]:
@@ -23,10 +21,8 @@ def test_every_field_is_documented_and_unknown_keys_are_errors(model):
 
 
 def test_every_kind_is_in_a_union():
-    node_kinds = {typing.get_args(m.model_fields["kind"].annotation)[0]
-                  for m in typing.get_args(typing.get_args(schema.Node)[0])}
+    node_kinds = {schema.kind_of(m) for m in schema.NODE_CLASSES}
     assert node_kinds == {"hf_text", "hf_vision", "timm_vision", "one_tower", "projection", "co_attention",
                           "cross_attention", "merged_attention", "mean_pool", "cls_pool"}
-    head_kinds = {typing.get_args(m.model_fields["kind"].annotation)[0]
-                  for m in typing.get_args(typing.get_args(schema.Head)[0])}
+    head_kinds = {schema.kind_of(m) for m in schema.HEAD_CLASSES}
     assert head_kinds == {"itm", "mlm", "itc", "classify", "pair_classify", "vqa", "ref"}

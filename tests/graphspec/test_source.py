@@ -1,4 +1,4 @@
-"""graphspec.source: spec text -> plain data, where each value was written, and the problems."""
+"""graphspec.language.parsing: spec text -> plain data, where each value was written, and the problems."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import textwrap
 import pytest
 
 import graphspec
-from graphspec.errors import Loc
-from graphspec.source import parse_file, parse_text
+from graphspec.language.errors import Loc
+from graphspec.language.parsing import parse_file, parse_text
 
 
 def parse(text: str, fmt: str = "yaml"):
@@ -174,7 +174,7 @@ def test_plain_scalars_read_as_yaml_1_2_not_1_1():
     data, _, issues = parse("a: {layers: 2:4}\nb: 1:30\nc: 012\nd: -3\ne: 1e-4\nf: no\ng: 1_000\n")
     assert not issues
     assert data == {"a": {"layers": "2:4"}, "b": "1:30", "c": 12, "d": -3, "e": 1e-4, "f": "no", "g": "1_000"}
-    from graphspec.source import load_scalar
+    from graphspec.language.parsing import load_scalar
 
     assert load_scalar("2:4") == "2:4" and load_scalar("7") == 7
 

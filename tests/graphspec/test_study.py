@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 from graphspec.cli import main
-from graphspec.errors import SpecError
-from graphspec.study import plan_study
+from graphspec.language.errors import SpecError
+from graphspec.studies.plan import plan_study
 
 
 @pytest.fixture
@@ -139,7 +139,7 @@ def test_a_missing_stage_spec_is_reported_once_at_its_field(study_file):
 
 def test_plots_of_a_metric_no_variant_has(study_file, tmp_path):
     """A stage without validation (a metric missing for every variant, or for all but one) still plots."""
-    from graphspec.compare import _plots
+    from graphspec.studies.compare import _plots
 
     study = plan_study(study_file, compile_check=False)
     names = [v.name for v in study.variants]
@@ -153,7 +153,7 @@ def test_plots_of_a_metric_no_variant_has(study_file, tmp_path):
 
 
 def test_a_stage_process_writes_its_log_and_returns_the_commands_exit_code(tiny, write_spec, tmp_path):
-    from graphspec.stage_process import run_stage
+    from graphspec.studies.stages import run_stage
 
     log = tmp_path / "log.txt"
     assert run_stage(["validate", str(write_spec(tiny))], str(log), dict(os.environ)) == 0

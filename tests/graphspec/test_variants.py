@@ -1,4 +1,4 @@
-"""graphspec.variants: grids and lists of changes -> named, validated spec files that extend the base."""
+"""graphspec.studies.variants: grids and lists of changes -> named, validated spec files that extend the base."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import yaml
 import graphspec
 from graphspec import SpecError
 from graphspec.cli import main
-from graphspec.variants import load_grid
+from graphspec.studies.grid import load_grid
 
 REPO = Path(__file__).resolve().parents[2]
 EXP1 = REPO / "specs" / "paper" / "exp1_two_tower.yaml"
@@ -345,7 +345,7 @@ def test_cli_with_nothing_to_vary_exits_2(write, spec_text, capsys):
 
 
 def test_graphspec_imports_the_variants_api_without_torch():
-    code = "import sys, graphspec; graphspec.variants, graphspec.load_grid; print('torch' in sys.modules)"
+    code = "import sys, graphspec; graphspec.variants, graphspec.load_grid, graphspec.write_variants; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.stdout.strip() == "False", result.stderr
 

@@ -7,7 +7,7 @@ import copy
 import pytest
 
 import graphspec
-from graphspec.runtime.build import read_build
+from graphspec.compiler.folders import read_build
 from tests.conftest import TINY
 
 

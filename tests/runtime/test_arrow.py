@@ -15,7 +15,7 @@ pa = pytest.importorskip("pyarrow")
 
 from PIL import Image  # noqa: E402
 
-from graphspec.errors import SpecError  # noqa: E402
+from graphspec.language.errors import SpecError  # noqa: E402
 from graphspec.runtime.data.arrow import (ReadStats, check_arrow, decode_image, describe, load_images, read_arrow,  # noqa: E402
                                 read_table, table_files)
 

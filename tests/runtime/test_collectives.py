@@ -23,7 +23,7 @@ def nccl(monkeypatch):
     calls: list[tuple[str, object, torch.Tensor]] = []
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
-    monkeypatch.setattr(ranks, "_active", lambda: True)
+    monkeypatch.setattr(ranks, "group_active", lambda: True)
     monkeypatch.setattr(ranks, "_backend", lambda: "nccl")
     monkeypatch.setattr(ranks, "_host_group", None)
     monkeypatch.setattr(dist, "new_group", lambda backend=None, **kw: HOST if backend == "gloo" else None)

@@ -34,7 +34,7 @@ def test_a_run_trains_and_validates_on_the_gpu(precision, zero, train_spec, writ
 def test_offloaded_frozen_layers_give_the_outputs_of_the_resident_tower(train_spec, compile_build, monkeypatch):
     """vision_tower frozen, its weights in pinned CPU memory, each layer copied on a side stream while the one
     before computes: the same outputs as the tower kept on the GPU."""
-    from graphspec.runtime.run import prepare
+    from graphspec.runtime.train import prepare
 
     monkeypatch.setenv("DS_ACCELERATOR", "cuda")
     train_spec["nodes"]["vision_tower"]["freeze"] = True

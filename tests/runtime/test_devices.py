@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from graphspec.runtime.report import Silent
-from graphspec.runtime.run import prepare, step_losses, validate
+from graphspec.runtime.train import prepare, step_losses, validation
 
 from .devices import Device, compute_underneath, observe_device, observed
 from .test_downstream import TASKS
@@ -54,7 +54,7 @@ def test_a_step_and_a_validation_read_each_tensor_where_it_is(case, train_spec, 
             s.trainer.engine.step()
         if case == "captions, frozen towers cached":
             assert 0 < found < 8  # the second batch met stored and computed rows together
-        val = validate(s, Silent(), 1)
+        val = validation(s, Silent(), 1)
     assert val and all(not isinstance(v, Device) for v in val.values())
 
 
@@ -65,18 +65,18 @@ def test_eval_computes_its_metrics_on_the_host(train_spec, compile_build, tmp_pa
 
     from graphspec.cli import main
     from graphspec.runtime import evaluate
-    from graphspec.runtime.run import run
+    from graphspec.runtime.train import run
 
     summary = run(compile_build(train_spec, ["train.steps=4", "train.val_every=4"]), tmp_path / "run",
                   show_bar=False)
-    real = evaluate._load
+    real = evaluate.load_checkpoint
 
     def load(ckpt):
         spec, model = real(ckpt)
         compute_underneath(model, monkeypatch)
         return spec, model
 
-    monkeypatch.setattr(evaluate, "_load", load)
+    monkeypatch.setattr(evaluate, "load_checkpoint", load)
     capsys.readouterr()
     with observed(monkeypatch):
         assert main(["eval", str(tmp_path / "run"), "--device", "cpu"]) == 0

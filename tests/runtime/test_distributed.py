@@ -59,7 +59,7 @@ def one_rank(tmp_path_factory):
 
 
 def _ranks(args: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
-    from graphspec.study_run import fresh_env
+    from graphspec.studies.execute import fresh_env
 
     return subprocess.run([sys.executable, "-m", "graphspec.cli", "run", *args], capture_output=True, text=True,
                           env={**fresh_env(), **(env or {})}, timeout=300)
@@ -126,7 +126,7 @@ def _stopped_by_sigterm(args: list[str], run_dir) -> None:
     """`graphspec run ARGS` with 2 ranks, sent SIGTERM once a few steps are logged: the signal reaches the user's
     `graphspec run`, which runs torchrun in-process and forwards it to the ranks; they finish the step, write
     one checkpoint together and exit 75."""
-    from graphspec.study_run import fresh_env
+    from graphspec.studies.execute import fresh_env
 
     process = subprocess.Popen([sys.executable, "-m", "graphspec.cli", "run", *args], env=fresh_env(),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -199,7 +199,7 @@ def _exported_matches_the_checkpoint(run_dir, out) -> None:
     and ITC image embeddings (1e-5). (A fresh process, without DeepSpeed, is tested in test_export.py.)"""
     import numpy as np
 
-    from graphspec.runtime.evaluate import _load, find_checkpoint
+    from graphspec.runtime.evaluate import find_checkpoint, load_checkpoint
     from graphspec.runtime.export import export_model
     from graphspec.runtime.inference import load_model
 
@@ -207,7 +207,7 @@ def _exported_matches_the_checkpoint(run_dir, out) -> None:
     rng = np.random.default_rng(0)
     inputs = processor(images=[rng.integers(0, 255, (40, 50, 3), dtype=np.uint8) for _ in range(3)],
                        text=["a red circle", "two blue squares left of a green triangle", "nothing"])
-    _, reference = _load(find_checkpoint(run_dir))
+    _, reference = load_checkpoint(find_checkpoint(run_dir))
     with torch.no_grad():
         got, want = model(**inputs), reference(**inputs)
     assert torch.allclose(got["itm_probability"], want["itm"].float().softmax(-1)[:, 1], atol=1e-5)
@@ -329,7 +329,7 @@ def test_two_nodes_of_one_rank_each_train_and_checkpoint(spec_file, tmp_path):
     machine. Each node has its own frozen-output cache; rank 0 alone writes the run's files, both write their
     part of the checkpoints; the trajectory is one rank's."""
     from graphspec.runtime.launch import free_port
-    from graphspec.study_run import fresh_env
+    from graphspec.studies.execute import fresh_env
 
     spec = yaml.safe_load(spec_file.read_text())
     spec["nodes"]["vision_tower"]["freeze"] = True

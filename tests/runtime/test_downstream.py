@@ -7,7 +7,7 @@ import json
 import pytest
 
 from graphspec.cli import main
-from graphspec.runtime.run import run
+from graphspec.runtime.train import run
 
 TASKS = {
     "nlvr2": ({"kind": "pair_classify", "input": "pooled"}, "nlvr2_acc"),
@@ -63,7 +63,7 @@ def _retrieval_task(itm: bool, k: int = 6):
 
     from graphspec.runtime.tasks.base import Example
     from graphspec.runtime.tasks.retrieval import Retrieval
-    from graphspec.schema import TASKS, Roles, Spec
+    from graphspec.language.schema import TASKS, Roles, Spec
 
     task = object.__new__(Retrieval)
     heads = {"itc": {"kind": "itc", "inputs": {"text": "t", "image": "t"}, "dim": 4},

@@ -17,7 +17,7 @@ from graphspec.runtime.text import load_tokenizer
 def _steps(build, n: int = 3):
     spec = build.spec
     model, plan = build_model(spec)
-    trainer = make_trainer(spec, model, build.plan, build.groups, build.ds_config)
+    trainer = make_trainer(spec, model, build.plan, build.groups, build.ds_config, build.placed)
     data = Captions.read(spec, spec.roles(), lambda img: torch.rand(3, 32, 32))
     task = Captions(spec, spec.roles(), data,
                     load_tokenizer(spec, "text", 128, build.dir, lambda: ["a red circle left of a blue square"] * 4))
@@ -89,7 +89,7 @@ def test_the_first_run_on_a_machine_says_deepspeed_is_compiling_its_ops(tiny, tm
 
 def test_an_offloaded_optimizer_on_a_gpu_machine_without_nvcc_is_named_before_the_engine(tiny, monkeypatch):
     import graphspec
-    from graphspec.errors import EnvironmentProblem
+    from graphspec.language.errors import EnvironmentProblem
     from graphspec.runtime.engine import check_toolchain
     from torch.utils import cpp_extension
 

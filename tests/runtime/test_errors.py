@@ -7,9 +7,9 @@ import json
 import pytest
 
 from graphspec.cli import main
-from graphspec.errors import GraphspecError
-from graphspec.runtime.build import BuildError, read_build
-from graphspec.runtime.run import run
+from graphspec.language.errors import GraphspecError
+from graphspec.compiler.folders import BuildError, read_build
+from graphspec.runtime.train import run
 
 
 def test_build_directory_from_another_version(train_spec, compile_build, capsys):
@@ -18,7 +18,7 @@ def test_build_directory_from_another_version(train_spec, compile_build, capsys)
     manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "format_version": 999}))
     with pytest.raises(BuildError) as info:
         read_build(build.dir)
-    assert "build format version 999 (written by graphspec 0.2.0); this graphspec (0.2.0) reads version 2" \
+    assert "build format version 999 (written by graphspec 0.2.0); this graphspec (0.2.0) reads version 3" \
         in info.value.format()
     assert main(["run", str(build.dir)]) == 2
     err = capsys.readouterr().err
@@ -33,7 +33,7 @@ def test_a_build_from_graphspec_0_1_is_refused_naming_its_version(train_spec, co
     manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "format_version": 1, "graphspec": "0.1.0"}))
     assert main(["run", str(build.dir)]) == 2
     err = capsys.readouterr().err
-    assert "build format version 1 (written by graphspec 0.1.0); this graphspec (0.2.0) reads version 2" in err
+    assert "build format version 1 (written by graphspec 0.1.0); this graphspec (0.2.0) reads version 3" in err
     assert "fix: recompile it: graphspec compile SPEC -o" in err
 
 

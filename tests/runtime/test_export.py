@@ -17,9 +17,9 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from graphspec.cli import main
-from graphspec.runtime.evaluate import _load, find_checkpoint
+from graphspec.runtime.evaluate import load_checkpoint, find_checkpoint
 from graphspec.runtime.export import export_model
-from graphspec.runtime.run import run
+from graphspec.runtime.train import run
 
 CAPTIONS = ["a red circle left of a blue square", "a green triangle", "two yellow squares"]
 
@@ -49,7 +49,7 @@ def exported(tmp_path_factory) -> tuple[Path, Path]:
     """(run directory, export folder) of the tiny spec trained 4 steps, nothing frozen: shared by the tests that
     only read an export."""
     import graphspec
-    from graphspec.runtime.build import read_build
+    from graphspec.compiler.folders import read_build
     from tests.runtime.conftest import train_spec_data
 
     base = tmp_path_factory.mktemp("exported")
@@ -121,7 +121,7 @@ def test_an_export_gives_the_training_codes_itm_probabilities(train_spec, compil
     names = {p.name for p in folder.iterdir()}
     assert {"README.md", "model.safetensors", "graphspec.json", "preprocessor_config.json",
             "tokenizer_config.json"} <= names
-    _, model = _load(find_checkpoint(run_dir))  # the training code's model (evaluate's)
+    _, model = load_checkpoint(find_checkpoint(run_dir))  # the training code's model (evaluate's)
     with torch.no_grad():
         want = model(**{k: v for k, v in got.items() if k != "probability"})["itm"].float().softmax(-1)[:, 1]
     assert torch.allclose(got["probability"], want, atol=1e-5), (got["probability"], want)
@@ -153,7 +153,7 @@ def test_the_processor_prepares_what_training_built_for_the_same_images_and_text
     from graphspec.runtime.tasks import make_task
     from graphspec.runtime.tasks.caption_sources import PairPlan
     from graphspec.runtime.tasks.captions import Captions, encode
-    from graphspec.schema import Spec
+    from graphspec.language.schema import Spec
 
     run_dir, folder = exported
     manifest = tmp_path / "photos.jsonl"
@@ -161,7 +161,7 @@ def test_the_processor_prepares_what_training_built_for_the_same_images_and_text
     ckpt = find_checkpoint(run_dir)
     data = json.loads((ckpt / "spec.resolved.json").read_text())
     data["data"]["val"] = {"source": f"jsonl:{manifest}", "task": "captions", "split": "val"}
-    spec, (_, model) = Spec.model_validate(data), _load(ckpt)
+    spec, (_, model) = Spec.model_validate(data), load_checkpoint(ckpt)
     task = cast(Captions, make_task(spec, model, lambda d: AutoTokenizer.from_pretrained(str(ckpt / "tokenizer")),
                                     "val"))
     plan = PairPlan([0, 1, 2], list(CAPTIONS), [1, 1, 1])
@@ -294,9 +294,9 @@ def test_load_model_puts_the_model_and_its_inputs_on_the_device_asked(exported, 
 
 
 def test_the_processor_refuses_inputs_it_cannot_arrange(tiny):
-    from graphspec.errors import EnvironmentProblem
+    from graphspec.language.errors import EnvironmentProblem
     from graphspec.runtime.inference import Processor
-    from graphspec.schema import Spec
+    from graphspec.language.schema import Spec
 
     tiny["objectives"] = {}
     pairs = {**tiny, "heads": {"nlvr2": {"kind": "pair_classify", "input": "pooled"}}}

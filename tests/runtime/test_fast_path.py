@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from graphspec.compiler.layers.attention import Attention, Dropout, dropout, use_fast_dropout
-from graphspec.runtime.run import prepare, run, step_losses
+from graphspec.runtime.train import prepare, run, step_losses
 
 
 def test_dropout_keeps_each_element_with_probability_one_minus_p_and_scales_it():

@@ -12,7 +12,7 @@ from torch import nn
 
 from graphspec.compiler import build_model
 from graphspec.cli import main
-from graphspec.runtime.run import run
+from graphspec.runtime.train import run
 from graphspec.runtime.tower_cache import TowerCache
 from graphspec.runtime.towers import LayerStream
 

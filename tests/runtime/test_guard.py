@@ -222,7 +222,7 @@ def test_two_ranks_agree_when_only_one_sees_a_bad_loss(spec_file, tmp_path):
     """Without the all-reduce, rank 0 would wait in its backward's collective for a rank 1 that stopped (skip
     takes the same decision, so agreeing on it is the same test)."""
     action, code = "stop", 4
-    from graphspec.study_run import fresh_env
+    from graphspec.studies.execute import fresh_env
 
     (tmp_path / "hook").mkdir()
     (tmp_path / "hook" / "sitecustomize.py").write_text(textwrap.dedent(HOOK))

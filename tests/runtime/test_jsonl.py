@@ -7,7 +7,7 @@ import json
 import pytest
 from PIL import Image
 
-from graphspec.errors import SpecError
+from graphspec.language.errors import SpecError
 from graphspec.runtime.data.arrow import ReadStats, load_images
 from graphspec.runtime.data.jsonl import check_jsonl, read_jsonl
 from graphspec.runtime.tasks import jsonl_layout

@@ -6,7 +6,7 @@ import random
 
 import torch
 
-from graphspec.schema import DataSource
+from graphspec.language.schema import DataSource
 from graphspec.runtime.data import scenes as gen
 from graphspec.runtime.tasks.caption_sources import SceneSet
 from graphspec.runtime.objectives import IGNORE, MaskDraws, mask_tokens, mlm_loss

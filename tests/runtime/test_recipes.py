@@ -8,7 +8,7 @@ import random
 import pytest
 import torch
 
-from graphspec.schema import DataSource
+from graphspec.language.schema import DataSource
 from graphspec.runtime.data import scenes as gen
 from graphspec.runtime.objectives import IGNORE, MaskDraws, fixed_count, mask_tokens
 from graphspec.runtime.tasks.caption_sources import SceneSet, swap_images
@@ -195,7 +195,7 @@ def test_the_specs_selection_reaches_the_batch(train_spec, compile_build, monkey
 def test_part_keys_of_lr_multipliers_reach_the_optimizers_groups(train_spec, compile_build):
     """`fusion: 5` with `fusion.type_embed: 1` (the longest key wins) and `heads: 3`: each parameter reaches
     DeepSpeed's optimizer in a group of its multiplier times the learning rate."""
-    from graphspec.runtime.run import prepare
+    from graphspec.runtime.train import prepare
 
     train_spec["train"]["lr_multipliers"] = {"fusion": 5, "fusion.type_embed": 1, "heads": 3}
     train_spec["train"]["schedule"] = {"warmup": 0, "decay": "constant"}  # every group at its peak from step 0

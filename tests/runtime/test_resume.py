@@ -49,7 +49,7 @@ def _losses(run_dir) -> dict[int, float]:
 
 
 def _start(spec_file, run_dir):
-    from graphspec.study_run import fresh_env
+    from graphspec.studies.execute import fresh_env
 
     return subprocess.Popen([sys.executable, "-m", "graphspec.cli", "run", str(spec_file), "--run-dir",
                              str(run_dir), "--build-dir", str(run_dir.parent / "build-killed")],

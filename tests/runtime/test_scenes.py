@@ -22,7 +22,7 @@ BIG = ShapesConfig(max_shapes=4)
 
 
 def test_default_config_is_valid_and_counts_its_scenes():
-    assert CFG.validate() == []
+    assert CFG.problems() == []
     assert CFG.capacity() == 4 * 21 + 6 * 21**2
     assert BIG.capacity() == 4 * 21 + 6 * 21**2 + 4 * 21**3 + 21**4
 
@@ -134,14 +134,14 @@ def test_negatives_from_other_scenes_are_mostly_false():
 def test_validate_messages():
     bad = ShapesConfig(min_shapes=3, max_shapes=9, colors=("red", "pink"), shapes=(),
                        image_size=8, min_size=0.0, max_size=0.7)
-    text = "\n".join(bad.validate())
+    text = "\n".join(bad.problems())
     assert "max_shapes (9) is more than the 4 non-overlapping positions" in text
     assert "colors: unknown colour 'pink' (known: red, green" in text
     assert "shapes: at least one shape is needed" in text
     assert "image_size (8) is less than 16" in text
     assert "min_size (0.0) must be in (0, 0.5]" in text
     assert "max_size (0.7) must be in (0, 0.5]" in text
-    assert "min_shapes (3) is more than max_shapes (2)" in "\n".join(ShapesConfig(min_shapes=3).validate())
+    assert "min_shapes (3) is more than max_shapes (2)" in "\n".join(ShapesConfig(min_shapes=3).problems())
     with pytest.raises(ValueError, match="invalid ShapesConfig: .*pink"):
         scenes(bad, "train", 1)
 

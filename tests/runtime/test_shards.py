@@ -76,7 +76,7 @@ def test_bad_members_and_a_cut_tar_are_counted_or_named(tmp_path):
     pattern = write_shards(tmp_path / "shards", bad={(0, 2): "no image"})
     with open(tmp_path / "shards" / "00003.tar", "r+b") as f:  # cut the last shard in the middle of a member
         f.truncate(os.path.getsize(tmp_path / "shards" / "00003.tar") // 2)
-    from graphspec.errors import SpecError
+    from graphspec.language.errors import SpecError
 
     stats = ReadStats()
     stream = ShardStream(pattern, ("data", "train"), 0, 0, 1, True, stats)
@@ -108,7 +108,7 @@ def _losses(run_dir) -> dict[int, float]:
 def test_a_stream_run_killed_mid_shard_resumes_on_the_uninterrupted_trajectory(spec_file, tmp_path):
     """Also: the stream read by 2 worker processes and by the training process itself (0 workers) gives the
     same batches, so the same losses."""
-    from graphspec.study_run import fresh_env
+    from graphspec.studies.execute import fresh_env
 
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     assert main(["run", str(spec_file), "--run-dir", str(whole), "--build-dir", str(tmp_path / "b1")]) == 0

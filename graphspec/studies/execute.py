@@ -2,7 +2,7 @@
 
 Each stage runs as its own `graphspec run` process (its peak memory is its own, and
 a crash in one stage cannot leave state behind in the next), forked from a server
-that has imported the libraries once (graphspec.stage_process). A stage whose
+that has imported the libraries once (graphspec.studies.stages). A stage whose
 `run/summary.json` exists is complete and skipped, so a study that was stopped
 continues where it was; a stage that was stopped midway starts over.
 
@@ -27,10 +27,10 @@ from typing import Callable
 from graphspec.runtime.launch import SELF_STARTED
 
 from .compare import write_comparison
-from .errors import GraphspecError, Issue, Loc
-from .loader import load, override
-from .study import StageRun, Study
-from .variants import write_variants
+from graphspec.language.errors import GraphspecError, Issue, Loc
+from graphspec.language.reading import load, override
+from .plan import StageRun, Study
+from .writing import write_variants
 
 DIST_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", SELF_STARTED)
 
@@ -64,8 +64,8 @@ def _run_stage(out: Path, run: StageRun) -> float:
     process compiles the stage's build first (its libraries are imported already, and a spec error is shown
     here, located in the stage's spec.json), so the stage starts from the build and does not run the compile
     checks a second time."""
-    from graphspec.compiler import compile_spec, write_artifacts
-    from .stage_process import run_stage
+    from graphspec.compiler import compile_spec, write_build
+    from .stages import run_stage
 
     started = time.time()
     d = stage_dir(out, run)
@@ -73,7 +73,7 @@ def _run_stage(out: Path, run: StageRun) -> float:
         shutil.rmtree(d)
     d.mkdir(parents=True)
     spec_file = _spec_file(out, run)
-    write_artifacts(compile_spec(load(spec_file)), d / "build")
+    write_build(compile_spec(load(spec_file)), d / "build")
     (d / "log.txt").write_text("")
     code = run_stage(["run", str(d / "build"), "--run-dir", str(d / "run")], str(d / "log.txt"), fresh_env())
     if code != 0:
@@ -95,7 +95,7 @@ def run_study(study: Study, out: Path, show: Callable[[str], None] = print) -> d
     write_variants(study.variants, out / "variants", study.base_file)
     total = len(study.runs)
     if not all(is_complete(out, run) for run in study.runs):
-        from .stage_process import start_server
+        from .stages import start_server
 
         start_server()  # its imports overlap with the first stage's compile
     for k, run in enumerate(study.runs, 1):

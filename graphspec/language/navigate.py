@@ -14,6 +14,7 @@ from typing import Any, Union, get_args, get_origin
 from pydantic import BaseModel
 
 from .schema import Spec
+from .schema.base import OpenLiteral, OpenUnion
 
 TAG_FIELDS = ("kind", "modality")
 
@@ -24,6 +25,8 @@ def _tags(model: type[BaseModel]) -> set:
         f = model.model_fields.get(tag)
         if f is not None and get_origin(f.annotation) is typing.Literal:
             out.update(get_args(f.annotation))
+        elif f is not None:  # a choice plugins extend: Annotated[str, OpenLiteral] (pydantic keeps it in metadata)
+            out.update(n for m in f.metadata if isinstance(m, OpenLiteral) for n in m.names())
     return out
 
 
@@ -32,7 +35,8 @@ def _resolve(tp: Any, data: Any) -> Any:
     while True:
         origin = get_origin(tp)
         if origin is typing.Annotated:
-            tp = get_args(tp)[0]
+            open_union = [m for m in tp.__metadata__ if isinstance(m, OpenUnion)]
+            tp = Union[tuple(open_union[0].members)] if open_union else get_args(tp)[0]
         elif origin in (Union, types.UnionType):
             members = [a for a in get_args(tp) if a is not type(None)]
             models = [m for m in members if isinstance(m, type) and issubclass(m, BaseModel)]

@@ -6,7 +6,7 @@ import csv
 import json
 from pathlib import Path
 
-from .study import Study
+from .plan import Study
 
 
 def _summary(out: Path, variant: str, stage: str) -> dict | None:

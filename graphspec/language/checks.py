@@ -13,7 +13,8 @@ from typing import Callable, Iterator
 
 from .errors import Issue
 from .errors import suggest
-from .schema import ENCODER_KINDS, FUSION_KINDS, TASKS, Spec
+from .schema import TASKS, Fusion, Spec
+from .schema.nodes import OneTower
 from .schema.base import NAME_PATTERN
 from .schema.tasks import FAMILY_ALIASES, FAMILY_TASK, resolve_family
 
@@ -47,7 +48,7 @@ def batch_sizes_divide(spec: Spec) -> Iterator[Issue]:
 
 def size_overrides_need_random_init(spec: Spec) -> Iterator[Issue]:
     for name, node in spec.nodes.items():
-        if node.kind in ENCODER_KINDS + ("one_tower",) and node.size is not None and node.init == "pretrained" \
+        if getattr(node, "size", None) is not None and getattr(node, "init", None) == "pretrained" \
                 and not getattr(node, "weights", None):
             yield Issue(("nodes", name, "size"), "size overrides change the weights' shapes, so they cannot load pretrained weights",
                         "set `init: random`, remove `size`, or (timm) name a `weights` file of that size")
@@ -55,7 +56,7 @@ def size_overrides_need_random_init(spec: Spec) -> Iterator[Issue]:
 
 def encoders_name_a_source(spec: Spec) -> Iterator[Issue]:
     for name, node in spec.nodes.items():
-        if node.kind == "one_tower" and node.backbone == "vision":
+        if isinstance(node, OneTower) and node.backbone == "vision":
             if not node.source:
                 yield Issue(("nodes", name, "source"), "a vision one_tower needs a timm ViT name as its source",
                             "set `source:` e.g. deit_tiny_patch16_224")
@@ -63,7 +64,7 @@ def encoders_name_a_source(spec: Spec) -> Iterator[Issue]:
                 yield Issue(("nodes", name, "model_type"), "`model_type` is for a text backbone",
                             "remove it; `source` names the timm model")
             continue
-        if node.kind not in ("hf_text", "hf_vision", "one_tower"):
+        if "model_type" not in type(node).model_fields:  # not a transformers tower (its config comes from them)
             continue
         if node.init == "pretrained" and not node.source:
             yield Issue(("nodes", name, "source"), "a pretrained encoder needs a source",
@@ -95,7 +96,7 @@ def warmup_fits_in_steps(spec: Spec) -> Iterator[Issue]:
 
 def heads_divide_widths(spec: Spec) -> Iterator[Issue]:
     for name, node in spec.nodes.items():
-        if node.kind in FUSION_KINDS and node.width is not None and node.width % node.heads:
+        if isinstance(node, Fusion) and node.width is not None and node.width % node.heads:
             yield Issue(("nodes", name, "heads"), f"{node.heads} heads do not divide width {node.width}",
                         f"use a divisor of {node.width}, e.g. {next(h for h in (8, 4, 2, 1) if node.width % h == 0)}")
         size = getattr(node, "size", None)

@@ -2,7 +2,7 @@
 Arrow table families and JSONL fields it reads, its headline metric.
 
 The schema's task names, the compile-time rules that tie a task to a spec's heads, objectives, inputs and data
-(graphspec.rules) and the runtime's task registry (graphspec.runtime.tasks, one module per task) all read this
+(graphspec.language.checks) and the runtime's task registry (graphspec.runtime.tasks, one module per task) all read this
 table, so `graphspec validate` refuses every mismatch that `graphspec run` would trip over. Adding a task is a
 row here and a module there (plus a reader adapter for a new file layout).
 """
@@ -10,7 +10,9 @@ row here and a module there (plus a reader adapter for a new file layout).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Annotated
+
+from .base import OpenLiteral
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,10 @@ TASKS: dict[str, TaskFacts] = {t.name: t for t in (
               ("text", "image"), metric="retrieval_t2i_r1"),
 )}
 
-TaskName = Literal[tuple(TASKS)]  # type: ignore[valid-type]
+if TYPE_CHECKING:
+    TaskName = str
+else:
+    TaskName = Annotated[str, OpenLiteral(lambda: tuple(TASKS))]  # plugins add tasks (`add_task`)
 
 # Short names of Arrow table families, and each task's name for its own family.
 FAMILY_ALIASES = {"coco": "coco_caption_karpathy", "f30k": "f30k_caption_karpathy", "gcc": "conceptual_caption",

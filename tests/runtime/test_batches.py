@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from graphspec.runtime import loader
+from graphspec.runtime import batches as loader
 
 
 @pytest.mark.parametrize("cores, ranks, accelerator, expected", [

@@ -15,10 +15,10 @@ from typing import Any, Iterable, Mapping
 from pydantic import ValidationError
 
 from .errors import Issue, Loc, SpecError, suggest
-from .rules import check_spec
-from .schema import Spec
-from .schema_nav import TAG_FIELDS, description_of, fields_at, model_at
-from .source import SourceMap, load_scalar, parse_file, parse_text
+from .checks import check_spec
+from .schema import Spec, head_kinds
+from .navigate import TAG_FIELDS, description_of, fields_at, model_at
+from .parsing import SourceMap, load_scalar, parse_file, parse_text
 
 Overrides = Iterable[str] | Mapping[str, Any] | None
 NOT_A_MAPPING = "a spec must be a mapping of keys (name, inputs, nodes, ...)"
@@ -36,7 +36,7 @@ def null_deletes(path: tuple, data: Any) -> bool:
     return field is None or type(None) not in typing.get_args(field.annotation)
 
 
-def _merge(base: Any, child: Any, path: tuple = (), root: Any = None) -> Any:
+def merge(base: Any, child: Any, path: tuple = (), root: Any = None) -> Any:
     """Deep-merge `child` over `base`: mappings merge, anything else replaces, null deletes an entry."""
     if not (isinstance(base, dict) and isinstance(child, dict)):
         return copy.deepcopy(child)
@@ -46,13 +46,13 @@ def _merge(base: Any, child: Any, path: tuple = (), root: Any = None) -> Any:
         if value is None and null_deletes(path + (key,), root):
             out.pop(key, None)
         elif key in out:
-            out[key] = _merge(out[key], value, path + (key,), root)
+            out[key] = merge(out[key], value, path + (key,), root)
         else:
             out[key] = copy.deepcopy(value)
     return out
 
 
-def _read_with_extends(path: FsPath, chain: tuple[FsPath, ...], issues: list[Issue]) -> tuple[Any, SourceMap]:
+def read_with_extends(path: FsPath, chain: tuple[FsPath, ...], issues: list[Issue]) -> tuple[Any, SourceMap]:
     data, smap, problems = parse_file(path)
     issues.extend(problems)
     if not isinstance(data, dict):
@@ -83,13 +83,13 @@ def _read_with_extends(path: FsPath, chain: tuple[FsPath, ...], issues: list[Iss
             issues.append(Issue(("extends",), f"base spec '{base}' not found (looked for {base_path})",
                                 hint="give a path relative to this file", loc=loc))
             continue
-        bdata, bmap = _read_with_extends(base_path, chain + (base_path,), issues)
-        merged = _merge(merged, bdata)
+        bdata, bmap = read_with_extends(base_path, chain + (base_path,), issues)
+        merged = merge(merged, bdata)
         merged_map = bmap.merged_over(merged_map)
-    return _merge(merged, data), smap.merged_over(merged_map)
+    return merge(merged, data), smap.merged_over(merged_map)
 
 
-def _set_path(data: dict, path: tuple, value: Any) -> None:
+def set_path(data: dict, path: tuple, value: Any) -> None:
     cur = data
     for part in path[:-1]:
         if isinstance(cur, list) and isinstance(part, int) and part < len(cur):
@@ -154,7 +154,7 @@ def apply_overrides(data: dict, smap: SourceMap, overrides: Overrides, issues: l
             items.append((path, value, text))
     for path, value, text in items:
         try:
-            _set_path(data, path, value)
+            set_path(data, path, value)
         except KeyError:
             issues.append(Issue(path, "this path does not lead to a mapping in the spec",
                                 hint="check the dotted path", loc=Loc(f"--set {text}")))
@@ -208,9 +208,12 @@ def _issue(err: dict, data: Any) -> Issue:
         return Issue(path, f"missing required field '{path[-1]}'", f"add `{path[-1]}:`" + (f" ({desc})" if desc else ""))
     if kind in ("union_tag_invalid", "union_tag_not_found"):
         tag_field = err["ctx"].get("discriminator", "'kind'").strip("'")
-        tags = [t.strip().strip("'") for t in str(err["ctx"].get("expected_tags", "")).split(",")]
+        tags = [t for t in (t.strip().strip("'") for t in str(err["ctx"].get("expected_tags", "")).split(",")) if t]
+        if not tags and path[:1] == ("objectives",):  # an objective's kind is that of the head it trains
+            tags = list(head_kinds())
         if kind == "union_tag_not_found":
-            return Issue(path + (tag_field,), f"missing '{tag_field}'", "expected one of: " + ", ".join(tags))
+            return Issue(path + (tag_field,), f"missing '{tag_field}'",
+                         "expected one of: " + ", ".join(tags) if tags else f"add `{tag_field}:`")
         got = err["ctx"].get("tag")
         return Issue(path + (tag_field,), f"unknown {tag_field} '{got}'", suggest(got, tags))
     if kind == "literal_error":
@@ -234,12 +237,12 @@ def validate_data(data: Any, smap: SourceMap, issues: list[Issue] | None = None,
         except ValidationError as e:
             errs = [err for err in e.errors() if not _union_noise(err, data)] or e.errors()
             issues.extend(_issue(err, data) for err in errs)
-    if spec is not None:
-        issues.extend(check_spec(spec))
-    issues = [i.located(smap.locate(i.path)) for i in issues]
+    rules = check_spec(spec) if spec is not None else []
+    issues = [i.located(smap.locate(i.path)) for i in issues + rules]
     if any(i.severity == "error" for i in issues) or spec is None:
         raise SpecError(issues, title)
     spec._source = smap  # kept for later stages' located errors
+    spec._warnings = [i.located(smap.locate(i.path)) for i in rules if i.severity == "warning"]  # for compile
     return spec
 
 
@@ -247,7 +250,7 @@ def load(path: str | FsPath, overrides: Overrides = None) -> Spec:
     """Load a YAML or JSON spec file (with `extends:`), apply overrides, validate."""
     path = FsPath(path)
     issues: list[Issue] = []
-    data, smap = _read_with_extends(path.resolve(), (path.resolve(),), issues)
+    data, smap = read_with_extends(path.resolve(), (path.resolve(),), issues)
     smap = _relative(smap, path)  # report paths as the user wrote them, not resolved
     issues = [replace(i, loc=_relative_loc(i.loc)) if i.loc else i for i in issues]
     apply_overrides(data, smap, overrides, issues)
@@ -280,7 +283,10 @@ def source_map(spec: Spec) -> SourceMap:
 
 
 def spec_warnings(spec: Spec) -> list[Issue]:
-    """The spec rules' warnings, located (loading raises the errors and keeps no warnings)."""
+    """The spec rules' warnings, located: those loading found (the rules run once per spec), or, for a spec
+    made without this module, the rules' own."""
+    if spec._warnings is not None:
+        return list(spec._warnings)
     smap = source_map(spec)
     return [i.located(smap.locate(i.path)) for i in check_spec(spec) if i.severity == "warning"]
 

@@ -17,7 +17,7 @@ import time
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from graphspec.errors import GraphspecError
+from graphspec.language.errors import GraphspecError
 
 from .launch import cores
 

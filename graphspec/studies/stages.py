@@ -21,7 +21,7 @@ import os
 import runpy
 import sys
 
-PRELOAD = ["torch", "transformers", "timm", "deepspeed", "graphspec.cli", "graphspec.runtime.run",
+PRELOAD = ["torch", "transformers", "timm", "deepspeed", "graphspec.cli", "graphspec.runtime.train",
            "graphspec.compiler.backbones"]
 _context = None
 

@@ -7,10 +7,10 @@ from typing import Any
 from pydantic import Field, PrivateAttr, model_validator
 
 from .base import Strict
-from .heads import Head, Objective, OBJECTIVE_KINDS
+from .heads import Head, Objective, head_kinds
 from .inputs import Input
 from .nodes import Node, ParamInit
-from .run import Data, Distributed, Train
+from .training import Data, Distributed, Train
 from .tasks import TASKS, Roles
 
 
@@ -37,7 +37,8 @@ class Spec(Strict):
     train: Train = Field(default_factory=Train, description="Steps, batch sizes, optimizer, schedule, precision.")
     distributed: Distributed = Field(default_factory=Distributed, description="Processes, ZeRO stage, offload.")
 
-    _source: Any = PrivateAttr(default=None)  # where each field was written (graphspec.source.SourceMap)
+    _source: Any = PrivateAttr(default=None)  # where each field was written (graphspec.language.parsing.SourceMap)
+    _warnings: Any = PrivateAttr(default=None)  # the spec rules' located warnings, once loading ran them
 
     @model_validator(mode="before")
     @classmethod
@@ -46,7 +47,7 @@ class Spec(Strict):
         if isinstance(data, dict) and isinstance(data.get("objectives"), dict):
             objectives = {}
             for name, obj in data["objectives"].items():
-                if isinstance(obj, dict) and "kind" not in obj and name in OBJECTIVE_KINDS:
+                if isinstance(obj, dict) and "kind" not in obj and name in head_kinds():
                     obj = {"kind": name, **obj}
                 objectives[name] = obj
             data = {**data, "objectives": objectives}

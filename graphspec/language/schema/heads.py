@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from pydantic import Field, model_validator
 
-from .base import Ref, Strict
-from .nodes import Freeze, FreezeField, kind_of
+from .base import OpenLiteral, OpenUnion, Ref, Strict, kind_of
+from .nodes import Freeze, FreezeField
 
 
 class ITMHead(Strict):
@@ -88,10 +88,16 @@ class RefHead(Strict):
     freeze: bool | Freeze = FreezeField
 
 
-HEAD_CLASSES = (ITMHead, MLMHead, ITCHead, ClassifyHead, PairClassifyHead, VQAHead, RefHead)
-Head = Annotated[Union[HEAD_CLASSES], Field(discriminator="kind")]
-HEAD_KINDS = tuple(kind_of(c) for c in HEAD_CLASSES)
-OBJECTIVE_KINDS = HEAD_KINDS  # every head kind has its objective (an objective's kind defaults to its name)
+HEAD_CLASSES: list[type[Strict]] = [ITMHead, MLMHead, ITCHead, ClassifyHead, PairClassifyHead, VQAHead, RefHead]
+if TYPE_CHECKING:
+    Head = Any  # one of HEAD_CLASSES
+else:
+    Head = Annotated[Any, OpenUnion(HEAD_CLASSES)]
+
+
+def head_kinds() -> tuple[str, ...]:
+    """Every head kind; each has its objective (an objective's kind defaults to its name)."""
+    return tuple(kind_of(c) for c in HEAD_CLASSES)
 
 
 class _Objective(Strict):
@@ -129,7 +135,7 @@ class HeadObjective(_Objective):
     """The loss a downstream head implies: cross-entropy (classify, pair_classify, ref: padded candidates masked),
     binary cross-entropy with soft scores (vqa), symmetric InfoNCE (itc)."""
 
-    kind: Literal[tuple(k for k in HEAD_KINDS if k not in ("mlm", "itm"))] = Field(  # type: ignore[valid-type]
+    kind: Annotated[str, OpenLiteral(lambda: tuple(k for k in head_kinds() if k not in ("mlm", "itm")))] = Field(
         description="The kind of the head it trains; defaults to the objective's name.")
     rerank_k: int | None = Field(None, ge=1, le=1024, description="itc in the retrieval task: where the graph "
                                  "also has an itm head, validation re-ranks each text's top k images and each "

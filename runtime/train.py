@@ -15,22 +15,20 @@ from pathlib import Path
 
 import torch
 
-from graphspec.compiler import FreezePlan, build_model
-from graphspec.compiler.ds_config import resolve_accelerator
-from graphspec.compiler.placement import shared_images
-from graphspec.errors import EnvironmentProblem, Issue, Loc
+from graphspec.compiler import FreezePlan, build_weights
+from graphspec.language.errors import EnvironmentProblem, Issue, Loc
 
 from . import devices, ranks
-from .build import Build, check_groups, read_build
+from graphspec.compiler.folders import Build, check_parameters, read_build
 from .checkpoint import save_checkpoint, trainable_weights
 from .engine import Trainer, make_trainer
-from .report import Reporter, Silent, format_summary
+from .report import Reporter, Silent, format_run_summary
 from .guard import Preempted, Signals, diverged
-from .loader import Batches
+from .batches import Batches
 from .malloc import keep_freed_memory
 from .resume import ResumeError, checkpoints, frozen_digests, frozen_record, restore
 from .resume import save as save_state
-from .tasks import Task, make_task
+from .tasks import Task, TaskContext, make_task
 from .text import load_tokenizer, text_node
 
 
@@ -66,22 +64,21 @@ class Session:
 def prepare(build: Build, outside: bool = True) -> Session:
     """`outside=False` keeps frozen towers inside the engine (the benchmark's grads-off-only baseline)."""
     spec = build.spec
-    accelerator = os.environ.get("DS_ACCELERATOR") or resolve_accelerator(spec)
+    accelerator = os.environ.get("DS_ACCELERATOR") or build.accelerator
     devices.configure_kernels(spec.train.tf32, spec.train.deterministic, accelerator)
     if accelerator == "cpu":
         keep_freed_memory()  # before the model and the engine allocate anything; on a GPU node it would only
         # hold every rank's freed host memory (the steps' buffers live on the device there)
-    model, plan = build_model(spec, build.plan)
-    check_groups(build, {n for n, _ in model.named_parameters()})
+    model, plan = build_weights(spec, build.plan), build.plan
+    check_parameters(build, model)
     frozen_sha = frozen_digests(model, set(plan.frozen))  # as built, before the engine casts or shards them
     text = spec.roles().text
     vocab = model.get_submodule(text_node(spec, text)[0]).vocab_size
-    task = make_task(spec, model, lambda data: load_tokenizer(spec, text, vocab, build.dir, data.texts))
-    trainer = make_trainer(spec, model, plan, build.groups, build.ds_config, outside)
-    task.caches = trainer.towers.image_caches  # workers look a sample up there before decoding it
-    once, why = shared_images(spec, model, plan)
-    task.share_images = once
-    return Session(task, plan, trainer, images={"once": once, "why": why} if getattr(task, "two_pass", False) else None,
+    trainer = make_trainer(spec, model, plan, build.groups, build.ds_config, build.placed if outside else None)
+    once, why = build.shared_images
+    task = make_task(spec, model, lambda data: load_tokenizer(spec, text, vocab, build.dir, data.texts),
+                     context=TaskContext(caches=trainer.towers.image_caches, share_images=once))
+    return Session(task, plan, trainer, images={"once": once, "why": why} if task.two_pass else None,
                    frozen_sha256=frozen_sha)
 
 
@@ -226,7 +223,7 @@ def _loop(s: Session, spec, run_dir: Path, first: int, frozen: dict, reporter, s
             raise diverged(step, what, losses, last, run_dir, in_a_row, applied=finite and not dropped)
         if spec.data.val and ((spec.train.val_every and step % spec.train.val_every == 0)
                               or step == spec.train.steps):
-            val = validate(s, reporter, step)
+            val = validation(s, reporter, step)
         stop = step < spec.train.steps and ranks.any_true(signals.pending)  # at the last step: just finish
         if stop or (every and step % every == 0 and step < spec.train.steps):
             reading = {"position": s.reads["position"]} if "position" in s.reads else {}
@@ -243,7 +240,7 @@ def _loop(s: Session, spec, run_dir: Path, first: int, frozen: dict, reporter, s
     return val, step_times, skipped
 
 
-def validate(s: Session, reporter: Reporter | Silent, step: int) -> dict:
+def validation(s: Session, reporter: Reporter | Silent, step: int) -> dict:
     """Every rank runs the forwards (ZeRO-3 gathers weights in them); the split is not divided among ranks."""
     s.trainer.eval()
     val = s.task.evaluate(s.trainer.host_forward)  # metrics on the host, where the task made the targets
@@ -326,5 +323,5 @@ def _finish(build: Build, run_dir: Path, s: Session, val: dict, wall: float, ste
                **({"two_pass_images": s.images} if s.images else {}),
                **({"nonfinite_skipped": skipped} if spec.train.nonfinite.action == "skip" else {})}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(format_summary(summary), flush=True)
+    print(format_run_summary(summary), flush=True)
     return summary

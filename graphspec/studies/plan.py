@@ -13,7 +13,7 @@ A study file is data, like a spec::
     compare: [pretrain.itm_acc, nlvr2.nlvr2_acc]
 
 `plan_study` turns it into one spec per (variant, stage), every one validated before
-anything runs; `graphspec.study_run` runs them and writes the comparison. Importing this
+anything runs; `graphspec.studies.execute` runs them and writes the comparison. Importing this
 module imports no torch.
 """
 
@@ -25,11 +25,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .errors import Issue, SpecError, suggest
-from .loader import load, override, source_map
-from .schema import Spec
-from .source import parse_file
-from .variants import Variant, load_grid, variants
+from graphspec.language.errors import Issue, SpecError, suggest
+from graphspec.language.reading import load, override, source_map
+from graphspec.language.schema import Spec
+from graphspec.language.parsing import parse_file
+from .grid import load_grid
+from .variants import Variant, variants
 
 
 class Stage(BaseModel):
