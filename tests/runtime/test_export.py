@@ -17,7 +17,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from graphspec.cli import main
-from graphspec.runtime.evaluate import load_checkpoint, find_checkpoint
+from graphspec.runtime.evaluate import find_checkpoint, load_checkpoint
 from graphspec.runtime.export import export_model
 from graphspec.runtime.train import run
 
@@ -331,3 +331,32 @@ def test_a_training_checkpoint_exports_the_weights_it_holds(train_spec, compile_
     assert manifest["training"]["step"] == 4 and manifest["frozen_weights"] == {"vision_tower": "verified"}
     assert not manifest["program"]["written"] and not (tmp_path / "a" / "model.pt2").exists()
     assert (tmp_path / "a" / "tokenizer.json").is_file()
+
+
+def test_an_export_of_format_1_still_loads_and_a_newer_one_is_refused_naming_its_version(exported, photos,
+                                                                                      tmp_path):
+    """Format 2 named the program's outputs as load_model names them; a format 1 folder (whose program named
+    an ITC head's outputs HEAD_text / HEAD_image) loads as before, a format this graphspec does not know is
+    refused with its number."""
+    from graphspec.language.errors import EnvironmentProblem
+    from graphspec.runtime.inference import load_model
+
+    _, folder = exported
+    model, processor = load_model(folder)
+    with torch.no_grad():
+        out = model(**processor(images=photos[:1], text=CAPTIONS[:1]))
+    program = json.loads((folder / "graphspec.json").read_text())["program"]["outputs"]
+    assert set(program) <= set(out)  # one naming: every output of the program is the model's, by that name
+    for version, loads in ((1, True), (3, False)):
+        copy = tmp_path / f"v{version}"
+        shutil.copytree(folder, copy)
+        manifest = json.loads((copy / "graphspec.json").read_text())
+        (copy / "graphspec.json").write_text(json.dumps({**manifest, "format_version": version}))
+        if loads:
+            again, _ = load_model(copy)
+            with torch.no_grad():
+                assert torch.equal(again(**processor(images=photos[:1], text=CAPTIONS[:1]))["itm_probability"],
+                                   out["itm_probability"])
+        else:
+            with pytest.raises(EnvironmentProblem, match="export format 3; this graphspec reads formats 1 to 2"):
+                load_model(copy)
