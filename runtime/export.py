@@ -26,7 +26,9 @@ from pathlib import Path
 
 import torch
 
-from graphspec.compiler.folders import EXPORT_FORMAT, EXPORT_MANIFEST as MANIFEST, EXPORT_PROGRAM as PROGRAM, TRAINING_FOLDER, WEIGHTS
+from graphspec.compiler.folders import EXPORT_FORMAT, TRAINING_FOLDER, WEIGHTS
+from graphspec.compiler.folders import EXPORT_MANIFEST as MANIFEST
+from graphspec.compiler.folders import EXPORT_PROGRAM as PROGRAM
 from graphspec.language.errors import EnvironmentProblem, Issue, Loc
 from graphspec.language.version import __version__
 

@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 
 from graphspec.compiler import FreezePlan, build_weights
+from graphspec.compiler.folders import Build, check_parameters, read_build
 from graphspec.language.errors import EnvironmentProblem, Issue, Loc
 
 from . import devices, ranks
-from graphspec.compiler.folders import Build, check_parameters, read_build
 from .checkpoint import save_checkpoint, trainable_weights
 from .engine import Trainer, make_trainer
 from .report import Reporter, Silent, format_run_summary
