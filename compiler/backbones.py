@@ -8,6 +8,7 @@ builds from the config and `init: pretrained` loads the weights.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -15,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from graphspec.language.errors import EnvironmentProblem, GraphspecError, Issue, SpecError, suggest
+from graphspec.language.errors import EnvironmentProblem, GraphspecError, Issue, Loc, SpecError, suggest
 
 _HF_SIZES = {  # size override -> transformers config attribute
     "hidden": "hidden_size", "layers": "num_hidden_layers", "heads": "num_attention_heads",
@@ -40,17 +41,46 @@ def _offline_hint(source: str, path: tuple) -> EnvironmentProblem:
     )], title="weights not available")
 
 
+CODE_CONFIGS = ("config.json", "tokenizer_config.json", "preprocessor_config.json", "processor_config.json",
+                "image_processor_config.json", "feature_extractor_config.json", "video_preprocessor_config.json")
+
+
+def refuse_remote_code(folder: Path, path: tuple = (), field: str = "source") -> None:
+    """A model folder whose configs ask transformers to import code from the folder (`auto_map`) is refused by
+    name, before any transformers call reads it: graphspec never runs code that came with a model."""
+    for name in CODE_CONFIGS:
+        file = folder / name
+        if not file.is_file() or file.stat().st_size > 16 * 2**20:  # a config is small; a larger file is no config
+            continue
+        try:
+            data = json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # not JSON: transformers refuses it on its own, located by the caller
+        if isinstance(data, dict) and "auto_map" in data:
+            raise SpecError([Issue(path + ((field,) if path else ()), f"{file} asks to run code that came with the "
+                                   f"model (auto_map: {', '.join(sorted(map(str, data['auto_map'])))[:120]})",
+                                   "graphspec never loads code from a model folder: use a model whose architecture "
+                                   "transformers has built in, or remove auto_map if the model does not need it",
+                                   loc=Loc(str(file)))], title="this model folder carries code")
+
+
 def local_source(source: str, path: tuple, field: str = "source") -> str:
-    """A `package:NAME` source as the local path inside that installed distribution; others unchanged."""
+    """A `package:NAME` source as the local path inside that installed distribution; others unchanged. A local
+    folder is checked for code it asks to run (`refuse_remote_code`)."""
     from .packaged import is_package_source, resolve_package_source
 
     if not is_package_source(source):
+        if Path(source).is_dir():
+            refuse_remote_code(Path(source), path, field)
         return source
     try:
-        return str(resolve_package_source(source))
+        found = resolve_package_source(source)
     except GraphspecError as e:
         e.issues = [replace(i, path=path + (field,)) for i in e.issues]
         raise
+    if Path(found).is_dir():
+        refuse_remote_code(Path(found), path, field)
+    return str(found)
 
 
 def hf_config(node, path: tuple, image_size: int | None = None, meta: bool = False, warnings: list | None = None):
@@ -93,14 +123,25 @@ def _pretrained_config(source: str, path: tuple, network: bool = True):
     from transformers import AutoConfig
 
     try:
-        return AutoConfig.from_pretrained(source, local_files_only=True)
-    except (OSError, ValueError):
+        return AutoConfig.from_pretrained(source, local_files_only=True, trust_remote_code=False)
+    except (OSError, ValueError) as e:
+        _refuse_if_code(e, source, path)
         if not network or os.environ.get("HF_HUB_OFFLINE") == "1" or Path(source).exists():
             raise _offline_hint(source, path) from None
     try:
-        return AutoConfig.from_pretrained(source)
+        return AutoConfig.from_pretrained(source, trust_remote_code=False)
     except (OSError, ValueError) as e:
+        _refuse_if_code(e, source, path)
         raise _offline_hint(source, path) from e
+
+
+def _refuse_if_code(error: Exception, source: str, path: tuple) -> None:
+    """transformers refuses a hub repository whose config needs its own code (we pass trust_remote_code=False):
+    say that, not that the model is missing."""
+    if "trust_remote_code" in str(error):
+        raise SpecError([Issue(path + ("source",), f"'{source}' needs to run code that comes with the model",
+                               "graphspec never loads code from a model: use a model whose architecture "
+                               "transformers has built in")], title="this model carries code") from None
 
 
 def _apply_hf_sizes(cfg, node, path: tuple) -> None:
@@ -130,7 +171,7 @@ def hf_model(node, cfg, path: tuple, meta: bool) -> nn.Module:
             model = AutoModel.from_config(cfg)
     else:
         try:
-            model = AutoModel.from_pretrained(local_source(node.source, path), config=cfg)
+            model = AutoModel.from_pretrained(local_source(node.source, path), config=cfg, trust_remote_code=False)
         except OSError as e:
             raise _offline_hint(node.source, path) from e
     # graphspec pools with its own nodes; an unused pooler would only add parameters that get no gradient.

@@ -106,12 +106,13 @@ def _brief(shape) -> str:
     return one(shape)
 
 
-def build_weights(spec: Spec, plan: FreezePlan) -> fx.GraphModule:
+def build_weights(spec: Spec, plan: FreezePlan, meta: bool = False) -> fx.GraphModule:
     """The model with real weights (random init seeded by `train.seed`, or loaded), `plan` applied: the model
     of a spec that compiled, built from what its build folder (or checkpoint, or export) recorded. No check runs
-    again; the caller compares the result with the recorded parameter list (`folders.check_parameters`)."""
+    again; the caller compares the result with the recorded parameter list (`folders.check_parameters`).
+    `meta`: on the meta device (shapes, no memory), to compare before anything is allocated."""
     g = build_graph(spec)
-    modules, issues = build_modules(spec, g, meta=False)
+    modules, issues = build_modules(spec, g, meta=meta)
     _raise_if_errors(spec, issues, "building the nodes")
     gm = emit_module(spec, g, modules)
     unknown = sorted(plan.frozen - {n for n, _ in gm.named_parameters(remove_duplicate=False)})
@@ -119,7 +120,7 @@ def build_weights(spec: Spec, plan: FreezePlan) -> fx.GraphModule:
         raise SpecError([Issue(("nodes",), f"the recorded freeze plan names {len(unknown)} parameters this "
                                f"model does not have (e.g. {unknown[0]})", "recompile the spec")],
                         title="the build does not match this graphspec")
-    if spec.init_from:
+    if spec.init_from and not meta:
         load_into(gm, spec.init_from)
     apply_freeze(gm, plan)
     return gm

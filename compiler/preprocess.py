@@ -65,7 +65,8 @@ def hf_transform(node, module: nn.Module, size: int, path: tuple = ()) -> Transf
         proc = ViTImageProcessor()  # a random tower has no processor of its own
     else:
         try:
-            proc = AutoImageProcessor.from_pretrained(node.source, local_files_only=True)
+            proc = AutoImageProcessor.from_pretrained(local_source(node.source, path), local_files_only=True,
+                                                      trust_remote_code=False)
         except (OSError, ValueError) as e:
             raise EnvironmentProblem([Issue(path + ("source",), f"no image processor found for '{node.source}': "
                                             f"{e}", "point `source` at a local directory holding "
@@ -86,7 +87,8 @@ def hf_tokenizer(node, path: tuple):
     if not node.source or getattr(node, "backbone", "text") != "text":
         return None
     try:
-        return AutoTokenizer.from_pretrained(local_source(node.source, path), local_files_only=True)
+        return AutoTokenizer.from_pretrained(local_source(node.source, path), local_files_only=True,
+                                             trust_remote_code=False)
     except (OSError, ValueError) as e:
         raise EnvironmentProblem([Issue(path + ("source",), f"no tokenizer found for '{node.source}': {e}",
                                         "point `source` at a local directory that holds the tokenizer files")]) from None

@@ -103,7 +103,8 @@ def evaluate_checkpoint(target: str | Path, split: str = "val", device: str | to
         else None
     model = model.to(device=device, dtype=dtype)
     state = read_state(ckpt)
-    task = make_task(spec, model, lambda data: AutoTokenizer.from_pretrained(str(ckpt / "tokenizer")), split,
+    task = make_task(spec, model, lambda data: AutoTokenizer.from_pretrained(str(ckpt / "tokenizer"),
+                                                                                      trust_remote_code=False), split,
                      TaskContext(vocabulary={"answers": state["answers"]} if state.get("answers") else None))
     names = set(inspect.signature(model.forward).parameters)
 

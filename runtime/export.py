@@ -34,6 +34,7 @@ from graphspec.language.version import __version__
 
 from .evaluate import CheckpointError, find_checkpoint, load_checkpoint, read_state
 from .inference import head_labels, kind, named_outputs
+from .model_folder import weights_header
 from .resume import frozen_digests
 
 
@@ -176,6 +177,7 @@ def _write(tmp: Path, tokenizer, spec, model, state: dict, plan: dict, verified:
     params = {"total": sum(p.numel() for p in model.parameters()),
               "frozen_in_training": sum(p.numel() for n, p in model.named_parameters() if n in set(plan["frozen"]))}
     manifest = {"format_version": EXPORT_FORMAT, "graphspec": __version__, "torch": torch.__version__,
+                "tensors": weights_header(tmp / WEIGHTS),  # what load_model checks the file against
                 "spec": spec.model_dump(mode="json", exclude={"extends"}), "freeze": plan, "labels": labels,
                 "inputs": inputs, "parameters": params, "towers": towers, "frozen_weights": verified,
                 "training": {"step": state.get("step"), "val": state.get("val", {}),
@@ -297,7 +299,8 @@ def _save_image_processor(node, folder: Path) -> None:
     from graphspec.compiler.backbones import local_source
 
     try:
-        AutoImageProcessor.from_pretrained(local_source(node.source, ()), local_files_only=True).save_pretrained(
+        AutoImageProcessor.from_pretrained(local_source(node.source, ()), local_files_only=True,
+                                           trust_remote_code=False).save_pretrained(
             str(folder))
     except (OSError, ValueError):
         pass  # a tower without a processor of its own is prepared with ViT's defaults, at load as in training

@@ -20,13 +20,14 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from graphspec.compiler.folders import EXPORT_FORMAT, EXPORT_MANIFEST as MANIFEST
+from graphspec.compiler.folders import EXPORT_MANIFEST as MANIFEST
 from graphspec.compiler.kinds import KINDS, Kind
-from graphspec.language.errors import EnvironmentProblem, Issue, Loc
+from graphspec.language.errors import EnvironmentProblem, Issue, Loc, SpecError
 from graphspec.language.schema import Spec
 from graphspec.language.schema.heads import PairClassifyHead
 
-READS = (1, EXPORT_FORMAT)  # export formats load_model reads: 1 differs only in the program's output names
+from .model_folder import ModelFolderError, check_folder, check_model_fits
+
 
 
 def kind(node) -> Kind:
@@ -159,8 +160,13 @@ def _pixels(image, size: int):
 
     if isinstance(image, (str, Path)):
         from .data.images import FileImage
+        from .data.records import BadData
 
-        pixels, _ = FileImage(str(image), where=str(image)).load(size)
+        try:
+            pixels, _ = FileImage(str(image), where=str(image)).load(size)
+        except BadData as e:  # a missing file, a text file named .jpg, a bomb: the user's input, named
+            raise SpecError([Issue((), e.message.removeprefix(f"{image}: "), "give an image file (PNG, JPEG, WebP, "
+                                   "...)", loc=Loc(str(image)))], title="cannot read this image") from None
         return pixels
     if hasattr(image, "convert"):  # a PIL image
         return np.asarray(image.convert("RGB"))
@@ -217,21 +223,23 @@ def load_model(target: str | Path, device: str | torch.device = "cpu") -> tuple[
     from graphspec.compiler.preprocess import image_transform
 
     folder = resolve(target)
-    manifest = json.loads((folder / MANIFEST).read_text())
-    if manifest.get("format_version", 0) not in READS:
-        raise EnvironmentProblem([Issue((), f"export format {manifest.get('format_version')!r}; this graphspec "
-                                        f"reads formats {READS[0]} to {READS[-1]}", "load it with the graphspec "
-                                        "that exported it", loc=Loc(str(folder / MANIFEST)))],
-                                 title="cannot load this model")
-    spec = standalone_spec(Spec.model_validate(manifest["spec"]), folder)
+    manifest, spec, tensors = check_folder(folder)  # before any allocation or library call (model_folder.py)
+    spec = standalone_spec(spec, folder)
+    check_model_fits(spec, tensors, folder)
     graph = build_weights(spec, FreezePlan(frozenset(), (), (), ()))  # the export compiled; every weight loads
-    missing, unexpected = load_weights(graph, str(folder / "model.safetensors"), strict=False)
+    try:
+        missing, unexpected = load_weights(graph, str(folder / "model.safetensors"), strict=False)
+    except Exception as e:  # noqa: BLE001 - safetensors' errors have no common type; the file is named
+        raise ModelFolderError([Issue((), f"cannot read the weights: {type(e).__name__}: {str(e)[:200]}",
+                                      "export the model again", loc=Loc(str(folder / "model.safetensors")))],
+                               title="cannot load this model") from None
     if missing or unexpected:
         raise EnvironmentProblem([Issue((), f"the weights do not fit the exported spec: missing {missing[:5]}, "
                                         f"unexpected {unexpected[:5]}", "export again",
                                         loc=Loc(str(folder / "model.safetensors")))], title="cannot load this model")
     graph.eval().requires_grad_(False)
-    tokenizer = AutoTokenizer.from_pretrained(str(folder)) if (folder / "tokenizer_config.json").is_file() else None
+    tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False) \
+        if (folder / "tokenizer_config.json").is_file() else None
     transforms = {name: image_transform(spec, name, graph) for name, i in spec.inputs.items() if i.modality == "image"}
     model = Encoder(graph, spec, manifest.get("labels", {})).to(device)
     return model, Processor(spec, tokenizer, transforms)

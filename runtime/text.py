@@ -60,7 +60,7 @@ def load_tokenizer(spec: Spec, input_name: str, vocab_size: int, cache_dir: Path
         return own
     if spec.init_from and (Path(spec.init_from) / "tokenizer").is_dir():
         # Fine-tuning: the pretraining run's vocabulary, or its embeddings would read other ids.
-        return AutoTokenizer.from_pretrained(str(Path(spec.init_from) / "tokenizer"))
+        return AutoTokenizer.from_pretrained(str(Path(spec.init_from) / "tokenizer"), trust_remote_code=False)
     path = cache_dir / f"tokenizer-{input_name}.json"
     if not path.is_file():  # ranks train the same vocabulary; each replaces the file whole, never half-written
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")

@@ -338,8 +338,8 @@ def test_an_export_of_format_1_still_loads_and_a_newer_one_is_refused_naming_its
     """Format 2 named the program's outputs as load_model names them; a format 1 folder (whose program named
     an ITC head's outputs HEAD_text / HEAD_image) loads as before, a format this graphspec does not know is
     refused with its number."""
-    from graphspec.language.errors import EnvironmentProblem
     from graphspec.runtime.inference import load_model
+    from graphspec.runtime.model_folder import ModelFolderError
 
     _, folder = exported
     model, processor = load_model(folder)
@@ -358,5 +358,68 @@ def test_an_export_of_format_1_still_loads_and_a_newer_one_is_refused_naming_its
                 assert torch.equal(again(**processor(images=photos[:1], text=CAPTIONS[:1]))["itm_probability"],
                                    out["itm_probability"])
         else:
-            with pytest.raises(EnvironmentProblem, match="export format 3; this graphspec reads formats 1 to 2"):
+            with pytest.raises(ModelFolderError, match="export format 3; this graphspec reads formats 1 to 2"):
                 load_model(copy)
+
+
+def _damaged(exported, tmp_path, name: str) -> Path:
+    folder = tmp_path / name
+    shutil.copytree(exported[1], folder)
+    return folder
+
+
+HOSTILE = {
+    "manifest cut short": (lambda f: (f / "graphspec.json").write_text((f / "graphspec.json").read_text()[:200]),
+                           "graphspec.json: cannot read it"),
+    "manifest without a spec": (lambda f: (f / "graphspec.json").write_text(json.dumps(
+        {k: v for k, v in json.loads((f / "graphspec.json").read_text()).items() if k != "spec"})),
+        "graphspec.json: holds no spec"),
+    "weights cut short": (lambda f: (f / "model.safetensors").write_bytes(
+        (f / "model.safetensors").read_bytes()[:-1000]), "(cut short, or its header lies)"),
+    "weights cut in the header": (lambda f: (f / "model.safetensors").write_bytes(
+        (f / "model.safetensors").read_bytes()[:5000]), "model.safetensors: not a safetensors file"),
+    "a spec far larger than its weights": (lambda f: (f / "graphspec.json").write_text(json.dumps(_grown(
+        json.loads((f / "graphspec.json").read_text())))), "its spec does not describe the weights it ships"),
+    "a tokenizer config asking for code": (lambda f: _plant_code(f / "tokenizer_config.json"),
+                                           "tokenizer_config.json asks to run code that came with the model"),
+    "a tower config asking for code": (lambda f: _plant_code(f / "towers" / "text_tower" / "config.json"),
+                                       "config.json asks to run code that came with the model"),
+}
+
+
+def _grown(manifest: dict) -> dict:
+    fusion = manifest["spec"]["nodes"]["fusion"]
+    fusion.update(layers=40, width=4096, heads=32)
+    manifest.pop("tensors")  # as a format 1 export: only the spec says what the model is
+    return manifest
+
+
+def _plant_code(config: Path) -> None:
+    config.parent.mkdir(parents=True, exist_ok=True)
+    data = json.loads(config.read_text()) if config.is_file() else {"model_type": "bert"}
+    data["auto_map"] = {"AutoModel": "planted.PlantedModel", "AutoConfig": "planted.PlantedConfig",
+                        "AutoTokenizer": ["planted.PlantedTokenizer", None]}
+    config.write_text(json.dumps(data))
+    (config.parent / "planted.py").write_text("raise SystemExit('the planted module ran')\n")
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_a_damaged_or_hostile_export_folder_is_refused_naming_its_file(exported, photos, tmp_path, capsys, case):
+    """Each ends in a located message (exit 2), before any weight is allocated or any library reads a config
+    that asks for code; the planted module never runs (it would exit the test process)."""
+    damage, said = HOSTILE[case]
+    folder = _damaged(exported, tmp_path, "damaged")
+    damage(folder)
+    code = main(["predict", str(folder), "--image", str(photos[0]), "--text", "a red circle"])
+    err = capsys.readouterr().err
+    assert code == 2 and said in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("make", ["missing", "text"])
+def test_an_image_that_is_not_one_is_named(exported, tmp_path, capsys, make):
+    image = tmp_path / "photo.jpg"
+    if make == "text":
+        image.write_text("not an image\n")
+    code = main(["predict", str(exported[1]), "--image", str(image), "--text", "a red circle"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"{image}: " in err and "Traceback" not in err, err
