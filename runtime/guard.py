@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import os
 import signal
+import statistics
 import sys
 import threading
+from collections import deque
 from pathlib import Path
 
 from graphspec.language.errors import GraphspecError, Issue, Loc
@@ -36,6 +38,36 @@ class Preempted(GraphspecError):
                 f"  continue with: graphspec run --resume {self.run_dir} (exit code {RESUMABLE}: resumable)")
 
 
+class LossGuard:
+    """Judges each micro batch's finite loss against `train.exploding`: over `bound` x the median of the first
+    three losses this process saw, or, once `window` were accepted, over `spike` x their median and over the
+    first ones too. A resumed run starts its reference anew from its first three losses."""
+
+    def __init__(self, bound: float, spike: float, window: int):
+        self.bound, self.spike = bound, spike
+        self.first: list[float] = []
+        self.recent: deque[float] = deque(maxlen=window)
+        self.why: str | None = None  # this step's verdict (set by the run loop, on every rank alike)
+
+    def judge(self, loss: float) -> str | None:
+        if len(self.first) < 3:
+            return None
+        ref = statistics.median(self.first)
+        if ref > 0 and loss > self.bound * ref:
+            return f"the loss exploded: {loss:.4g}, over {self.bound:g} x the first steps' {ref:.4g}"
+        if len(self.recent) == self.recent.maxlen:
+            median = statistics.median(self.recent)
+            if loss > self.spike * median and loss > ref:
+                return (f"the loss spiked: {loss:.4g}, over {self.spike:g} x the median of the last "
+                        f"{len(self.recent)} steps ({median:.4g})")
+        return None
+
+    def accept(self, loss: float) -> None:
+        if len(self.first) < 3:
+            self.first.append(loss)
+        self.recent.append(loss)
+
+
 class Diverged(GraphspecError):
     """The loss (or the gradient norm) stopped being a number."""
 
@@ -43,7 +75,7 @@ class Diverged(GraphspecError):
 
 
 def diverged(step: int, what: str, losses: dict[str, float], last: Path | None, run_dir: Path,
-             skipped_in_a_row: int = 0, applied: bool = False) -> Diverged:
+             skipped_in_a_row: int = 0, applied: bool = False, setting: str = "nonfinite") -> Diverged:
     shown = ", ".join(f"{k} {v:.4g}" for k, v in losses.items())
     where = (f"the last good checkpoint is {last} (graphspec run --resume {run_dir} goes on from it)" if last
              else "no checkpoint was written before it (train.checkpoint_every)")
@@ -53,7 +85,7 @@ def diverged(step: int, what: str, losses: dict[str, float], last: Path | None, 
                       "lower train.optimizer.lr (or raise the warm-up); skipping applies to non-finite losses only")
     else:
         when, hint = ("the run stopped before this step's update", "lower train.optimizer.lr (or raise the "
-                      "warm-up), or set train.nonfinite.action: skip to skip such steps")
+                      f"warm-up), or set train.{setting}.action: skip to skip such steps")
     return Diverged([Issue(("train",), f"step {step}: {what} ({shown}){row}; {when}; {where}", hint,
                            loc=Loc(str(run_dir)))], title="the run diverged")
 

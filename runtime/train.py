@@ -23,7 +23,7 @@ from . import devices, ranks
 from .checkpoint import save_checkpoint, trainable_weights
 from .engine import Trainer, make_trainer
 from .report import Reporter, Silent, format_run_summary
-from .guard import Preempted, Signals, diverged
+from .guard import LossGuard, Preempted, Signals, diverged
 from .batches import Batches
 from .malloc import keep_freed_memory
 from .resume import ResumeError, checkpoints, frozen_digests, frozen_record, restore
@@ -58,6 +58,7 @@ class Session:
     process_first_step_s: float | None = None  # the same from the process's start: imports and compile included
     first_step_at: float | None = None  # when the first step ended (epoch seconds): a study times its stages by it
     images: dict | None = None  # two-pass recipe: whether a batch passes each image once, and why
+    exploding: LossGuard = field(default_factory=lambda: LossGuard(50.0, 10.0, 50))  # train.exploding's judge
     frozen_sha256: dict = field(default_factory=dict)  # node -> hash of its frozen weights, as built
 
 
@@ -78,8 +79,9 @@ def prepare(build: Build, outside: bool = True) -> Session:
     once, why = build.shared_images
     task = make_task(spec, model, lambda data: load_tokenizer(spec, text, vocab, build.dir, data.texts),
                      context=TaskContext(caches=trainer.towers.image_caches, share_images=once))
+    guard = spec.train.exploding
     return Session(task, plan, trainer, images={"once": once, "why": why} if task.two_pass else None,
-                   frozen_sha256=frozen_sha)
+                   frozen_sha256=frozen_sha, exploding=LossGuard(guard.bound, guard.spike, guard.window))
 
 
 def train_step(s: Session, spec, step: int, batches: Batches) -> tuple[dict[str, float], bool, bool]:
@@ -101,8 +103,14 @@ def train_step(s: Session, spec, step: int, batches: Batches) -> tuple[dict[str,
         values = dict(zip(parts, torch.stack([v.detach().float() for v in parts.values()]).tolist()))
         if ranks.any_true(not all(math.isfinite(v) for v in values.values())):
             return values, False, False
+        why = s.exploding.judge(values["loss"])
+        if ranks.any_true(why is not None):  # every rank acts alike; the one that saw it says what it saw
+            s.exploding.why = why or "a loss exploded on another rank"
+            if spec.train.exploding.action != "warn":
+                return values, False, False
         s.trainer.engine.backward(parts["loss"])
         s.trainer.engine.step()
+        s.exploding.accept(values["loss"])
         for k, v in values.items():
             shown[k] = shown.get(k, 0.0) + v / accum
     dropped = deepspeed_skipped(spec, s.trainer.engine.skipped_steps > skipped_before)
@@ -202,7 +210,12 @@ def _loop(s: Session, spec, run_dir: Path, first: int, frozen: dict, reporter, s
     skipped = in_a_row = 0
     for step in range(first, spec.train.steps + 1):
         start = time.perf_counter()
+        s.exploding.why = None
         losses, finite, dropped = train_step(s, spec, step, batches)  # dropped: DeepSpeed left the weights
+        exploded = s.exploding.why
+        if exploded and finite:  # train.exploding.action: warn
+            reporter.line(f"step {step}: {exploded}; trained on (train.exploding.action: warn)")
+        guard = spec.train.exploding if exploded and not finite else policy
         if finite and not dropped and not ranks.any_true(not grad_norm_is_finite(s.trainer)):
             in_a_row = 0
             step_times.append(time.perf_counter() - start)
@@ -211,16 +224,19 @@ def _loop(s: Session, spec, run_dir: Path, first: int, frozen: dict, reporter, s
                 s.first_step_at = time.time()
                 s.process_first_step_s = round(s.first_step_at - _process_start(), 2)
             reporter.train_step(step, losses, s.trainer.scheduler.get_last_lr()[0], batches.take_waited())
-        elif (not finite or dropped) and policy.action == "skip" and in_a_row < policy.max_in_a_row:
+        elif (not finite or dropped) and guard.action == "skip" and in_a_row < policy.max_in_a_row:
             skipped, in_a_row = skipped + 1, in_a_row + 1
-            what = "the loss is not finite" if not finite else "a gradient is not finite"
+            what = (exploded if exploded and not finite else "the loss is not finite" if not finite
+                    else "a gradient is not finite")
             reporter.line(f"step {step}: {what}; step skipped ({in_a_row} in a row)")
         else:
             last = (checkpoints(run_dir) or [None])[-1]
-            what = ("the loss is not finite" if not finite else "a gradient is not finite (DeepSpeed skipped the "
-                    "update)" if dropped else "the gradient norm is not finite")
+            what = (exploded if exploded and not finite else "the loss is not finite" if not finite
+                    else "a gradient is not finite (DeepSpeed skipped the update)" if dropped
+                    else "the gradient norm is not finite")
             ranks.finish()  # every rank decided alike: they leave the group together
-            raise diverged(step, what, losses, last, run_dir, in_a_row, applied=finite and not dropped)
+            raise diverged(step, what, losses, last, run_dir, in_a_row, applied=finite and not dropped,
+                           setting="exploding" if exploded and not finite else "nonfinite")
         if spec.data.val and ((spec.train.val_every and step % spec.train.val_every == 0)
                               or step == spec.train.steps):
             val = validation(s, reporter, step)
@@ -321,7 +337,8 @@ def _finish(build: Build, run_dir: Path, s: Session, val: dict, wall: float, ste
                    **({k: round(v) for k, v in stream.items()} if stream["stream_read"] else {})}},
                **({"frozen_cache": caches} if caches else {}),
                **({"two_pass_images": s.images} if s.images else {}),
-               **({"nonfinite_skipped": skipped} if spec.train.nonfinite.action == "skip" else {})}
+               **({"nonfinite_skipped": skipped} if spec.train.nonfinite.action == "skip" else {}),
+               **({"steps_skipped": skipped} if spec.train.exploding.action == "skip" else {})}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(format_run_summary(summary), flush=True)
     return summary

@@ -114,6 +114,9 @@ def tie_needs_a_text_encoder(spec: Spec) -> Iterator[Issue]:
 
 def skipping_needs_no_accumulation(spec: Spec) -> Iterator[Issue]:
     micro, accum = spec.batch_plan()
+    if spec.train.exploding.action == "skip" and accum > 1:
+        yield Issue(("train", "exploding", "action"), f"skipping a step needs gradient accumulation 1, and this "
+                    f"spec accumulates {accum} micro batches", "use stop or warn, or raise micro_batch_size")
     if spec.train.nonfinite.action == "skip" and accum > 1:
         yield Issue(("train", "nonfinite", "action"), f"skipping a step needs gradient accumulation 1, and this "
                     f"spec accumulates {accum} micro batches: the ones already added to a step cannot be taken back "

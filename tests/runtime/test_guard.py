@@ -32,13 +32,15 @@ def _records(run_dir) -> list[dict]:
 
 
 def test_a_diverging_learning_rate_stops_at_the_first_non_finite_loss(spec_file, tmp_path, capsys):
-    """SGD at lr 10 without clipping: the losses grow by orders of magnitude, then are NaN (measured: step 9)."""
+    """SGD at lr 10 without clipping: the losses grow by orders of magnitude, then are NaN (measured: step 9).
+    The finite-loss guard only warns here (train.exploding.action: warn), so the non-finite one is reached."""
     run_dir = tmp_path / "run"
     code = main(["run", str(spec_file), "--set", "train.optimizer={name: sgd, lr: 10.0}", "--set",
                  "train.grad_clip=null", "--set", "train.checkpoint_every=3", "--set", "train.steps=30",
-                 "--run-dir", str(run_dir), "--build-dir", str(tmp_path / "b")])
-    err = capsys.readouterr().err
+                 "--set", "train.exploding.action=warn", "--run-dir", str(run_dir), "--build-dir", str(tmp_path / "b")])
+    out, err = capsys.readouterr()
     assert code == 4, err
+    assert "the loss exploded" in out and "trained on (train.exploding.action: warn)" in out
     logged = _records(run_dir)
     stopped = logged[-1]["step"] + 1  # every logged step was finite; the next one was not
     assert all(math.isfinite(r["loss"]) for r in logged) and logged[-1]["loss"] > 1e6
@@ -235,3 +237,34 @@ def test_two_ranks_agree_when_only_one_sees_a_bad_loss(spec_file, tmp_path):
     steps = [r["step"] for r in _records(tmp_path / "run")]
     assert steps == [1, 2, 3, 4] and "step 5: the loss is not finite" in done.stderr
     assert "rank 0: error:" in done.stderr and "rank 1: error:" in done.stderr  # both stopped, neither hung
+
+
+def test_a_finite_loss_that_explodes_stops_the_run_by_default(spec_file, tmp_path, capsys):
+    """The same learning rate with the default guard: the run stops at the first loss over 50 x the first
+    steps', before that step's update, exit 4, naming the step and the losses."""
+    run_dir = tmp_path / "run"
+    code = main(["run", str(spec_file), "--set", "train.optimizer={name: sgd, lr: 10.0}", "--set",
+                 "train.grad_clip=null", "--set", "train.steps=30", "--run-dir", str(run_dir),
+                 "--build-dir", str(tmp_path / "b")])
+    err = capsys.readouterr().err
+    assert code == 4 and "the loss exploded: " in err and "over 50 x the first steps'" in err, err
+    stopped = _records(run_dir)[-1]["step"] + 1
+    assert f"train: step {stopped}: the loss exploded" in err and "Traceback" not in err
+    assert "train.exploding.action: skip" in err and all(math.isfinite(r["loss"]) for r in _records(run_dir))
+
+
+def test_the_loss_guard_judges_bounds_and_spikes():
+    from graphspec.runtime.guard import LossGuard
+
+    guard = LossGuard(bound=50, spike=10, window=5)
+    assert guard.judge(1e9) is None  # no reference yet
+    for loss in (6.0, 6.2, 5.8):
+        guard.accept(loss)
+    assert guard.judge(300.0) is None and "exploded" in (guard.judge(301.0) or "")  # 50 x the first three's 6.0
+    for loss in (1.0, 1.0, 1.0, 1.0, 1.0):  # the window is full: the spike bound applies
+        guard.accept(loss)
+    assert guard.judge(9.9) is None  # 9.9 x the recent median 1.0
+    assert guard.judge(10.5) is not None and "spiked" in guard.judge(10.5)
+    for _ in range(5):
+        guard.accept(0.01)
+    assert guard.judge(0.5) is None  # 50 x the recent median, but under the first steps' loss: noise, not a spike

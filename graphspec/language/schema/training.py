@@ -88,6 +88,23 @@ class NonFinite(Strict):
     max_in_a_row: int = Field(3, ge=1, description="With skip: stop after this many skipped steps in a row.")
 
 
+class Exploding(Strict):
+    """What a finite loss that explodes does to the run: over `bound` times the first steps' loss (the median
+    of the first three, before training moved much), or, once `window` steps have passed, over `spike` times
+    the median of the last `window` steps and over the first steps' loss too. Each rank judges its own micro
+    batches; the ranks act together."""
+
+    action: Literal["stop", "skip", "warn"] = Field(
+        "stop", description="stop: end the run before that step's update, naming the step and the losses (exit "
+        "code 4). skip: drop the step (no update; counted in the run summary) and go on; needs gradient "
+        "accumulation 1 (the limit is train.nonfinite.max_in_a_row). warn: say so and train on.")
+    bound: float = Field(50.0, gt=1, description="A loss over this many times the first steps' loss has diverged.")
+    spike: float = Field(10.0, gt=1, description="A loss over this many times the recent median (and over the "
+                         "first steps' loss) has diverged.")
+    window: int = Field(50, ge=5, description="Steps the recent median is taken over; the spike bound applies "
+                        "once that many have passed.")
+
+
 class Train(Strict):
     steps: int = Field(1000, ge=1, description="Optimizer steps.")
     batch_size: int = Field(32, ge=1, description="Global batch size: micro_batch_size x accumulation x world_size.")
@@ -129,6 +146,8 @@ class Train(Strict):
     keep_checkpoints: int = Field(2, ge=1, description="How many of the newest training checkpoints to keep.")
     nonfinite: NonFinite = Field(default_factory=NonFinite, description="What a non-finite loss does: stop "
                                  "(default) or skip the step.")
+    exploding: Exploding = Field(default_factory=Exploding, description="What a finite loss that explodes does: "
+                                 "stop (default), skip the step or warn.")
 
 
 class FrozenTowers(Strict):
