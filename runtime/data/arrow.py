@@ -239,16 +239,60 @@ def _read_all(opened, spec: TableSpec, skip_bad, stats, decode_images, dedupe, r
             batch = batch.select(read)
             for start in range(0, batch.num_rows, SLICE_ROWS):
                 part = batch.slice(start, SLICE_ROWS)
-                cols = {n: part.column(i).to_pylist() for i, n in enumerate(read)}
+                broken = _broken_rows(part, read)  # offsets, lengths and validity are data: checked first
+                cols = {n: part.column(i).to_pylist() for i, n in enumerate(read)} if not broken else {}
                 for k in range(part.num_rows):
                     ctx.row, ctx.where = row_index, f"{path} row {row_index}"
-                    row = {n: v[k] for n, v in cols.items()}
+                    if broken:
+                        problem = broken.get(k)
+                        if problem is not None:
+                            row_index += 1
+                            stats.rows += 1
+                            bad = BadData("bad row", f"{ctx.where} (record batch {batch_id}): {problem}", SKIP_HINT)
+                            if not skip_bad:
+                                raise SpecError([bad.issue()], title="a data row cannot be read")
+                            stats.skip(bad.reason, bad.message)
+                            continue
+                        one = part.slice(k, 1)
+                        cols = {n: one.column(i).to_pylist() for i, n in enumerate(read)}
+                    row = {n: v[0 if broken else k] for n, v in cols.items()}
                     if lazy:
                         row.update({c: ArrowImage(str(path), batch_id, start + k, c, f"{ctx.where} column '{c}'")
                                     for c in spec.image_columns if c in use})
                     yield from expand_row(spec.expand, row, ctx, spec.image_columns, decode_images=decode_images,
                                           skip_bad=skip_bad, stats=stats, check_images=not lazy)
                     row_index += 1
+
+
+def _broken_rows(part, columns: Sequence[str]) -> dict[int, str]:
+    """{row: what is wrong} for the rows of a slice whose buffers do not hold together (offsets that run
+    backwards or past their buffer, lengths past the file, a short validity bitmap): pyarrow's full validation,
+    on the slice, then row by row where the slice fails. {} for a sound slice (the usual case: one check)."""
+    pa = import_pyarrow()
+
+    try:
+        part.validate(full=True)
+        return {}
+    except (pa.ArrowException, ValueError):
+        pass
+    out = {}
+    for k in range(part.num_rows):
+        try:
+            part.slice(k, 1).validate(full=True)
+        except (pa.ArrowException, ValueError) as e:
+            column = next((c for c in columns if _fails(part.column(c).slice(k, 1))), None)
+            out[k] = (f"column '{column}': " if column else "") + f"its buffers do not hold together ({str(e)[:160]})"
+    return out or {k: "its buffers do not hold together" for k in range(part.num_rows)}
+
+
+def _fails(array) -> bool:
+    pa = import_pyarrow()
+
+    try:
+        array.validate(full=True)
+        return False
+    except (pa.ArrowException, ValueError):
+        return True
 
 
 def read_arrow(directory, family: str, split: str = "train", *, tables: Sequence[str] | None = None,

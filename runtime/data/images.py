@@ -28,6 +28,7 @@ import numpy as np
 from .records import SKIP_HINT, BadData
 
 _MAPS: dict[tuple[int, str], object] = {}  # (pid, path) -> an open _Table, or None for a stream file
+MAX_CELL = 256 * 2**20  # bytes: an encoded image cell larger than this is refused before it is read
 
 
 @dataclass
@@ -38,12 +39,18 @@ class _Table:
     fd: int  # the file, for pread
     columns: dict = field(default_factory=dict)  # (batch, column) -> _Column
 
-    def cell(self, batch: int, column: str, row: int):
-        """The encoded bytes of a cell, or None for a null."""
+    def cell(self, batch: int, column: str, row: int, where: str):
+        """The encoded bytes of a cell, or None for a null; BadData naming `where` for a cell whose offsets do not
+        fit its buffer and the file (they are data, not facts: checked before anything is read by them)."""
+        import pyarrow as pa
+
         key = (batch, column)
-        if key not in self.columns:
-            self.columns[key] = _Column(self.reader.get_batch(batch).column(column), self.base, self.size)
-        return self.columns[key].cell(row, self.fd)
+        try:
+            if key not in self.columns:
+                self.columns[key] = _Column(self.reader.get_batch(batch).column(column), self.base, self.size)
+            return self.columns[key].cell(row, self.fd)
+        except (OSError, ValueError, IndexError, pa.ArrowException) as e:
+            raise BadData("bad cell", f"{where}: the cell cannot be read: {str(e)[:200]}", SKIP_HINT) from None
 
 
 class _Column:
@@ -58,16 +65,24 @@ class _Column:
         self.offsets = np.frombuffer(offsets, dtype=np.int64 if wide else np.int32)[array.offset:]
         self.valid = None if array.null_count == 0 else np.frombuffer(validity, dtype=np.uint8)
         self.start = data.address - base if data is not None else -1  # where the values start in the file
+        self.values = data.size if data is not None else 0
         self.mapped = data is not None and 0 <= self.start and self.start + data.size <= size
 
     def cell(self, row: int, fd: int):
+        if not 0 <= row < min(len(self.array), len(self.offsets) - 1):
+            raise ValueError(f"row {row} is not in the column ({len(self.array)} rows)")
         if self.valid is not None:
             bit = self.array.offset + row
+            if bit >> 3 >= len(self.valid):
+                raise ValueError("the validity bitmap is shorter than the column")
             if not self.valid[bit >> 3] >> (bit & 7) & 1:
                 return None
+        first, last = int(self.offsets[row]), int(self.offsets[row + 1])
+        if not 0 <= first <= last <= self.values or last - first > MAX_CELL:
+            raise ValueError(f"its offsets say bytes {first:,} to {last:,} of a {self.values:,}-byte buffer"
+                             + (f" (cells are read up to {MAX_CELL // 2**20} MiB)" if last - first > MAX_CELL else ""))
         if not self.mapped:  # a compressed table: its buffers are in memory, not in the map
             return self.array[row].as_buffer()
-        first, last = int(self.offsets[row]), int(self.offsets[row + 1])
         return os.pread(fd, last - first, self.start + first)
 
 
@@ -128,7 +143,7 @@ class ArrowImage:
         if table is None:
             raise BadData("unreadable image", f"{self.path} is an Arrow stream, not a file: its images cannot be "
                           "read by position", "rewrite it with pa.RecordBatchFileWriter")
-        return table.cell(self.batch, self.column, self.row)
+        return table.cell(self.batch, self.column, self.row, self.where or f"{self.path} row {self.row}")
 
     def load(self, size: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
         return _decode(self.encoded(), self.where, size)

@@ -79,10 +79,30 @@ def _resolve(root: Path, rel: Any, where: str, name: str) -> tuple[Path, str]:
     return path, rel
 
 
+MAX_LINE = 16 * 2**20  # bytes: a manifest line longer than this is a bad line, never held in memory whole
+
+
+def _lines(f) -> Iterator[bytes | None]:
+    """A file's lines, each up to MAX_LINE bytes; None for a longer one (read past in chunks, not kept)."""
+    while True:
+        raw = f.readline(MAX_LINE + 1)
+        if not raw:
+            return
+        if len(raw) > MAX_LINE and not raw.endswith(b"\n"):
+            while (rest := f.readline(MAX_LINE)) and not rest.endswith(b"\n"):
+                pass
+            yield None
+            continue
+        yield raw
+
+
 def _manifest_lines(manifest: Path) -> Iterator[tuple[int, str | None, str]]:
-    """(line number, text or None when it is not UTF-8, error)."""
+    """(line number, text or None when it is not UTF-8 or too long, error)."""
     with open(manifest, "rb") as f:
-        for n, raw in enumerate(f, 1):
+        for n, raw in enumerate(_lines(f), 1):
+            if raw is None:
+                yield n, None, f"the line is longer than {MAX_LINE:,} bytes (not read)"
+                continue
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as exc:

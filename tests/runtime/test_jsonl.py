@@ -178,3 +178,21 @@ def test_skip_bad_counts_reasons(folder):
     assert all(f"{path}:{n}" in text for n in (2, 3, 4, 5, 6))
     good = manifest(folder, [{"image": "imgs/red.png", "text": "fine"}], name="good.jsonl")
     assert check_jsonl(good, jsonl_layout("captions")).as_dict()["read"] == 1
+
+
+def test_a_line_too_long_is_named_and_never_held_whole(folder, monkeypatch):
+    """A line over MAX_LINE (16 MiB; 100 bytes here) is a bad line, read past in chunks; the lines after it
+    read as usual; skip_bad counts it."""
+    from graphspec.runtime.data import jsonl
+
+    monkeypatch.setattr(jsonl, "MAX_LINE", 100)
+    long = json.dumps({"image": "imgs/red.png", "text": "x" * 500})
+    path = manifest(folder, [{"image": "imgs/red.png", "text": "ok"}, long, {"image": "imgs/blue.jpg", "text": "b"},
+                             b"\xff\xfe not text".decode("latin-1"), {"image": "imgs/green.png", "text": 7}])
+    with pytest.raises(SpecError) as info:
+        list(read_jsonl(path, jsonl_layout("captions")))
+    assert f"{path}:2: the line is longer than 100 bytes (not read)" in message(info)
+    stats = ReadStats()
+    recs = list(read_jsonl(path, jsonl_layout("captions"), skip_bad=True, stats=stats))
+    assert [r["text"] for r in recs] == ["ok", "b"] and stats.skipped == 3, stats.messages
+    assert any(f"{path}:5:" in m for m in stats.messages)  # a number where the text belongs
