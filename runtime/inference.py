@@ -168,8 +168,10 @@ def _pixels(image, size: int):
             raise SpecError([Issue((), e.message.removeprefix(f"{image}: "), "give an image file (PNG, JPEG, WebP, "
                                    "...)", loc=Loc(str(image)))], title="cannot read this image") from None
         return pixels
-    if hasattr(image, "convert"):  # a PIL image
-        return np.asarray(image.convert("RGB"))
+    if hasattr(image, "convert"):  # a PIL image: as training reads one (orientation, 16-bit, palette, ...)
+        from .data.images import to_rgb
+
+        return to_rgb(image)
     array = np.asarray(image)
     if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
         raise EnvironmentProblem([Issue((), f"an image array must be uint8 (H, W, 3), not {array.dtype} "

@@ -105,10 +105,33 @@ def _table(path: str) -> _Table | None:
     return _MAPS[key]
 
 
+MAX_PIXELS = 64 * 2**20  # pixels (about 67 M, e.g. 8192 x 8192): a larger image is refused before it is decoded
+
+
+def to_rgb(image) -> np.ndarray:
+    """A PIL image as people see it, RGB (H, W, 3) uint8: its EXIF orientation applied, 16-bit values scaled
+    (not clipped) to 8, palette, CMYK, grey and alpha images converted (alpha dropped); an animated image's
+    first frame (the one PIL opens at)."""
+    from PIL import ImageOps
+
+    image = ImageOps.exif_transpose(image) or image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):  # 16-bit grey (PNG, TIFF): 0..65535
+        values = np.asarray(image, dtype=np.float64)
+        grey = np.clip(np.round(values / 257.0), 0, 255).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    if image.mode == "F":  # 32-bit float grey: taken as 0..1 when it fits, else scaled by its range
+        values = np.asarray(image, dtype=np.float64)
+        top = 1.0 if values.max(initial=0.0) <= 1.0 else values.max()
+        grey = np.clip(np.round(values / top * 255), 0, 255).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    return np.asarray(image.convert("RGB"))
+
+
 def _decode(data, where: str, size: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
-    """RGB (H, W, 3) uint8. With `size` (the square the transform squashes it to), a JPEG is decoded at the
-    smallest power-of-two reduction still at least that large (libjpeg's DCT scaling, PIL's draft mode):
-    640x480 for 224 decodes at 320x240, about 40% less work."""
+    """RGB (H, W, 3) uint8 (`to_rgb`). With `size` (the square the transform squashes it to), a JPEG is decoded
+    at the smallest power-of-two reduction still at least that large (libjpeg's DCT scaling, PIL's draft mode):
+    640x480 for 224 decodes at 320x240, about 40% less work. An image over MAX_PIXELS is refused from its
+    header, before any pixel is decoded."""
     from PIL import Image
 
     if data is None or len(data) == 0:
@@ -116,11 +139,18 @@ def _decode(data, where: str, size: int | None = None) -> tuple[np.ndarray, tupl
                       f"{'no image (null)' if data is None else '0 bytes'}", SKIP_HINT)
     try:
         image = Image.open(io.BytesIO(bytes(data)))
-        full = image.size  # region boxes are in these pixels, whatever size the draft decodes at
+        width, height = image.size
+        if width * height > MAX_PIXELS or not width or not height:
+            raise BadData("unreadable image", f"cannot read the image in {where}: it declares {width} x {height} "
+                          f"pixels ({'none' if not width * height else f'over the limit of {MAX_PIXELS:,}'})",
+                          SKIP_HINT)
         if size is not None:
             image.draft("RGB", (size, size))
         image.load()
-        return np.asarray(image.convert("RGB")), full
+        turned = image.getexif().get(0x0112, 1) in (5, 6, 7, 8)  # EXIF orientations that swap the axes
+        return to_rgb(image), (height, width) if turned else (width, height)  # its size as people see it
+    except BadData:
+        raise
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
         raise BadData("unreadable image", f"cannot read the image in {where}: {type(exc).__name__}: {exc}",
                       SKIP_HINT) from None

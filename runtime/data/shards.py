@@ -58,8 +58,36 @@ def expand(pattern: str) -> list[str]:
     return sorted(dict.fromkeys(files))
 
 
+MAX_MEMBER = 256 * 2**20  # bytes: a tar member larger than this is a bad sample, skipped over, never read
+
+
+@dataclass(frozen=True)
+class TooLarge:
+    """A member whose header declares more than MAX_MEMBER bytes: it stands in for the data, unread."""
+
+    size: int
+
+
+def members(f) -> Iterator[dict]:
+    """A tar stream's regular files as webdataset's grouping reads them ({fname, data}); a member over
+    MAX_MEMBER is not read (its data is a TooLarge), so no length from the file is allocated unchecked."""
+    with tarfile.open(fileobj=f, mode="r|*") as stream:
+        for info in stream:
+            if not info.isreg() or info.name.startswith("__") or "/__" in info.name:
+                continue
+            if info.size > MAX_MEMBER:
+                yield {"fname": info.name, "data": TooLarge(info.size)}
+                continue
+            handle = stream.extractfile(info)
+            yield {"fname": info.name, "data": handle.read() if handle is not None else b""}
+
+
 def _sample(shard: str, raw: dict) -> Sample:
     key = raw.get("__key__", "?")
+    large = [f"{k} ({v.size:,} bytes)" for k, v in raw.items() if isinstance(v, TooLarge)]
+    if large:
+        raise BadData("member too large", f"{shard}: sample '{key}' has a member over {MAX_MEMBER:,} bytes: "
+                      f"{', '.join(large)} (not read)", SKIP_HINT)
     ext = next((e for e in IMAGE_EXTS if e in raw), None)
     if ext is None:
         raise BadData("missing member", f"{shard}: sample '{key}' has no image (.jpg, .png, ...); members: "
@@ -120,7 +148,7 @@ class ShardStream:
         """Samples from `start` on, epoch after epoch (one epoch with `once`), each with the position after it
         and the bad samples or shards skipped since the one before ((reason, message) pairs): a worker counts
         them only for the samples it takes, so each is counted once whatever the number of workers."""
-        from webdataset.tariterators import group_by_keys, tar_file_iterator
+        from webdataset.tariterators import group_by_keys
 
         epoch, slot, offset = start.epoch, start.slot, start.offset
         skipped: list[tuple[str, str]] = []
@@ -134,8 +162,8 @@ class ShardStream:
                                     title="a shard cannot be read")
                 try:
                     with open(shard, "rb") as f:
-                        members = (dict(m, __url__=shard) for m in tar_file_iterator(f))
-                        for raw in group_by_keys(members):
+                        found = (dict(m, __url__=shard) for m in members(f))
+                        for raw in group_by_keys(found):
                             count += 1
                             if count <= offset:
                                 continue  # read before the position this stream resumes from

@@ -138,3 +138,27 @@ def test_streams_are_for_captions_only(spec_file, capsys):
     spec_file.write_text(yaml.safe_dump(spec))
     assert main(["validate", str(spec_file)]) == 2
     assert "data.train.samples: a webdataset stream takes no `samples`" in capsys.readouterr().err
+
+
+def test_a_member_over_the_limit_is_a_bad_sample_never_read(tmp_path, monkeypatch):
+    """A member whose header declares more than MAX_MEMBER (256 MiB; 2 KB here) is skipped over, not read:
+    a bad sample named by shard and key, counted with skip_bad."""
+    from graphspec.language.errors import SpecError
+    from graphspec.runtime.data import shards
+
+    pattern = write_shards(tmp_path / "shards", shards=1, per_shard=3)
+    with tarfile.open(tmp_path / "shards" / "00000.tar", "a") as tar:
+        data = b"\xff" * 5000
+        info = tarfile.TarInfo("000000099.jpg")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+        info = tarfile.TarInfo("000000099.txt")
+        info.size = 5
+        tar.addfile(info, io.BytesIO(b"large"))
+    monkeypatch.setattr(shards, "MAX_MEMBER", 2048)
+    stats = ReadStats()
+    samples, _ = ShardStream(pattern, ("data", "train"), 0, 0, 1, True, stats).take(0, 4)
+    assert stats.reasons["member too large"] >= 1, stats.reasons
+    assert "sample '000000099' has a member over 2,048 bytes: jpg (5,000 bytes) (not read)" in " ".join(stats.messages)
+    with pytest.raises(SpecError, match="000000099"):
+        ShardStream(pattern, ("data", "train"), 0, 0, 1, False, ReadStats()).take(0, 4)
