@@ -153,18 +153,34 @@ def _open(path: Path):
         raise SpecError([Issue((), f"cannot open the table file {path}: {exc}")], title="a table file cannot be read")
     try:
         reader = pa.ipc.open_file(source)
-        batches = ((i, reader.get_batch(i)) for i in range(reader.num_record_batches))
-        return reader.schema, batches
-    except pa.ArrowInvalid:
-        pass
+        return reader.schema, _batches(path, ((i, reader.get_batch(i)) for i in range(reader.num_record_batches)))
+    except (pa.ArrowException, OSError, ValueError):
+        pass  # not a file (or its footer is damaged): perhaps a stream
     try:
         source.seek(0)
         reader = pa.ipc.open_stream(source)
-        return reader.schema, ((None, batch) for batch in reader)  # a stream: no batch can be read by position
-    except pa.ArrowInvalid as exc:
+        return reader.schema, _batches(path, ((None, batch) for batch in reader))  # a stream: no batch by position
+    except (pa.ArrowException, OSError, ValueError) as exc:
         raise SpecError([Issue((), f"{path} is not an Arrow IPC table file ({exc})",
                                "the tables are written by pa.RecordBatchFileWriter in ViLT's write_*.py scripts")],
                         title="a table file cannot be read") from None
+
+
+def _batches(path: Path, batches: Iterator) -> Iterator:
+    """The record batches of a file; one that cannot be read (its metadata or buffers damaged) ends the file with
+    a SpecError naming it and the batch."""
+    pa = import_pyarrow()
+    n = 0
+    while True:
+        try:
+            item = next(batches)
+        except StopIteration:
+            return
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            raise SpecError([Issue((), f"{path}: record batch {n} cannot be read ({str(exc)[:200]})",
+                                   "write the table again")], title="a table file cannot be read") from None
+        n += 1
+        yield item
 
 
 def _columns_text(schema) -> str:

@@ -72,8 +72,13 @@ def is_number(v: Any) -> bool:
 def _resolve(root: Path, rel: Any, where: str, name: str) -> tuple[Path, str]:
     if not isinstance(rel, str) or not rel.strip():
         raise field_error(where, name, f"must be an image path (got {short_repr(rel)})")
-    path = Path(rel) if Path(rel).is_absolute() else root / rel
-    if not path.is_file():
+    try:
+        path = Path(rel) if Path(rel).is_absolute() else root / rel
+        found = path.is_file()
+    except (OSError, ValueError) as e:  # a name too long for the file system, a NUL byte
+        raise BadData("missing image file", f"{where}: image path {short_repr(rel)} cannot name a file "
+                      f"({getattr(e, 'strerror', None) or e})", SKIP_HINT) from None
+    if not found:
         raise BadData("missing image file", f"{where}: image file '{rel}' not found (looked for {path})",
                       f"image paths are relative to {root} (the image root); " + SKIP_HINT)
     return path, rel

@@ -154,6 +154,7 @@ class ShardStream:
         skipped: list[tuple[str, str]] = []
         while True:
             shards = self.order(epoch)
+            given = 0  # samples this epoch gave: an epoch that gives none would repeat for ever
             while slot < len(shards):
                 shard, count = shards[slot], 0
                 cut = _cut_short(shard)
@@ -174,6 +175,7 @@ class ShardStream:
                                     raise SpecError([bad.issue()], title="a shard sample cannot be read") from None
                                 skipped.append((bad.reason, bad.message))
                                 continue
+                            given += 1
                             yield sample, Position(epoch, slot, count), skipped
                             skipped = []
                 except (tarfile.TarError, EOFError, OSError, ValueError) as e:
@@ -186,6 +188,10 @@ class ShardStream:
                 slot, offset = slot + 1, 0
             if once:
                 return
+            if not given and start.slot == 0 and start.offset == 0 or not given and epoch > start.epoch:
+                raise SpecError([Issue((), f"no readable sample in this rank's shards ({', '.join(shards[:3])}"
+                                        f"{', ...' if len(shards) > 3 else ''}): every one was bad or cut short",
+                                        "check them with graphspec check-data")], title="the shards hold no sample")
             epoch, slot = epoch + 1, 0
 
     def start(self, number: int, position: Position) -> None:
