@@ -423,3 +423,28 @@ def test_an_image_that_is_not_one_is_named(exported, tmp_path, capsys, make):
     code = main(["predict", str(exported[1]), "--image", str(image), "--text", "a red circle"])
     err = capsys.readouterr().err
     assert code == 2 and f"{image}: " in err and "Traceback" not in err, err
+
+
+def test_a_hub_id_is_read_from_a_planted_hub_cache_and_checked_like_a_folder(exported, photos, tmp_path,
+                                                                           monkeypatch, capsys):
+    """A hub id resolves through the hub's cache (offline here: a cache folder planted as huggingface_hub lays
+    one out); the repository it names is untrusted input like any folder: planted code in it is refused by
+    name, nothing prompts, nothing runs."""
+    import huggingface_hub.constants as hub
+
+    cache = tmp_path / "hub"
+    repo = cache / "models--someone--tiny-vl"
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    shutil.copytree(exported[1], repo / "snapshots" / revision)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
+    assert main(["predict", "someone/tiny-vl", "--image", str(photos[0]), "--text", "a red circle", "--json"]) == 0
+    assert "match_probability" in capsys.readouterr().out
+    _plant_code(repo / "snapshots" / revision / "tokenizer_config.json")
+    assert main(["predict", "someone/tiny-vl", "--image", str(photos[0]), "--text", "a red circle"]) == 2
+    err = capsys.readouterr().err
+    assert "tokenizer_config.json asks to run code that came with the model" in err and "Traceback" not in err
+    assert main(["predict", "someone/absent", "--image", str(photos[0]), "--text", "x"]) == 3
+    assert "hub model 'someone/absent' is not available" in capsys.readouterr().err
