@@ -62,16 +62,21 @@ def load_checkpoint(ckpt: Path) -> tuple[Spec, torch.nn.Module]:
         raise CheckpointError([problem], title="cannot evaluate this checkpoint")
     try:
         spec = Spec.model_validate(json.loads((ckpt / "spec.resolved.json").read_text()))
-    except (ValidationError, json.JSONDecodeError) as e:
+    except (ValidationError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise CheckpointError([Issue((), f"the checkpoint's spec does not fit this graphspec: {str(e)[:200]}",
                                     loc=Loc(str(ckpt / "spec.resolved.json")))]) from None
     freeze = ckpt / "freeze.json"
     if freeze.is_file():
-        plan = FreezePlan.from_json(json.loads(freeze.read_text()))
+        try:
+            plan = FreezePlan.from_json(json.loads(freeze.read_text()))
+        except (ValueError, KeyError, TypeError) as e:
+            raise CheckpointError([Issue((), f"not a freeze record this graphspec reads: {str(e)[:200]}",
+                                        "use an intact checkpoint", loc=Loc(str(freeze)))]) from None
     else:  # a checkpoint of graphspec 0.1, which kept no freeze record: the spec's annotations, resolved again
         from graphspec.compiler import compile_spec
 
         plan = compile_spec(spec).plan
+    _weights_fit(ckpt, spec, plan)
     model = build_weights(spec, plan)
     try:
         weights = load_file(str(ckpt / "model.safetensors"))
@@ -88,6 +93,27 @@ def load_checkpoint(ckpt: Path) -> tuple[Spec, torch.nn.Module]:
         for name, tensor in weights.items():
             params[name].copy_(tensor)
     return spec, model.eval()
+
+
+def _weights_fit(ckpt: Path, spec: Spec, plan: FreezePlan) -> None:
+    """Before any weight is allocated: the weights file's header holds together, and names exactly the
+    trainable parameters of the spec's model on the meta device, with their shapes."""
+    from .model_folder import ModelFolderError, weights_header
+
+    file = ckpt / "model.safetensors"
+    try:
+        found = weights_header(file)
+    except ModelFolderError as e:
+        raise CheckpointError(e.issues, title="cannot read this checkpoint") from None
+    meta = build_weights(spec, plan, meta=True)
+    want = {n: list(p.shape) for n, p in meta.named_parameters() if n not in plan.frozen}
+    got = {n: t["shape"] for n, t in found.items()}
+    if got != want:
+        differ = sorted(set(got) ^ set(want)) or sorted(n for n in got if got[n] != want[n])
+        raise CheckpointError([Issue((), f"the weights do not fit the checkpoint's spec ({len(differ)} differ, e.g. "
+                                    f"'{differ[0]}': {got.get(differ[0], 'absent')} in the file, "
+                                    f"{want.get(differ[0], 'absent')} in the model)", "use an intact checkpoint",
+                                    loc=Loc(str(file)))], title="cannot read this checkpoint")
 
 
 def evaluate_checkpoint(target: str | Path, split: str = "val", device: str | torch.device = "cpu") -> dict:

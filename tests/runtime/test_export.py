@@ -396,7 +396,7 @@ def _grown(manifest: dict) -> dict:
 
 def _plant_code(config: Path) -> None:
     config.parent.mkdir(parents=True, exist_ok=True)
-    data = json.loads(config.read_text()) if config.is_file() else {"model_type": "bert"}
+    data: dict = json.loads(config.read_text()) if config.is_file() else {"model_type": "bert"}
     data["auto_map"] = {"AutoModel": "planted.PlantedModel", "AutoConfig": "planted.PlantedConfig",
                         "AutoTokenizer": ["planted.PlantedTokenizer", None]}
     config.write_text(json.dumps(data))
@@ -448,3 +448,19 @@ def test_a_hub_id_is_read_from_a_planted_hub_cache_and_checked_like_a_folder(exp
     assert "tokenizer_config.json asks to run code that came with the model" in err and "Traceback" not in err
     assert main(["predict", "someone/absent", "--image", str(photos[0]), "--text", "x"]) == 3
     assert "hub model 'someone/absent' is not available" in capsys.readouterr().err
+
+
+def test_a_checkpoint_whose_weights_do_not_fit_is_refused_before_the_model_is_built(exported, tmp_path, capsys):
+    """eval and export read a run's checkpoint: its weights' header is checked against the file and against
+    the spec's trainable parameters on the meta device before any weight is allocated (here the checksum
+    list is gone too, as in a checkpoint of graphspec 0.1, so nothing else would catch it)."""
+    run = tmp_path / "run"
+    shutil.copytree(exported[0], run)
+    (run / "checkpoint" / "checksums.json").unlink()
+    weights = run / "checkpoint" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    assert main(["eval", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert f"{weights}: tensor" in err and "(cut short, or its header lies)" in err and "Traceback" not in err, err
+    assert main(["export", str(run), "-o", str(tmp_path / "out"), "--no-program"]) == 2
+    assert "cut short" in capsys.readouterr().err

@@ -146,8 +146,8 @@ class Train(Strict):
     keep_checkpoints: int = Field(2, ge=1, description="How many of the newest training checkpoints to keep.")
     nonfinite: NonFinite = Field(default_factory=NonFinite, description="What a non-finite loss does: stop "
                                  "(default) or skip the step.")
-    exploding: Exploding = Field(default_factory=Exploding, description="What a finite loss that explodes does: "
-                                 "stop (default), skip the step or warn.")
+    exploding: Exploding = Field(default_factory=lambda: Exploding(), description="What a finite loss that "
+                                 "explodes does: stop (default), skip the step or warn.")
 
 
 class FrozenTowers(Strict):
