@@ -268,3 +268,14 @@ def test_the_loss_guard_judges_bounds_and_spikes():
     for _ in range(5):
         guard.accept(0.01)
     assert guard.judge(0.5) is None  # 50 x the recent median, but under the first steps' loss: noise, not a spike
+
+
+def test_skip_drops_exploded_steps_then_stops_after_too_many_in_a_row(spec_file, tmp_path, capsys):
+    """With action skip, an exploded step leaves the weights as they were; the weights that exploded the loss
+    explode it again on the next batches, so the run stops after max_in_a_row of them (3 by default)."""
+    code = main(["run", str(spec_file), "--set", "train.optimizer={name: sgd, lr: 10.0}", "--set",
+                 "train.grad_clip=null", "--set", "train.steps=30", "--set", "train.exploding.action=skip",
+                 "--run-dir", str(tmp_path / "run"), "--build-dir", str(tmp_path / "b")])
+    out, err = capsys.readouterr()
+    assert code == 4 and "the loss exploded" in out and "step skipped (1 in a row)" in out, (out, err)
+    assert "after 3 skipped steps in a row" in err and "Traceback" not in err, err
