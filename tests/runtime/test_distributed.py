@@ -122,6 +122,13 @@ def _close(a: list[dict], b: list[dict]) -> None:
             assert x[key] == pytest.approx(y[key], abs=TOLERANCE), (x["step"], key, x[key], y[key])
 
 
+def _first_failure(err: str) -> str:
+    """What a failed multi-rank run said: rank 0's own lines first (the rank that failed first is often not the
+    last to write), then the end of everything."""
+    own = [line for line in err.splitlines() if line.startswith("[rank0]") or "rank 0" in line]
+    return "\n".join(own)[:3000] + "\n...\n" + err[-2000:]
+
+
 def _stopped_by_sigterm(args: list[str], run_dir) -> None:
     """`graphspec run ARGS` with 2 ranks, sent SIGTERM once a few steps are logged: the signal reaches the user's
     `graphspec run`, which runs torchrun in-process and forwards it to the ranks; they finish the step, write
@@ -132,7 +139,7 @@ def _stopped_by_sigterm(args: list[str], run_dir) -> None:
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
     while not (run_dir / "metrics.jsonl").is_file() or len((run_dir / "metrics.jsonl").read_text().splitlines()) < 4:
-        assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1][-3000:]
+        assert process.poll() is None and time.monotonic() < deadline, _first_failure(process.communicate()[1])
         time.sleep(0.02)
     process.send_signal(signal.SIGTERM)
     out, err = process.communicate(timeout=120)
