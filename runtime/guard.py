@@ -49,6 +49,11 @@ class LossGuard:
         self.recent: deque[float] = deque(maxlen=window)
         self.why: str | None = None  # this step's verdict (set by the run loop, on every rank alike)
 
+    @classmethod
+    def of(cls, setting) -> "LossGuard":
+        """The guard a spec's `train.exploding` asks for."""
+        return cls(setting.bound, setting.spike, setting.window)
+
     def judge(self, loss: float) -> str | None:
         if len(self.first) < 3:
             return None

@@ -18,6 +18,7 @@ import torch
 from graphspec.compiler import FreezePlan, build_weights
 from graphspec.compiler.folders import Build, check_parameters, read_build
 from graphspec.language.errors import EnvironmentProblem, Issue, Loc
+from graphspec.language.schema.training import Exploding
 
 from . import devices, ranks
 from .checkpoint import save_checkpoint, trainable_weights
@@ -58,7 +59,7 @@ class Session:
     process_first_step_s: float | None = None  # the same from the process's start: imports and compile included
     first_step_at: float | None = None  # when the first step ended (epoch seconds): a study times its stages by it
     images: dict | None = None  # two-pass recipe: whether a batch passes each image once, and why
-    exploding: LossGuard = field(default_factory=lambda: LossGuard(50.0, 10.0, 50))  # train.exploding's judge
+    exploding: LossGuard = field(default_factory=lambda: LossGuard.of(Exploding.model_validate({})))  # its judge
     frozen_sha256: dict = field(default_factory=dict)  # node -> hash of its frozen weights, as built
 
 
@@ -79,9 +80,8 @@ def prepare(build: Build, outside: bool = True) -> Session:
     once, why = build.shared_images
     task = make_task(spec, model, lambda data: load_tokenizer(spec, text, vocab, build.dir, data.texts),
                      context=TaskContext(caches=trainer.towers.image_caches, share_images=once))
-    guard = spec.train.exploding
     return Session(task, plan, trainer, images={"once": once, "why": why} if task.two_pass else None,
-                   frozen_sha256=frozen_sha, exploding=LossGuard(guard.bound, guard.spike, guard.window))
+                   frozen_sha256=frozen_sha, exploding=LossGuard.of(spec.train.exploding))
 
 
 def train_step(s: Session, spec, step: int, batches: Batches) -> tuple[dict[str, float], bool, bool]:
