@@ -32,7 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # folder -> (its package, its layer); graphspec/ itself holds only the facade's files, its sub-folders are theirs
 FOLDERS = {"graphspec/language": ("graphspec.language", "language"), "compiler": ("graphspec.compiler", "compiler"),
            "runtime": ("graphspec.runtime", "runtime"), "graphspec/studies": ("graphspec.studies", "surface"),
-           "graphspec/cli": ("graphspec.cli", "surface"), "graphspec": ("graphspec", "facade")}
+           "graphspec/cli": ("graphspec.cli", "surface"), "graphspec/cost": ("graphspec.cost", "surface"),
+           "graphspec": ("graphspec", "facade")}
 LAYERS = ("language", "compiler", "runtime", "surface", "facade")  # each may use only itself and those before it
 
 
