@@ -12,6 +12,7 @@ import json
 import os
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -178,6 +179,48 @@ def hf_model(node, cfg, path: tuple, meta: bool) -> nn.Module:
     if getattr(model, "pooler", None) is not None:
         model.pooler = None
     return model
+
+
+def checkpoint_hf(model: nn.Module, path: tuple) -> None:
+    """`checkpoint: true` on a transformers model: its own activation checkpointing, non-reentrant (gradients
+    reach every input; dropout draws replayed). It acts per layer, only in train mode with grad enabled."""
+    hf: Any = model  # a PreTrainedModel (its type is not imported here: that would import transformers)
+    name = type(model).__name__
+    if not getattr(hf, "supports_gradient_checkpointing", False):
+        raise _no_checkpointing(path, f"transformers' {name} has no activation checkpointing")
+    kwargs = {"use_reentrant": False}
+    try:
+        if hasattr(hf, "activation_checkpointing_enable"):  # the name in newer transformers 5.x
+            hf.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    except ValueError as e:  # it claims support, but none of its modules takes the switch
+        raise _no_checkpointing(path, f"transformers' {name} refuses activation checkpointing: {e}") from e
+    # transformers also makes the token embeddings' output require grad (for reentrant checkpointing): a tower
+    # frozen whole would then run a backward for nothing. Non-reentrant checkpointing needs no such hook.
+    hf.disable_input_require_grads()
+    if getattr(hf.config, "use_cache", False):  # an encoder keeps no cache; transformers would warn it is off
+        hf.config.use_cache = False
+
+
+def checkpoint_timm(model: nn.Module, name: str, path: tuple) -> None:
+    """`checkpoint: true` on timm model `name`: its `set_grad_checkpointing` (timm checkpoints blocks or
+    stages, non-reentrant). Some architectures have none, or refuse it with an assert."""
+    setter = getattr(model, "set_grad_checkpointing", None)
+    try:
+        if setter is not None:
+            setter(True)
+    except (AssertionError, NotImplementedError):
+        setter = None
+    # the switch is a `grad_checkpointing` flag on the model or its stages: none set, it did nothing
+    if setter is None or not any(getattr(m, "grad_checkpointing", None) is True for m in model.modules()):
+        raise _no_checkpointing(path, f"timm's '{name}' has no activation checkpointing")
+
+
+def _no_checkpointing(path: tuple, message: str) -> SpecError:
+    return SpecError([Issue(path + ("checkpoint",), message,
+                            "remove `checkpoint: true` from this node, or use an architecture that has it "
+                            "(transformers' BERT, ELECTRA, ViT; timm's ViTs, ResNets, ConvNeXts)")])
 
 
 def timm_model(node, image_size: int, path: tuple, meta: bool) -> nn.Module:

@@ -105,11 +105,19 @@ def _check_layers(module, path: tuple, ctx: BuildContext) -> None:
                                f"use layer_1 .. layer_{module.num_layers}")])
 
 
+def _hf_model(node, cfg, path: tuple, ctx: BuildContext):
+    """A transformers tower's model, checkpointed by transformers itself with `checkpoint: true`."""
+    model = backbones.hf_model(node, cfg, path, ctx.meta)
+    if node.checkpoint:
+        backbones.checkpoint_hf(model, path)
+    return model
+
+
 @register(N.HFText, reads={"input": TOKENS}, gives={"seq": seq("text")}, main="seq", layers=True,
           tokenizer=hf_tokenizer, library="transformers", text_vocabulary=True)
 def build_hf_text(node, path, ins, ctx):
     cfg = backbones.hf_config(node, path, meta=ctx.meta, warnings=ctx.warnings)
-    module = HFTextEncoder(backbones.hf_model(node, cfg, path, ctx.meta), _layers(path, ctx))
+    module = HFTextEncoder(_hf_model(node, cfg, path, ctx), _layers(path, ctx))
     _check_layers(module, path, ctx)
     return module
 
@@ -120,7 +128,7 @@ def build_hf_vision(node, path, ins, ctx):
     size = _image_size(node.input, ctx)
     cfg = backbones.hf_config(node, path, image_size=size, meta=ctx.meta, warnings=ctx.warnings)
     interpolate = getattr(cfg, "image_size", size) != size
-    module = HFVisionEncoder(backbones.hf_model(node, cfg, path, ctx.meta), interpolate, _layers(path, ctx))
+    module = HFVisionEncoder(_hf_model(node, cfg, path, ctx), interpolate, _layers(path, ctx))
     _check_layers(module, path, ctx)
     return module
 
@@ -129,6 +137,8 @@ def build_hf_vision(node, path, ins, ctx):
           image_transform=timm_transform, library="timm")
 def build_timm_vision(node, path, ins, ctx):
     model = backbones.timm_model(node, _image_size(node.input, ctx), path, ctx.meta)
+    if node.checkpoint:
+        backbones.checkpoint_timm(model, node.source, path)
     module = TimmVisionEncoder(model, _layers(path, ctx))
     _check_layers(module, path, ctx)
     return module
@@ -141,11 +151,11 @@ def build_one_tower(node, path, ins, ctx):
     image = ctx.spec.inputs[ref_node(node.inputs.image)]
     if node.backbone == "text":
         cfg = backbones.hf_config(node, path, meta=ctx.meta, warnings=ctx.warnings)
-        backbone = HFTextBackbone(backbones.hf_model(node, cfg, path, ctx.meta))
+        backbone = HFTextBackbone(_hf_model(node, cfg, path, ctx))
         other = PatchEmbed(image.channels, node.patch_size, image.size, backbone.width)
         return OneTower(backbone, other, True, cfg.vocab_size, getattr(cfg, "max_position_embeddings", None),
                         node.patch_size)
-    backbone = TimmViTBackbone(backbones.timm_model(node, image.size, path, ctx.meta))
+    backbone = TimmViTBackbone(backbones.timm_model(node, image.size, path, ctx.meta), node.checkpoint)
     other = TokenEmbed(node.vocab_size, node.max_text_positions, backbone.width)
     patch = backbone.model.patch_embed.patch_size
     return OneTower(backbone, other, False, node.vocab_size, node.max_text_positions, patch[0])
@@ -165,21 +175,22 @@ def _fusion_widths(node, ins) -> tuple[int, int, int]:
 def build_co_attention(node, path, ins, ctx):
     return TwoStreamFusion(*_fusion_widths(node, ins), node.layers, node.heads, node.mlp_ratio, node.dropout,
                            cross_first=True, share_cross=node.share_cross,
-                           always_project=node.project_inputs == "always")
+                           always_project=node.project_inputs == "always", checkpoint=node.checkpoint)
 
 
 @register(N.CrossAttention, reads=TWO_STREAMS, gives={"text": seq("text"), "image": seq("image")})
 def build_cross_attention(node, path, ins, ctx):
     return TwoStreamFusion(*_fusion_widths(node, ins), node.layers, node.heads, node.mlp_ratio, node.dropout,
                            cross_first=False, text=node.direction in ("both", "text"),
-                           image=node.direction in ("both", "image"), always_project=node.project_inputs == "always")
+                           image=node.direction in ("both", "image"), always_project=node.project_inputs == "always",
+                           checkpoint=node.checkpoint)
 
 
 @register(N.MergedAttention, reads=TWO_STREAMS,
           gives={"text": seq("text"), "image": seq("image"), "seq": seq("joint")}, main="seq")
 def build_merged_attention(node, path, ins, ctx):
     return MergedAttention(*_fusion_widths(node, ins), node.layers, node.heads, node.mlp_ratio, node.dropout,
-                           always_project=node.project_inputs == "always")
+                           always_project=node.project_inputs == "always", checkpoint=node.checkpoint)
 
 
 @register(N.ClsPool, reads={"inputs.0": Want(SEQ), "inputs.1": Want(SEQ)}, gives=_pooled)

@@ -7,6 +7,7 @@ from torch import nn
 
 from .adapter import Adapter
 from .attention import Attention, FeedForward, Residual
+from .recompute import run_layer
 
 
 class StreamLayer(nn.Module):
@@ -86,13 +87,15 @@ class TwoStreamFusion(_Streams):
 
     The image stream comes from a vision tower, which gives every patch or feature-map token: attention to it
     needs no mask, so none is passed (SDPA's flash kernels on a GPU take none). `image_padded` is for a
-    stream that may be padded."""
+    stream that may be padded. `checkpoint`: each layer's activations are recomputed in the backward pass."""
 
     def __init__(self, text_width: int, image_width: int, width: int, layers: int, heads: int, mlp_ratio: float,
                  dropout: float, cross_first: bool, text: bool = True, image: bool = True,
-                 share_cross: bool = False, always_project: bool = False, image_padded: bool = False):
+                 share_cross: bool = False, always_project: bool = False, image_padded: bool = False,
+                 checkpoint: bool = False):
         super().__init__(text_width, image_width, width, always_project)
         self.image_padded = image_padded
+        self.checkpoint = checkpoint
         hidden = int(width * mlp_ratio)
         self.layers = nn.ModuleList(FusionLayer(width, heads, hidden, dropout, cross_first, text, image, share_cross)
                                     for _ in range(layers))
@@ -101,7 +104,7 @@ class TwoStreamFusion(_Streams):
         t, t_mask, i, i_mask = self.embed(text, image)
         attend_i = i_mask if self.image_padded else None
         for layer in self.layers:
-            t, i = layer(t, t_mask, i, attend_i)
+            t, i = run_layer(layer, t, t_mask, i, attend_i, recompute=self.checkpoint and self.training)
         return {"text": (t, t_mask), "image": (i, i_mask)}
 
 
@@ -121,11 +124,13 @@ class EncoderLayer(nn.Module):
 
 
 class MergedAttention(_Streams):
-    """Merged attention: [text; image] through self-attention layers; outputs split back, and joint."""
+    """Merged attention: [text; image] through self-attention layers; outputs split back, and joint.
+    `checkpoint`: each layer's activations are recomputed in the backward pass."""
 
     def __init__(self, text_width: int, image_width: int, width: int, layers: int, heads: int, mlp_ratio: float,
-                 dropout: float, always_project: bool = False):
+                 dropout: float, always_project: bool = False, checkpoint: bool = False):
         super().__init__(text_width, image_width, width, always_project)
+        self.checkpoint = checkpoint
         self.layers = nn.ModuleList(EncoderLayer(width, heads, int(width * mlp_ratio), dropout) for _ in range(layers))
 
     def forward(self, text: tuple, image: tuple) -> dict:
@@ -133,5 +138,5 @@ class MergedAttention(_Streams):
         n = t.shape[1]
         x, mask = torch.cat([t, i], dim=1), torch.cat([t_mask, i_mask], dim=1)  # (B, T_txt + T_img, D)
         for layer in self.layers:
-            x = layer(x, mask)
+            x = run_layer(layer, x, mask, recompute=self.checkpoint and self.training)  # (B, T_txt + T_img, D)
         return {"text": (x[:, :n], t_mask), "image": (x[:, n:], i_mask), "seq": (x, mask)}

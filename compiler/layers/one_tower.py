@@ -12,6 +12,7 @@ from torch import nn
 
 from .adapter import Adapter
 from .encoders import layer_stack
+from .recompute import run_layer
 
 
 class PatchEmbed(nn.Module):
@@ -68,13 +69,17 @@ class HFTextBackbone(nn.Module):
 
 
 class TimmViTBackbone(nn.Module):
-    """A timm vision transformer split in two: patch + class-token + position embedding, and its blocks."""
+    """A timm vision transformer split in two: patch + class-token + position embedding, and its blocks.
 
-    def __init__(self, model: nn.Module):
+    It runs the blocks itself (timm's forward takes no mask), so `checkpoint` is done here, per block, not by
+    timm's `set_grad_checkpointing`."""
+
+    def __init__(self, model: nn.Module, checkpoint: bool = False):
         super().__init__()
         self.model = model
         self.width = model.num_features
         self.stack = "model.blocks"
+        self.checkpoint = checkpoint
 
     def embed(self, pixels: torch.Tensor) -> torch.Tensor:
         m = self.model
@@ -85,7 +90,7 @@ class TimmViTBackbone(nn.Module):
         additive = torch.zeros(mask.shape, dtype=x.dtype, device=x.device).masked_fill(~mask, torch.finfo(x.dtype).min)
         additive = additive[:, None, None, :]  # (B, 1, 1, T): timm adds it to the attention scores
         for block in self.model.blocks:
-            x = block(x, attn_mask=additive)
+            x = run_layer(block, x, attn_mask=additive, recompute=self.checkpoint and self.training)  # (B, T, D)
         return self.model.norm(x)  # (B, T, D)
 
 

@@ -32,6 +32,12 @@ class Freeze(Strict):
 FreezeField = Field(
     False, description="true freezes the whole node; an object freezes part of it (layers, embeddings, params)."
 )
+CheckpointField = Field(
+    False, description="Activation checkpointing: recompute this node's layer activations in the backward pass "
+    "instead of keeping them from the forward. Less activation memory, for about one more forward of the node's "
+    "layers per step; dropout draws are the same in the recomputation. No effect on a node that gets no gradient "
+    "(e.g. a frozen tower with nothing trainable before it) or outside training."
+)
 
 
 class SizeOverrides(Strict):
@@ -57,6 +63,7 @@ class Tower(Strict):
     size: SizeOverrides | None = Field(None, description="Size overrides; only with `init: random`.")
     dropout: float | None = Field(None, ge=0, le=1, description="Override the encoder's dropout probability.")
     freeze: bool | Freeze = FreezeField
+    checkpoint: bool = CheckpointField
 
 
 class HFText(Tower):
@@ -133,6 +140,7 @@ class Fusion(Strict):
     mlp_ratio: float = Field(4.0, gt=0, description="Feed-forward width as a multiple of the fusion width.")
     dropout: float = Field(0.1, ge=0, le=1, description="Dropout on attention weights and residual branches.")
     freeze: bool | Freeze = FreezeField
+    checkpoint: bool = CheckpointField
 
 
 class CoAttention(Fusion):
@@ -188,6 +196,7 @@ class OneTower(Strict):
     max_text_positions: int = Field(512, ge=2, description="Positions of the new token embeddings (vision backbone).")
     dropout: float | None = Field(None, ge=0, le=1, description="Override the backbone's dropout probability.")
     freeze: bool | Freeze = FreezeField
+    checkpoint: bool = CheckpointField
 
 
 class MeanPool(Strict):
