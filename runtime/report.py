@@ -118,5 +118,39 @@ def format_run_summary(s: dict) -> str:
                      f"{c['entries']:,} entries, {c['size_mb']:,.1f} MB in {c['dir']}")
     if s.get("two_pass_images"):
         lines.append(f"  two-pass batches: {s['two_pass_images']['why']}")
+    p = s.get("predicted")
+    if p:
+        t, m = p["step_s"], p["peak_memory_mb"]
+        lines.append(f"  predicted ({p['machine']}): step {t['predicted']:.3f} s ({t['range'][0]:.3f}-"
+                     f"{t['range'][1]:.3f}), measured {t['measured']:.3f} s, error {t['error']:+.0%}; peak memory "
+                     f"{m['predicted']:,.0f} MB, measured {m['measured']:,.0f} MB, error {m['error']:+.0%}")
     lines.append(f"  checkpoint: {s['checkpoint']}")
     return "\n".join(lines)
+
+
+def spec_digest(spec) -> str:
+    """What a build's cost.json was computed for: the resolved spec."""
+    import hashlib
+
+    text = json.dumps(spec.model_dump(mode="json", exclude={"extends"}), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def predicted_beside(build_dir: Path, spec, summary: dict) -> dict | None:
+    """The build's prediction (`graphspec cost`'s cost.json, when there is one for this spec) beside what the
+    run measured: step time and peak memory per rank, each with its relative error."""
+    try:
+        cost = json.loads((build_dir / "cost.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(cost, dict) or cost.get("spec_digest") != spec_digest(spec):
+        return None
+    machine = cost.get("machine", {})
+    out: dict = {"machine": f"{machine.get('name')}, {'calibrated' if machine.get('calibrated') else 'uncalibrated'}"}
+    for key, measured in (("step_s", summary.get("step_time_s")), ("peak_memory_mb", summary.get("peak_rss_mb"))):
+        predicted = cost.get(key)
+        if not isinstance(predicted, (int, float)) or not measured:
+            return None
+        out[key] = {"predicted": predicted, "measured": measured, "error": round(predicted / measured - 1, 4)}
+    out["step_s"]["range"] = [cost.get("step_s_low", 0.0), cost.get("step_s_high", 0.0)]
+    return out

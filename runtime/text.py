@@ -49,15 +49,16 @@ def cut_text(batch: dict, length: int | None, keys: Sequence[str], labels: str |
     return batch
 
 
-def load_tokenizer(spec: Spec, input_name: str, vocab_size: int, cache_dir: Path, texts: Callable[[], list[str]]):
-    """A fast tokenizer: the text tower's own when it has a source, else one trained on `texts()` and kept in
-    `cache_dir`."""
+def load_tokenizer(spec: Spec, input_name: str, vocab_size: int, cache_dir: Path, texts: Callable[[], list[str]],
+                   own: bool = True):
+    """A fast tokenizer: the text tower's own when it has a source (and `own`), else one trained on `texts()` and
+    kept in `cache_dir`."""
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     name, _ = text_node(spec, input_name)
-    own = source_tokenizer(spec, input_name)
-    if own is not None:
-        return own
+    found = source_tokenizer(spec, input_name) if own else None
+    if found is not None:
+        return found
     if spec.init_from and (Path(spec.init_from) / "tokenizer").is_dir():
         # Fine-tuning: the pretraining run's vocabulary, or its embeddings would read other ids.
         return AutoTokenizer.from_pretrained(str(Path(spec.init_from) / "tokenizer"), trust_remote_code=False)

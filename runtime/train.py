@@ -23,7 +23,7 @@ from graphspec.language.schema.training import Exploding
 from . import devices, ranks
 from .checkpoint import save_checkpoint, trainable_weights
 from .engine import Trainer, make_trainer
-from .report import Reporter, Silent, format_run_summary
+from .report import Reporter, Silent, format_run_summary, predicted_beside
 from .guard import LossGuard, Preempted, Signals, diverged
 from .batches import Batches
 from .malloc import keep_freed_memory
@@ -287,7 +287,15 @@ def _process_start() -> float:
 
 
 def _peak_rss_mb() -> float:
-    """This process's peak resident memory so far (Linux reports KiB, macOS bytes)."""
+    """This process's peak resident memory so far. On Linux the high-water mark of its own memory (VmHWM):
+    getrusage's ru_maxrss survives exec, so a run started from a large process (a study, a calibration) would
+    report its parent's size; elsewhere ru_maxrss (macOS reports bytes, others KiB)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 2**10, 1)
+    except (OSError, ValueError, IndexError):
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
 
@@ -339,6 +347,9 @@ def _finish(build: Build, run_dir: Path, s: Session, val: dict, wall: float, ste
                **({"two_pass_images": s.images} if s.images else {}),
                **({"nonfinite_skipped": skipped} if spec.train.nonfinite.action == "skip" else {}),
                **({"steps_skipped": skipped} if spec.train.exploding.action == "skip" else {})}
+    predicted = predicted_beside(build.dir, spec, summary)
+    if predicted:
+        summary["predicted"] = predicted
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(format_run_summary(summary), flush=True)
     return summary

@@ -24,6 +24,8 @@ sys.dont_write_bytecode = False
 _OWN_RECORDS = "GRAPHSPEC_TOWER_RECORDS" not in os.environ
 if _OWN_RECORDS:
     os.environ["GRAPHSPEC_TOWER_RECORDS"] = tempfile.mkdtemp(prefix="graphspec-records-")
+# `graphspec run` predicts its cost first (graphspec.cost.predict.ensure, 5-10 s); the tests of that turn it on
+os.environ.setdefault("GRAPHSPEC_COST", "off")
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -79,6 +79,9 @@ def use_plain_kernels(model: nn.Module) -> None:
             module.fast = False
 
 
+HOST = {"cpu"}  # devices where the fast path computes attention itself (graphspec.cost adds "meta" for a CPU run)
+
+
 class Attention(nn.Module):
     fast = True
 
@@ -110,7 +113,7 @@ class Attention(nn.Module):
         v = v.reshape(b, s, h, d // h).transpose(1, 2)  # (B, h, S, d/h)
         mask = None if ctx_mask is None else ctx_mask[:, None, None, :].bool()  # (B, 1, 1, S), True = attend
         p = self.dropout if self.training else 0.0
-        if self.fast and q.device.type == "cpu":
+        if self.fast and q.device.type in HOST:
             scores = (q * (1.0 / math.sqrt(d // h))) @ k.transpose(-1, -2)  # (B, h, T, S)
             if mask is not None:
                 scores = scores.masked_fill(~mask, float("-inf"))

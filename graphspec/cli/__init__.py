@@ -1,5 +1,6 @@
 """The `graphspec` command, one module per subcommand (each gives HELP, add_arguments(parser), command(args)
-and QUICK_EXIT): validate, compile, run, eval, export, predict, variants, study, check-data, schema.
+and QUICK_EXIT): validate, compile, run, eval, export, predict, variants, study, check-data, schema, cost,
+calibrate.
 
 A user mistake ends with the located message and a non-zero exit (2 for a spec
 error, 3 when this machine lacks something); a traceback means a bug of ours.
@@ -18,11 +19,11 @@ from graphspec.language.errors import GraphspecError
 from graphspec.language.plugins import load_plugins
 from graphspec.language.version import __version__
 
-from . import check_data, compile, eval, export, predict, run, schema, study, validate, variants  # noqa: A004
+from . import calibrate, check_data, compile, cost, eval, export, predict, run, schema, study, validate, variants  # noqa: A004
 
 COMMANDS: dict[str, ModuleType] = {"validate": validate, "compile": compile, "run": run, "eval": eval,
                                    "export": export, "predict": predict, "variants": variants, "study": study,
-                                   "schema": schema, "check-data": check_data}
+                                   "schema": schema, "check-data": check_data, "cost": cost, "calibrate": calibrate}
 
 
 def parser() -> argparse.ArgumentParser:

@@ -85,6 +85,7 @@ def command(args) -> int:
             return _launch(args, world, [str(target), "--resume"], build)
         run(build, target, resume=True)
         return 0
+    compiled = None
     if target.is_dir():
         if args.overrides and not args.located_in:
             raise GraphspecError([Issue((), "--set needs a spec file: a build directory is already compiled",
@@ -102,6 +103,10 @@ def command(args) -> int:
         print_warnings(compiled.warnings)
         build = read_build(build_dir)
     run_dir = Path(args.run_dir or Path("runs") / build.spec.name / time.strftime("%Y%m%d-%H%M%S"))
+    if not launched():  # the prediction the run's summary sets beside what it measures, made once here
+        from graphspec.cost.predict import ensure
+
+        ensure(build.dir, build.spec, compiled)
     if build.spec.distributed.world_size > 1 and not launched():  # every rank gets the same run directory
         located = [] if smap is None else ["--located-in", str(target)] + [
             a for o in overrides for a in ("--set", o)]
