@@ -67,11 +67,12 @@ def buckets(spec: Spec, trainable: int) -> dict[str, Any]:
     fp32 per bucket and per rank) are sized for models of billions of parameters; a quarter of the trainable
     weights, between 1e6 and 5e8 elements, keeps a few buckets per step, so that reducing one overlaps the
     backward of the next, which `overlap_comm` lets DeepSpeed do on several GPUs (on the CPU there are no
-    streams to overlap on)."""
+    streams to overlap on). A multiple of 8 elements: ZeRO-1/2 assert that the allgather bucket is one of
+    their alignment (2), which an odd quarter is not."""
     d = spec.distributed
     if d.zero_stage == 0:
         return {}
-    size = d.reduce_bucket_size or int(min(5e8, max(1e6, trainable // 4)))
+    size = d.reduce_bucket_size or int(min(5e8, max(1e6, -(-trainable // 32) * 8)))
     out: dict[str, Any] = {"reduce_bucket_size": size}
     out.update({"allgather_bucket_size": size} if d.zero_stage in (1, 2) else {"stage3_prefetch_bucket_size": size})
     if d.world_size > 1 and resolve_accelerator(spec) == "cuda":

@@ -121,3 +121,20 @@ def test_without_clipping_zero_1_and_2_skip_the_gradient_norm(tiny, write_spec):
     assert "compute_grad_norm" not in zero(**{"train.grad_clip": "null", "distributed.zero_stage": 3})
     assert "compute_grad_norm" not in zero(**{"train.grad_clip": "null", "distributed.zero_stage": 2,
                                               "distributed.offload_optimizer": "cpu"})
+
+
+@pytest.mark.parametrize("trainable", [4_000_006, 4_000_010, 3_999_999, 12])
+def test_buckets_are_a_multiple_of_zero_alignment(tiny, write_spec, trainable):
+    """ZeRO-1/2 assert that the allgather bucket is a multiple of 2 when the optimizer starts: a quarter of an
+    odd count of weights (4,000,006 / 4 = 1,000,001) once stopped a run there."""
+    from graphspec.compiler.ds_config import buckets
+
+    for stage in (1, 2, 3):
+        spec = graphspec.load(write_spec(tiny), overrides=[f"distributed.zero_stage={stage}"])
+        size = buckets(spec, trainable)["reduce_bucket_size"]
+        assert size % 8 == 0 and size >= trainable // 4
+
+
+def test_an_odd_bucket_size_is_a_located_error(tiny, write_spec):
+    with pytest.raises(SpecError, match="multiple of 2"):
+        graphspec.load(write_spec(tiny), overrides=["distributed.zero_stage=2", "distributed.reduce_bucket_size=1000001"])

@@ -177,7 +177,8 @@ class Distributed(Strict):
     offload_optimizer: Literal["none", "cpu"] = Field("none", description="ZeRO-Offload of optimizer state (stage >= 1).")
     offload_param: Literal["none", "cpu"] = Field("none", description="Offload of weights (ZeRO stage 3 only).")
     accelerator: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train; auto picks cuda when present.")
-    reduce_bucket_size: int | None = Field(None, ge=1, description="ZeRO reduce bucket size in elements.")
+    reduce_bucket_size: int | None = Field(None, ge=2, multiple_of=2, description="ZeRO reduce bucket size in "
+                                           "elements (also ZeRO-1/2's allgather bucket: a multiple of 2).")
     frozen: FrozenTowers = Field(default_factory=FrozenTowers, description="Frozen input towers outside the "
                                  "engine: precision, offload, output cache.")
     deepspeed: dict[str, Any] = Field(
