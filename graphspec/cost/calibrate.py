@@ -22,6 +22,7 @@ import copy
 import datetime
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 
@@ -105,18 +106,18 @@ def optimizer_cost(precision: str, n: int = 4_000_000, rounds: int = 3) -> float
     return best / n
 
 
-def _real_step_seconds(spec: Spec, rows: int, rounds: int = 2) -> tuple[float, StepCount]:
+def _real_step_seconds(spec: Spec, rows: int, rounds: int = 4) -> tuple[float, StepCount]:
     """The best time of a real forward and backward of `spec` at `rows` rows (no engine), and its count."""
     c = compile_spec(spec)
     outside = [n for n, r in c.placed.items() if r["where"] == "outside"]
     meta = build_weights(spec, c.plan, meta=True)
     sampled = sample_batch(spec, meta, c.shared_images[0], rows)
     model = build_weights(spec, c.plan)
-    args = (c.plan, outside, sampled.task.losses)
-    count = count_step(copy.deepcopy(meta), *args, sampled.batch, spec.train.precision, frozen_dtype(spec), "meta",
-                       "cpu", spec.train.kernels)
+    count = count_step(copy.deepcopy(meta), c.plan, outside, sampled.task.losses, sampled.batch,
+                       spec.train.precision, frozen_dtype(spec), "meta", "cpu", spec.train.kernels)
     root = prepare(model, c.plan, outside, spec.train.precision, frozen_dtype(spec), "cpu", "cpu", spec.train.kernels)
-    best = min(plain_step(root, sampled.task.losses, sampled.batch) for _ in range(rounds + 1))
+    plain_step(root, sampled.task.losses, sampled.batch)  # warm-up: kernels chosen, memory pools grown
+    best = min(plain_step(root, sampled.task.losses, sampled.batch) for _ in range(rounds))
     return best, count
 
 
@@ -158,43 +159,63 @@ train: {steps: 12, batch_size: 8, log_every: 100, optimizer: {lr: 1.0e-3}, preci
 """
 
 
-def probe_run(profile: Profile) -> tuple[float, float]:
-    """(the baseline resident memory of a training process in MiB, the engine's fixed seconds per step): a
-    tiny run in a process of its own, its measured peak and step time less what the model accounts for."""
+def _run(spec_file: Path, folder: Path, sets: list[str]) -> dict:
+    """A short `graphspec run` in a process of its own (no prediction of its own): its summary."""
     import json
     import os
     import subprocess
     import sys
+
+    env = {**os.environ, "GRAPHSPEC_COST": "off"}
+    subprocess.run([sys.executable, "-m", "graphspec", "run", str(spec_file), "--run-dir", str(folder / "run"),
+                    "--build-dir", str(folder / "build"), *[a for s in sets for a in ("--set", s)]],
+                   check=True, capture_output=True, env=env, timeout=600)
+    return json.loads((folder / "run" / "summary.json").read_text())
+
+
+def probe_runs(profile: Profile, spec: Spec, rows: int) -> Profile:
+    """Two short runs, each in a process of its own: a tiny one, whose peak resident memory less its model's
+    is a training process's baseline; and `spec` at `rows` rows a micro batch (towers at random init), whose
+    step time less its compute is the engine's cost per step and whose memory beyond its model state is the
+    allocator's slack over what a step keeps alive at once."""
     import tempfile
-    from pathlib import Path
 
     from graphspec.language.reading import loads
 
     from .predict import estimate
 
+    tiny = loads(PROBE)
     with tempfile.TemporaryDirectory() as tmp:
-        spec_file = Path(tmp) / "probe.yaml"
-        spec_file.write_text(PROBE)
-        env = {**os.environ, "GRAPHSPEC_COST": "off"}
-        subprocess.run([sys.executable, "-m", "graphspec", "run", str(spec_file), "--run-dir", f"{tmp}/run",
-                        "--build-dir", f"{tmp}/build"], check=True, capture_output=True, env=env, timeout=300)
-        summary = json.loads((Path(tmp) / "run" / "summary.json").read_text())
-    save(replace(profile, baseline_mb=0.0, step_s=0.0))
-    try:
-        report = estimate(loads(PROBE), profile.name)
-    finally:
-        save(profile)
-    baseline = summary["peak_rss_mb"] - report["peak_memory_mb"]
-    engine = max(summary["step_time_s"] - report["step_s"], 0.0)
-    return baseline, engine
+        (Path(tmp) / "probe.yaml").write_text(PROBE)
+        small = _run(Path(tmp) / "probe.yaml", Path(tmp) / "tiny", [])
+        sets = random_overrides(spec) + [f"train.batch_size={rows}", f"train.micro_batch_size={rows}",
+                                         "train.steps=4", "data.val=null", "distributed.world_size=1",
+                                         "data.train.samples=64"]
+        (Path(tmp) / "spec.json").write_text(spec.model_dump_json(exclude={"extends"}))
+        big = _run(Path(tmp) / "spec.json", Path(tmp) / "spec", sets)
+        bare = replace(profile, baseline_mb=0.0, step_s=0.0, fits={**profile.fits, "memory_slack": 1.0})
+        save(bare)
+        try:
+            baseline = small["peak_rss_mb"] - estimate(tiny, profile.name)["peak_memory_mb"]
+            report = estimate(override(spec, sets), profile.name)
+        finally:
+            save(profile)
+    engine = max(big["step_time_s"] - report["step_s"], 0.0)
+    kept = report["peak_memory_mb"] - report["model_state_mb"]  # what the step keeps alive, no slack
+    slack = max((big["peak_rss_mb"] - baseline - report["model_state_mb"]) / kept, 1.0) if kept > 0 else 1.0
+    return replace(profile, baseline_mb=round(baseline, 1), step_s=round(engine, 4),
+                   fits={**profile.fits, "memory_slack": round(slack, 3)})
 
 
-def calibrate(specs: list[Spec], rows: int = 4, say=print) -> Profile:
+def calibrate(specs: list[Spec], rows: int = 8, say=print) -> Profile:
     """Measure this machine (see the module's docstring) and store its profile; at most about a minute for a
     spec of Experiment 1's size."""
     import psutil
 
+    from graphspec.runtime.malloc import keep_freed_memory
+
     started = time.perf_counter()
+    keep_freed_memory()  # as a run's process does: what it frees it keeps for its next allocations
     counts, steps = [], []
     for spec in specs:
         spec = random_towers(override(spec, ["train.precision=bf16"]))
@@ -202,7 +223,7 @@ def calibrate(specs: list[Spec], rows: int = 4, say=print) -> Profile:
         counts.append(count)
         steps.append((seconds, count))
         say(f"  {spec.name}: a step of {rows} rows took {seconds:.3f} s ({count.flops / 1e9:.2f} GFLOP)")
-    gemm = {d: gemm_rate(counts, d) for d in DTYPES}
+    gemm = {d: gemm_rate(counts, d, budget_s=3.0) for d in DTYPES}
     say(f"  matrix products at these shapes: {gemm['bfloat16'] / 1e9:.0f} GFLOP/s bf16, "
         f"{gemm['float32'] / 1e9:.0f} GFLOP/s fp32")
     launch = 2e-6  # the host's per-op dispatch: small beside a CPU op's work, folded into the traffic fit
@@ -222,13 +243,13 @@ def calibrate(specs: list[Spec], rows: int = 4, say=print) -> Profile:
                       torch.get_num_threads(), True,
                       f"measured by `graphspec calibrate` on {', '.join(s.name for s in specs)}",
                       datetime.date.today().isoformat(), 0.2,
-                      {"peak": gemm, "seconds": round(time.perf_counter() - started, 1)})
+                      {"peak": gemm, "memory_slack": 1.0})
     save(profile)
-    baseline, engine = probe_run(profile)
-    profile = replace(profile, baseline_mb=round(baseline, 1), step_s=round(engine, 4),
-                      fits={**profile.fits, "seconds": round(time.perf_counter() - started, 1)})
-    say(f"  a training process: {baseline:,.0f} MiB resident before its model, {engine * 1e3:.0f} ms of engine "
-        "per step")
+    profile = probe_runs(profile, specs[0], rows)
+    profile.fits["seconds"] = round(time.perf_counter() - started, 1)
+    say(f"  a training process: {profile.baseline_mb:,.0f} MiB resident before its model, "
+        f"{profile.step_s * 1e3:.0f} ms of engine per step; a step's memory {profile.fits['memory_slack']:.2f} x "
+        "what it keeps alive at once")
     save(profile)
     return profile
 

@@ -80,7 +80,8 @@ def estimate(spec: Spec, machine: str = "this", compiled: Compiled | None = None
     spread = profile.spread
     per_step = accum * world  # micro batches in one optimizer step of the global batch
     activation = count.peak_live_bytes
-    peak = profile.baseline_mb * MB + states.total + states.step_gradients + activation + count.batch_bytes
+    slack = profile.fits.get("memory_slack", 1.0)  # the allocator's, over what a step keeps alive at once
+    peak = profile.baseline_mb * MB + states.total + slack * (states.step_gradients + activation + count.batch_bytes)
     if profile.kind != "cpu":
         peak -= states.host
     flops_step = count.flops * per_step

@@ -24,8 +24,8 @@ from torch import nn
 from torch.nn.attention import SDPBackend
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
-from torch.utils.flop_counter import (FlopCounterMode, flop_registry, sdpa_backward_flop_count, sdpa_flop_count,
-                                      shape_wrapper)
+from torch.utils.flop_counter import (FlopCounterMode, conv_flop_count, flop_registry, sdpa_backward_flop_count,
+                                      sdpa_flop_count, shape_wrapper)
 
 from graphspec.compiler.freeze import FreezePlan
 from graphspec.compiler.layers import attention
@@ -114,16 +114,35 @@ def _cpu_flash_backward(grad_out, query, key, value, *args, out_shape=None, **kw
     return sdpa_backward_flop_count(grad_out, query, key, value)
 
 
-# torch's formulas (on shapes), and the two it lacks: the CPU's fused attention (SDPA on the host, eager)
-FORMULAS = {**flop_registry, aten._scaled_dot_product_flash_attention_for_cpu: shape_wrapper(_cpu_flash),
-            aten._scaled_dot_product_flash_attention_for_cpu_backward: shape_wrapper(_cpu_flash_backward)}
+def _conv_backward(grad_out, x, w, bias, stride, padding, dilation, transposed, output_padding, groups,
+                   output_mask, out_shape=None, **kwargs) -> int:
+    """torch's count of a convolution's backward, its weight gradient per group: torch's formula ignores
+    `groups` there, which counts a depthwise convolution's weight gradient C times over (EfficientNet's
+    backward came out 40 times its forward)."""
+    def t(shape):
+        return [shape[1], shape[0], *shape[2:]]
+
+    total = 0
+    if output_mask[0]:
+        total += conv_flop_count(grad_out, w, out_shape[0], not transposed)
+    if output_mask[1]:
+        pair = (t(grad_out), t(x)) if transposed else (t(x), t(grad_out))
+        total += conv_flop_count(*pair, t(out_shape[1]), False) // groups
+    return total
+
+
+# torch's formulas (on shapes); the two it lacks (the CPU's fused attention: SDPA on the host, eager) and a
+# grouped convolution's backward as it is
+MAPPING = {aten._scaled_dot_product_flash_attention_for_cpu: _cpu_flash,
+           aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_flash_backward,
+           aten.convolution_backward: _conv_backward}
+FORMULAS = {**flop_registry, **{op: shape_wrapper(f) for op, f in MAPPING.items()}}
 
 
 def flop_counter() -> FlopCounterMode:
-    """torch's FlopCounterMode with the CPU's fused attention counted (as torch counts the GPU's)."""
-    return FlopCounterMode(display=False, custom_mapping={
-        aten._scaled_dot_product_flash_attention_for_cpu: _cpu_flash,
-        aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_flash_backward})
+    """torch's FlopCounterMode with the CPU's fused attention counted (as torch counts the GPU's) and a grouped
+    convolution's weight gradient per group."""
+    return FlopCounterMode(display=False, custom_mapping=dict(MAPPING))
 
 
 class _Flops(TorchDispatchMode):

@@ -138,3 +138,20 @@ def test_cost_errors_name_the_fix(tmp_path, cache, capsys):
     assert "graphspec calibrate SPEC" in capsys.readouterr().err
     assert main(["calibrate", "--from", str(tmp_path)]) == 2
     assert "summary.json" in capsys.readouterr().err
+
+
+def test_a_depthwise_convolution_counts_its_weight_gradient_per_group():
+    """torch's formula ignores `groups` in a convolution's weight gradient (EfficientNet's backward came out 40
+    times its forward); the counter used here counts each group's: forward, input and weight gradient alike."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from graphspec.cost.step import flop_counter
+
+    for groups, ours in ((64, 3), (1, 3)):
+        conv = torch.nn.Conv2d(64, 64, 3, groups=groups, padding=1)
+        x = torch.randn(2, 64, 16, 16, requires_grad=True)
+        with FlopCounterMode(display=False) as forward:
+            y = conv(x)
+        with flop_counter() as step:
+            conv(x).sum().backward()
+        assert step.get_total_flops() == ours * forward.get_total_flops()
