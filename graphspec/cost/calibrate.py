@@ -23,6 +23,7 @@ import datetime
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -38,16 +39,14 @@ from .step import StepCount, count_step, plain_step, prepare
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
-def _product(op: str, shapes: tuple, dtype: torch.dtype):
-    """A callable running one recorded matrix product (mm, addmm, bmm, convolution, attention) on random data."""
+def _product(op: str, shapes: tuple, dtype: torch.dtype) -> Callable[[], torch.Tensor]:
+    """A callable running one recorded matrix product (mm, addmm, bmm) on random data."""
     ts = [torch.randn(s, dtype=dtype) if len(s) else torch.zeros((), dtype=dtype) for s in shapes]
     if op == "mm":
         return lambda: torch.mm(ts[0], ts[1])
     if op == "addmm":
         return lambda: torch.addmm(ts[0], ts[1], ts[2])
-    if op == "bmm":
-        return lambda: torch.bmm(ts[0], ts[1])
-    return None
+    return lambda: torch.bmm(ts[0], ts[1])
 
 
 def gemm_rate(counts: list[StepCount], dtype: str, budget_s: float = 6.0, share: float = 0.8) -> float:
@@ -106,7 +105,7 @@ def optimizer_cost(precision: str, n: int = 4_000_000, rounds: int = 3) -> float
     return best / n
 
 
-def _real_step_seconds(spec: Spec, rows: int, rounds: int = 4) -> tuple[float, StepCount]:
+def _real_step_seconds(spec: Spec, rows: int, rounds: int = 3) -> tuple[float, StepCount]:
     """The best time of a real forward and backward of `spec` at `rows` rows (no engine), and its count."""
     c = compile_spec(spec)
     outside = [n for n, r in c.placed.items() if r["where"] == "outside"]
@@ -174,10 +173,12 @@ def _run(spec_file: Path, folder: Path, sets: list[str]) -> dict:
 
 
 def probe_runs(profile: Profile, spec: Spec, rows: int) -> Profile:
-    """Two short runs, each in a process of its own: a tiny one, whose peak resident memory less its model's
-    is a training process's baseline; and `spec` at `rows` rows a micro batch (towers at random init), whose
-    step time less its compute is the engine's cost per step and whose memory beyond its model state is the
-    allocator's slack over what a step keeps alive at once."""
+    """Two short runs, each in a process of its own: a tiny one (`PROBE`), whose peak resident memory less its
+    model's is a training process's baseline and whose step time less its compute is the engine's per step;
+    and `spec` at `rows` rows a micro batch under ZeRO-3 (towers at random init, the built-in scenes for
+    data), whose step time less its compute and the engine's is ZeRO-3's cost per parameter tensor (its gathers
+    and hooks), and whose memory beyond its model state is the allocator's slack over what a step keeps alive
+    at once."""
     import tempfile
 
     from graphspec.language.reading import loads
@@ -185,25 +186,27 @@ def probe_runs(profile: Profile, spec: Spec, rows: int) -> Profile:
     from .predict import estimate
 
     tiny = loads(PROBE)
+    sets = random_overrides(spec) + [f"train.batch_size={rows}", f"train.micro_batch_size={rows}", "train.steps=4",
+                                     "data.val=null", "distributed.world_size=1", "distributed.zero_stage=3",
+                                     f"data.train={{source: 'builtin:shapes', task: {spec.data.train.task}, "
+                                     "samples: 64}"]
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "probe.yaml").write_text(PROBE)
         small = _run(Path(tmp) / "probe.yaml", Path(tmp) / "tiny", [])
-        sets = random_overrides(spec) + [f"train.batch_size={rows}", f"train.micro_batch_size={rows}",
-                                         "train.steps=4", "data.val=null", "distributed.world_size=1",
-                                         "data.train.samples=64"]
         (Path(tmp) / "spec.json").write_text(spec.model_dump_json(exclude={"extends"}))
         big = _run(Path(tmp) / "spec.json", Path(tmp) / "spec", sets)
-        bare = replace(profile, baseline_mb=0.0, step_s=0.0, fits={**profile.fits, "memory_slack": 1.0})
-        save(bare)
+        save(replace(profile, baseline_mb=0.0, step_s=0.0, zero3_s=0.0, fits={**profile.fits, "memory_slack": 1.0}))
         try:
-            baseline = small["peak_rss_mb"] - estimate(tiny, profile.name)["peak_memory_mb"]
+            small_report = estimate(tiny, profile.name)
             report = estimate(override(spec, sets), profile.name)
         finally:
             save(profile)
-    engine = max(big["step_time_s"] - report["step_s"], 0.0)
+    baseline = small["peak_rss_mb"] - small_report["peak_memory_mb"]
+    engine = max(small["step_time_s"] - small_report["step_s"], 0.0)
+    zero3 = max(big["step_time_s"] - report["step_s"] - engine, 0.0) / report["run"]["parameter_tensors"]
     kept = report["peak_memory_mb"] - report["model_state_mb"]  # what the step keeps alive, no slack
     slack = max((big["peak_rss_mb"] - baseline - report["model_state_mb"]) / kept, 1.0) if kept > 0 else 1.0
-    return replace(profile, baseline_mb=round(baseline, 1), step_s=round(engine, 4),
+    return replace(profile, baseline_mb=round(baseline, 1), step_s=round(engine, 4), zero3_s=zero3,
                    fits={**profile.fits, "memory_slack": round(slack, 3)})
 
 
@@ -223,7 +226,7 @@ def calibrate(specs: list[Spec], rows: int = 8, say=print) -> Profile:
         counts.append(count)
         steps.append((seconds, count))
         say(f"  {spec.name}: a step of {rows} rows took {seconds:.3f} s ({count.flops / 1e9:.2f} GFLOP)")
-    gemm = {d: gemm_rate(counts, d, budget_s=3.0) for d in DTYPES}
+    gemm = {d: gemm_rate(counts, d, budget_s=2.5) for d in DTYPES}
     say(f"  matrix products at these shapes: {gemm['bfloat16'] / 1e9:.0f} GFLOP/s bf16, "
         f"{gemm['float32'] / 1e9:.0f} GFLOP/s fp32")
     launch = 2e-6  # the host's per-op dispatch: small beside a CPU op's work, folded into the traffic fit
@@ -248,8 +251,8 @@ def calibrate(specs: list[Spec], rows: int = 8, say=print) -> Profile:
     profile = probe_runs(profile, specs[0], rows)
     profile.fits["seconds"] = round(time.perf_counter() - started, 1)
     say(f"  a training process: {profile.baseline_mb:,.0f} MiB resident before its model, "
-        f"{profile.step_s * 1e3:.0f} ms of engine per step; a step's memory {profile.fits['memory_slack']:.2f} x "
-        "what it keeps alive at once")
+        f"{profile.step_s * 1e3:.0f} ms of engine per step, ZeRO-3 {profile.zero3_s * 1e3:.2f} ms per parameter "
+        f"tensor; a step's memory {profile.fits['memory_slack']:.2f} x what it keeps alive at once")
     save(profile)
     return profile
 

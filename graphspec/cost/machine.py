@@ -158,5 +158,5 @@ def resolve(name: str) -> tuple[Profile, str | None]:
 
 # A 2-core CPU of this project's kind before calibration: wide on purpose.
 CPU_PRIOR = Profile("cpu-prior", "cpu", {"bfloat16": 300e9, "float32": 100e9}, {"bfloat16": 3e9, "float32": 3e9},
-                    5e-6, 2e-9, 0.02, 2e-4, 900.0, 0.0, 0, False, "a rough prior for a small CPU: uncalibrated",
+                    5e-6, 2e-9, 0.02, 2e-3, 900.0, 0.0, 0, False, "a rough prior for a small CPU: uncalibrated",
                     "", 0.6)

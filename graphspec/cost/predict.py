@@ -27,6 +27,9 @@ from .step import StepCount, count_step
 
 MB = 2**20
 FORMAT = 1
+# ZeRO-3's cost per parameter tensor grows with the ranks its gathers wait for: measured here (gloo, CPU, one core
+# a rank) at 3x one rank's for two ranks; calibration measures one rank's.
+GATHER_RANKS = 2.0
 
 
 def _threads_share(profile: Profile, world: int) -> float:
@@ -47,7 +50,8 @@ def step_time(profile: Profile, count: StepCount, precision: str, accum: int, wo
     micro = products + traffic + launches
     parts = {"products_s": products * accum, "other_ops_s": traffic * accum, "launches_s": launches * accum,
              "optimizer_s": profile.optimizer_s * trainable_part / share, "engine_s": profile.step_s,
-             "zero3_s": profile.zero3_s * inside_tensors * accum if stage == 3 else 0.0,
+             "zero3_s": profile.zero3_s * inside_tensors * accum * (1 + GATHER_RANKS * (world - 1)) if stage == 3
+             else 0.0,
              "reduce_s": (2.0 * grad_bytes * (world - 1) / world / profile.traffic["float32"]) if world > 1 else 0.0}
     parts["micro_step_s"] = micro
     return parts
@@ -127,6 +131,7 @@ def estimate(spec: Spec, machine: str = "this", compiled: Compiled | None = None
         "run": {"steps": spec.train.steps, "machine_hours": round(hours, 3),
                 "accelerator_hours": round(hours * world, 3) if profile.kind != "cpu" else None,
                 "ranks": world, "micro_batch": micro, "accumulation": accum, "zero_stage": stage,
+                "parameter_tensors": inside_tensors,
                 "precision": spec.train.precision},
         "text": sampled.text,
         "nodes": nodes,

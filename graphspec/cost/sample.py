@@ -9,6 +9,7 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -31,7 +32,7 @@ def _read(spec: Spec, model: nn.Module, share: bool, folder: Path, own: bool, st
     """The spec's task; `stand_in`: over built-in scenes standing in for the spec's data, a head that scores
     answers keeping its own count of them (the scenes have fewer)."""
     text = spec.roles().text
-    vocab = model.get_submodule(text_node(spec, text)[0]).vocab_size
+    vocab = int(getattr(model.get_submodule(text_node(spec, text)[0]), "vocab_size"))
     answers = [getattr(h, "answers", None) for h in spec.heads.values()]
     count = next((a for a in answers if isinstance(a, int)), None)
     vocabulary = {"answers": [f"answer {i}" for i in range(count)]} if stand_in and count else None
@@ -48,7 +49,8 @@ def sample_batch(spec: Spec, model: nn.Module, share_images: bool, rows: int | N
     small = ["data.val=null"] + ([f"data.train.samples={want}"] if not spec.data.train.samples
                                  or spec.data.train.samples > want else [])
     text_input = spec.roles().text
-    max_length = spec.inputs[text_input].max_length
+    text_spec: Any = spec.inputs[text_input]  # a text input (the roles say so)
+    max_length = text_spec.max_length
     info: dict = {"max_length": max_length}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -65,7 +67,7 @@ def sample_batch(spec: Spec, model: nn.Module, share_images: bool, rows: int | N
         batch = task.train_batch(rows, 0)
     ids = next((v for k, v in batch.items() if k.endswith("_ids") and isinstance(v, torch.Tensor)), None)
     info["length"] = int(ids.shape[1]) if ids is not None else max_length
-    info["padded_to"] = used.inputs[text_input].pad_to
+    info["padded_to"] = getattr(used.inputs[text_input], "pad_to", "max_length")
     return Sampled(task, batch, info)
 
 

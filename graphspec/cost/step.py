@@ -17,8 +17,10 @@ import time
 import weakref
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import torch
+import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend
@@ -123,11 +125,12 @@ def _conv_backward(grad_out, x, w, bias, stride, padding, dilation, transposed, 
         return [shape[1], shape[0], *shape[2:]]
 
     total = 0
+    grad_input, grad_weight = out_shape[0], out_shape[1]  # type: ignore[index]  # torch passes them
     if output_mask[0]:
-        total += conv_flop_count(grad_out, w, out_shape[0], not transposed)
+        total += conv_flop_count(grad_out, w, grad_input, not transposed)
     if output_mask[1]:
         pair = (t(grad_out), t(x)) if transposed else (t(x), t(grad_out))
-        total += conv_flop_count(*pair, t(out_shape[1]), False) // groups
+        total += conv_flop_count(*pair, t(grad_weight), False) // groups
     return total
 
 
@@ -168,7 +171,7 @@ class _Flops(TorchDispatchMode):
             if fn is None or id(fn) in self.owner:
                 continue
             self.owner[id(fn)] = (node, fn)
-            todo.extend(f for f, _ in fn.next_functions)
+            todo.extend(f for f, _ in fn.next_functions if f is not None)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -209,14 +212,16 @@ def _kernels_of(accelerator: str):
     kernels (which recompute the scores: five). Both fused kernels are counted by the same formula."""
     original = F.scaled_dot_product_attention
 
-    def stand_in(t):
-        return None if t is None else torch.empty(t.shape[-1], dtype=t.dtype).expand(t.shape)
+    def stand_in(t: torch.Tensor) -> torch.Tensor:
+        return torch.empty(t.shape[-1], dtype=t.dtype).expand(t.shape)
+
+    choose: Any = getattr(torch, "_fused_sdp_choice")  # torch's own pick among its SDPA kernels
 
     def sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **kw):
         if query.device.type == "meta" and not kw:
-            fused = accelerator != "cpu" or torch._fused_sdp_choice(
-                stand_in(query), stand_in(key), stand_in(value), stand_in(attn_mask), dropout_p, is_causal,
-                scale=scale) == SDPBackend.FLASH_ATTENTION.value
+            mask = None if attn_mask is None else stand_in(attn_mask)
+            fused = accelerator != "cpu" or choose(stand_in(query), stand_in(key), stand_in(value), mask, dropout_p,
+                                                   is_causal, scale=scale) == SDPBackend.FLASH_ATTENTION.value
             if fused:
                 return aten._scaled_dot_product_flash_attention_for_cpu(query, key, value, dropout_p, is_causal,
                                                                         attn_mask=attn_mask, scale=scale)[0]
@@ -269,7 +274,7 @@ def prepare(model: nn.Module, plan: FreezePlan, outside: list[str], precision: s
     `unfused_library_attention`)."""
     if accelerator == "cpu" and kernels == "fast":
         unfused_library_attention(model)
-    cut = ModelCut(model, outside)
+    cut = ModelCut(cast(fx.GraphModule, model), outside)
     dtype = TRAINING_DTYPES[precision]
     root = _Root(cut, torch.device(device), dtype, DTYPES[outside_dtype])
     cut.inner.to(dtype)

@@ -17,7 +17,7 @@ import graphspec
 from graphspec.compiler.pipeline import apply_freeze, build_weights, compile_spec
 from graphspec.compiler.placement import frozen_dtype
 from graphspec.cost.calibrate import random_towers
-from graphspec.cost.sample import sample_batch
+from graphspec.cost.sample import Sampled, sample_batch
 from graphspec.cost.step import count_step, flop_counter, plain_step, prepare
 from graphspec.language.reading import override
 from graphspec.language.schema.nodes import OneTower, Tower
@@ -59,7 +59,7 @@ def test_predicted_flops_are_torchs_count_of_a_real_step(path):
     torch.manual_seed(0)
     plan = compile_spec(base).plan
     real, meta = build_weights(base, plan), build_weights(base, plan, meta=True)  # one model for every variant
-    batches: dict[bool, object] = {}  # by whether a two-pass batch shares its images (a frozen image tower's)
+    batches: dict[bool, Sampled] = {}  # by whether a two-pass batch shares its images (a frozen image tower's)
     checked = []
     for name, sets in _variants(base).items():
         spec = override(base, sets)
