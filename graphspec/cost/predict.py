@@ -27,9 +27,6 @@ from .step import StepCount, count_step
 
 MB = 2**20
 FORMAT = 1
-# ZeRO-3's cost per parameter tensor grows with the ranks its gathers wait for: measured here (gloo, CPU, one core
-# a rank) at 3x one rank's for two ranks; calibration measures one rank's.
-GATHER_RANKS = 2.0
 
 
 def _threads_share(profile: Profile, world: int) -> float:
@@ -50,8 +47,7 @@ def step_time(profile: Profile, count: StepCount, precision: str, accum: int, wo
     micro = products + traffic + launches
     parts = {"products_s": products * accum, "other_ops_s": traffic * accum, "launches_s": launches * accum,
              "optimizer_s": profile.optimizer_s * trainable_part / share, "engine_s": profile.step_s,
-             "zero3_s": profile.zero3_s * inside_tensors * accum * (1 + GATHER_RANKS * (world - 1)) if stage == 3
-             else 0.0,
+             "zero3_s": profile.zero3_s * inside_tensors * accum if stage == 3 else 0.0,
              "reduce_s": (2.0 * grad_bytes * (world - 1) / world / profile.traffic["float32"]) if world > 1 else 0.0}
     parts["micro_step_s"] = micro
     return parts
