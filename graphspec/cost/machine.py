@@ -52,9 +52,10 @@ def _datasheet(name: str, bf16_tflops: float, fp32_tflops: float, bandwidth_gbs:
     the memory bandwidth for the other ops, 10 us per launched op (eager mode: a step is thousands of them)."""
     return Profile(name, "cuda", {"bfloat16": bf16_tflops * 1e12 * 0.08, "float32": fp32_tflops * 1e12 * 0.08},
                    {"bfloat16": bandwidth_gbs * 1e9 * 0.4, "float32": bandwidth_gbs * 1e9 * 0.4}, 10e-6,
-                   2e-9, 0.01, 2e-4, 2500.0, memory_gb, 0, False,
+                   2e-9, 0.01, 2e-4, 800.0, memory_gb, 0, False,
                    f"datasheet peaks ({bf16_tflops:g} TFLOP/s bf16 dense, {bandwidth_gbs:g} GB/s) with a "
-                   "utilisation prior of 8% (4-15%): uncalibrated", "", 0.6)
+                   "utilisation prior of 8% (4-15%): uncalibrated", "", 0.6,
+                   {"peak": {"bfloat16": bf16_tflops * 1e12, "float32": fp32_tflops * 1e12}})
 
 
 NAMED = {p.name: p for p in (

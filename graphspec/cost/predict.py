@@ -71,8 +71,7 @@ def estimate(spec: Spec, machine: str = "this", compiled: Compiled | None = None
     inside_tensors = sum(1 for n, _ in model.named_parameters() if n.split(".")[0] not in outside)
     sampled = sample_batch(spec, model, c.shared_images[0])
     count = count_step(model, c.plan, outside, sampled.task.losses, sampled.batch, spec.train.precision,
-                       frozen_dtype(spec), "meta", profile.kind if profile.kind != "cuda" else "cuda",
-                       spec.train.kernels)
+                       frozen_dtype(spec), "meta", profile.kind, spec.train.kernels)
     part = -(-trainable // world) if stage >= 1 else trainable
     parts = step_time(profile, count, spec.train.precision, accum, world, part, inside_tensors, stage,
                       states.step_gradients)

@@ -300,11 +300,12 @@ def plain_step(root: "_Root", losses, batch: dict) -> float:
 
 
 def count_step(model: nn.Module, plan: FreezePlan, outside: list[str], losses, batch: dict, precision: str,
-               outside_dtype: str, device: str = "meta", accelerator: str = "cpu", kernels: str = "fast") -> StepCount:
+               outside_dtype: str, device: str = "meta", accelerator: str = "cpu", kernels: str = "fast",
+               memory: bool = True) -> StepCount:
     """Run one micro batch's step of `model` (built for `device`: `build_weights(..., meta=True)` for the meta
     device) and count it. `outside`: the nodes the build placed outside the engine; `losses(out, batch)`: the
     task's losses; `batch`: the task's micro batch as made on the host; `accelerator` and `kernels`: the run's,
-    which decide its attention kernels."""
+    which decide its attention kernels; `memory`: False counts FLOPs alone (no saved or live bytes: faster)."""
     root = prepare(model, plan, outside, precision, outside_dtype, device, accelerator, kernels)
     cut = root.cut
     nodes = _node_modules(cut)
@@ -334,9 +335,11 @@ def count_step(model: nn.Module, plan: FreezePlan, outside: list[str], losses, b
                 stack.enter_context(_kernels_of(accelerator))
                 stack.enter_context(shadows)
                 batch = shadows.meta(batch)
-            stack.enter_context(live)
+            if memory:
+                stack.enter_context(live)
             stack.enter_context(flops)
-            stack.enter_context(torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t))
+            if memory:
+                stack.enter_context(torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t))
             out = root(batch)
             loss = losses(out, batch)["loss"]
             count.saved_bytes = sum(b for node in saved.values() for b in node.values())

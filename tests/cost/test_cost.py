@@ -155,3 +155,38 @@ def test_a_depthwise_convolution_counts_its_weight_gradient_per_group():
         with flop_counter() as step:
             conv(x).sum().backward()
         assert step.get_total_flops() == ours * forward.get_total_flops()
+
+
+def test_a_named_accelerator_is_a_datasheet_prior_said_to_be_uncalibrated(tmp_path, cache, capsys):
+    assert main(["cost", str(ROOT / "specs/quickstart.yaml"), "--machine", "h200", "--world-size", "2", "--json",
+                 "-o", str(tmp_path / "build")]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["machine"]["name"] == "h200" and report["machine"]["kind"] == "cuda"
+    assert not report["machine"]["calibrated"] and any("h200 is uncalibrated" in n for n in report["notes"])
+    assert report["memory_fits"] is True and report["peak_memory_kind"] == "device memory of each rank"
+    assert 0 < report["flop_utilisation"] < 0.15  # against the datasheet's peak, as the prior assumes
+    assert report["run"]["ranks"] == 2 and report["run"]["accelerator_hours"] == pytest.approx(
+        2 * report["run"]["machine_hours"], abs=0.002)  # each rounded to 3 decimals
+
+
+def test_attention_on_the_meta_device_takes_the_kernel_the_cpu_would():
+    """On the meta device torch always takes SDPA's math path (four products in the backward); the CPU takes its
+    flash kernel where it can (counted as five: it recomputes the scores). Without dropout it can: the meta
+    step must count what the CPU runs."""
+    import torch.nn.functional as F
+
+    from graphspec.cost.step import _kernels_of, flop_counter
+
+    def count(device: str, patched: bool) -> int:
+        q, k, v = (torch.randn(2, 4, 10, 16, device=device, requires_grad=True) for _ in range(3))
+        with flop_counter() as counter:
+            if patched:
+                with _kernels_of("cpu"):
+                    F.scaled_dot_product_attention(q, k, v).sum().backward()
+            else:
+                F.scaled_dot_product_attention(q, k, v).sum().backward()
+        return counter.get_total_flops()
+
+    real = count("cpu", False)
+    assert count("meta", True) == real
+    assert count("meta", False) < real  # what the meta device alone would have counted

@@ -1,6 +1,6 @@
 """The FLOPs `graphspec cost` predicts on the meta device are those torch's FlopCounterMode counts over a real
 training step on the same batch: every spec in specs/, each freeze variant (nothing frozen, each tower alone,
-every tower), towers at random init, two rows a micro batch (tests/cost/flops_check.py). Specs that differ only
+every tower), towers at random init, one row a micro batch (tests/cost/flops_check.py). Specs that differ only
 in what they freeze are one model, checked once with all its variants. The models are checked by two
 processes at once (the counting is Python-bound: one core each)."""
 
