@@ -17,7 +17,6 @@ import json
 import os
 import platform
 from dataclasses import asdict, dataclass, field, replace
-from importlib import metadata
 from pathlib import Path
 
 FORMAT = 1
@@ -84,16 +83,11 @@ def this_machine() -> str:
                 break
     except OSError:
         pass
-    versions = {d: _version(d) for d in ("torch", "transformers", "timm", "deepspeed")}
+    from graphspec.compiler.tower_records import library_version
+
+    versions = {d: library_version(d) for d in ("torch", "transformers", "timm", "deepspeed")}
     key = json.dumps({"cpu": cpu, "threads": torch.get_num_threads(), **versions}, sort_keys=True)
     return f"{platform.node() or 'host'}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
-
-
-def _version(dist: str) -> str:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "absent"
 
 
 def path_of(name: str) -> Path:
