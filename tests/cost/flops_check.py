@@ -15,7 +15,8 @@ from graphspec.compiler.pipeline import apply_freeze, build_weights, compile_spe
 from graphspec.compiler.placement import frozen_dtype
 from graphspec.cost.calibrate import random_towers
 from graphspec.cost.sample import Sampled, sample_batch
-from graphspec.cost.step import count_step, flop_counter, plain_step, prepare
+from graphspec.cost.kernels import flop_counter
+from graphspec.cost.step import count_step, plain_step, prepare
 from graphspec.language.reading import override
 from graphspec.language.schema.nodes import OneTower, Tower
 

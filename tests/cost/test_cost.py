@@ -145,7 +145,7 @@ def test_a_depthwise_convolution_counts_its_weight_gradient_per_group():
     times its forward); the counter used here counts each group's: forward, input and weight gradient alike."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from graphspec.cost.step import flop_counter
+    from graphspec.cost.kernels import flop_counter
 
     for groups, ours in ((64, 3), (1, 3)):
         conv = torch.nn.Conv2d(64, 64, 3, groups=groups, padding=1)
@@ -175,13 +175,13 @@ def test_attention_on_the_meta_device_takes_the_kernel_the_cpu_would():
     step must count what the CPU runs."""
     import torch.nn.functional as F
 
-    from graphspec.cost.step import _kernels_of, flop_counter
+    from graphspec.cost.kernels import flop_counter, kernels_of
 
     def count(device: str, patched: bool) -> int:
         q, k, v = (torch.randn(2, 4, 10, 16, device=device, requires_grad=True) for _ in range(3))
         with flop_counter() as counter:
             if patched:
-                with _kernels_of("cpu"):
+                with kernels_of("cpu"):
                     F.scaled_dot_product_attention(q, k, v).sum().backward()
             else:
                 F.scaled_dot_product_attention(q, k, v).sum().backward()
