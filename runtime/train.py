@@ -153,8 +153,12 @@ def resume_build(run_dir: str | Path) -> Build:
                              "started by this graphspec", loc=Loc(str(path)))], title="cannot resume this run")
 
 
-def run(build: Build, run_dir: Path, show_bar: bool | None = None, resume: bool = False) -> dict:
+def run(build: Build, run_dir: Path, show_bar: bool | None = None, resume: bool = False,
+        stop_at: int | None = None) -> dict:
     """Train; with `resume`, continue from the run directory's newest checkpoint on the same trajectory.
+    With `stop_at` (a step before the last), stop after that step as if paused there: checkpoint, validate,
+    write `stopped.json` (the step, its validation, times and memory) and return it; the learning-rate
+    schedule stays the full run's, so `resume` continues on the uninterrupted trajectory.
 
     Under a launcher this is one rank of several: each trains on its slice of every batch, rank 0 reports.
     SIGTERM, SIGUSR1 or Ctrl-C finish the step, write a checkpoint and raise `Preempted` (exit code 75); a
@@ -173,6 +177,12 @@ def run(build: Build, run_dir: Path, show_bar: bool | None = None, resume: bool 
     frozen = frozen_record(spec, s.trainer.engine.module, s.trainer.cut.towers, set(s.plan.frozen))
     first, reading = restore(run_dir, s.trainer, s.task, frozen) if resume else (0, {})
     first += 1
+    if stop_at is not None and stop_at < first:
+        raise ResumeError([Issue((), f"--stop-at {stop_at}: the run is already at step {first - 1}",
+                                 f"give a step after {first - 1}", loc=Loc(str(run_dir)))],
+                          title="the run cannot continue")
+    if stop_at is not None and stop_at >= spec.train.steps:
+        stop_at = None  # the whole run: nothing to stop early
     if reading.get("position"):  # a stream goes on from where it was, neither re-reading nor skipping
         s.task.resume_reading((first - 1) * accum * micro, reading["position"])
         s.reads["position"] = reading["position"]
@@ -193,22 +203,26 @@ def run(build: Build, run_dir: Path, show_bar: bool | None = None, resume: bool 
                       f"decode batches ahead ({spec.data.prefetch} each)")
     try:
         with Signals() as signals:
-            val, step_times, skipped = _loop(s, spec, run_dir, first, frozen, reporter, signals, batches)
+            val, step_times, skipped = _loop(s, spec, run_dir, first, frozen, reporter, signals, batches, stop_at)
     finally:
         batches.close()
         reporter.close()
+    if stop_at is not None:
+        return _stopped(run_dir, spec, stop_at, val, reporter.elapsed, step_times)
     summary = _finish(build, run_dir, s, val, reporter.elapsed, step_times, skipped)
     ranks.finish()
     return summary
 
 
-def _loop(s: Session, spec, run_dir: Path, first: int, frozen: dict, reporter, signals: Signals, batches: Batches):
-    """The training steps from `first`: (last validation, step times, steps skipped for a non-finite loss)."""
+def _loop(s: Session, spec, run_dir: Path, first: int, frozen: dict, reporter, signals: Signals, batches: Batches,
+          stop_at: int | None = None):
+    """The training steps from `first` to the last (or `stop_at`): (last validation, step times, steps skipped
+    for a non-finite loss)."""
     every, policy = spec.train.checkpoint_every, spec.train.nonfinite
     val: dict = {}
     step_times: list[float] = []
     skipped = in_a_row = 0
-    for step in range(first, spec.train.steps + 1):
+    for step in range(first, (stop_at or spec.train.steps) + 1):
         start = time.perf_counter()
         s.exploding.why = None
         losses, finite, dropped = train_step(s, spec, step, batches)  # dropped: DeepSpeed left the weights
@@ -237,9 +251,20 @@ def _loop(s: Session, spec, run_dir: Path, first: int, frozen: dict, reporter, s
             ranks.finish()  # every rank decided alike: they leave the group together
             raise diverged(step, what, losses, last, run_dir, in_a_row, applied=finite and not dropped,
                            setting="exploding" if exploded and not finite else "nonfinite")
-        if spec.data.val and ((spec.train.val_every and step % spec.train.val_every == 0)
-                              or step == spec.train.steps):
+        validated = spec.data.val and ((spec.train.val_every and step % spec.train.val_every == 0)
+                                       or step == spec.train.steps)
+        if validated:
             val = validation(s, reporter, step)
+        if step == stop_at:  # checkpoint first: the state the uninterrupted run has after this step
+            reading = {"position": s.reads["position"]} if "position" in s.reads else {}
+            if save_state(run_dir, step, s.trainer, s.task, frozen, spec.train.keep_checkpoints, reading,
+                          s.frozen_sha256) is None:
+                raise EnvironmentProblem([Issue((), f"--stop-at {step}: the checkpoint could not be written (see "
+                                                "the warning above)", "free disk space, then run again",
+                                                loc=Loc(str(run_dir)))], title="the run stopped")
+            if spec.data.val and not validated:
+                val = validation(s, reporter, step)
+            break
         stop = step < spec.train.steps and ranks.any_true(signals.pending)  # at the last step: just finish
         if stop or (every and step % every == 0 and step < spec.train.steps):
             reading = {"position": s.reads["position"]} if "position" in s.reads else {}
@@ -254,6 +279,21 @@ def _loop(s: Session, spec, run_dir: Path, first: int, frozen: dict, reporter, s
                                                     loc=Loc(str(run_dir)))], title="the run stopped")
                 raise Preempted(signals.name or "a signal (on another rank)", step, saved, run_dir)
     return val, step_times, skipped
+
+
+def _stopped(run_dir: Path, spec, step: int, val: dict, wall: float, step_times: list[float]) -> dict:
+    """`--stop-at`: what the run reached (rank 0 writes `stopped.json`; every rank leaves the group)."""
+    peak = ranks.maximum(_peak_rss_mb())
+    ranks.finish()
+    record = {"run_dir": str(run_dir), "spec": spec.name, "stopped_at": step, "steps": spec.train.steps,
+              "val": val, "wall_time_s": round(wall, 1), "peak_rss_mb": peak,
+              "step_time_s": round(statistics.median(step_times), 4) if step_times else None,
+              "checkpoint": str(checkpoints(run_dir)[-1]) if checkpoints(run_dir) else None}
+    if ranks.is_main():
+        (run_dir / "stopped.json").write_text(json.dumps(record, indent=2) + "\n")
+        print(f"stopped after step {step} of {spec.train.steps}, as asked (--stop-at): checkpoint {record['checkpoint']}"
+              f"\n  continue with: graphspec run --resume {run_dir}", flush=True)
+    return record
 
 
 def validation(s: Session, reporter: Reporter | Silent, step: int) -> dict:

@@ -1,4 +1,10 @@
-"""A study's comparison: one row per variant (parameters, step time, memory, wall time, metrics) and plots."""
+"""A study's comparison: one row per variant (parameters, step time, memory, hours, metrics), a table of
+predicted against spent hours and memory per stage, and plots.
+
+A stage's spent hours are its jobs' wall times (each attempt, as the job recorded it in attempts.jsonl: start-up
+and validations included) times the accelerators it held; where a stage has no such record (a study folder of
+an earlier graphspec), its run's wall time.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,13 @@ import csv
 import json
 from pathlib import Path
 
+from .names import short_name
 from .plan import Study
+
+# Each metric's chance level, drawn as a line: ITM's validation pairs are half negatives, NLVR2 is true/false,
+# SNLI-VE has three classes. Metrics without a known chance level (MLM accuracy, whose chance is the most
+# frequent token's share; retrieval) get no line.
+CHANCE = {"itm_acc": 0.5, "nlvr2_acc": 0.5, "snli_ve_acc": 1 / 3}
 
 
 def _summary(out: Path, variant: str, stage: str) -> dict | None:
@@ -25,6 +37,52 @@ def _curve(out: Path, variant: str, stage: str) -> tuple[list[int], list[float]]
     return steps, losses
 
 
+def spent_h(out: Path, variant: str, stage: str, accelerators: int = 1) -> float | None:
+    """The hours a stage has spent: its attempts' wall times (else its run's) times its accelerators."""
+    d = out / "runs" / variant / stage
+    path = d / "attempts.jsonl"
+    if path.is_file():
+        attempts = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return sum(a["ended"] - a["started"] for a in attempts) * accelerators / 3600
+    summary = _summary(out, variant, stage)
+    return summary["wall_time_s"] * accelerators / 3600 if summary else None
+
+
+def _reached(out: Path, variant: str, stage: str) -> dict | None:
+    """The run's summary, or where it paused (`stopped.json`)."""
+    summary = _summary(out, variant, stage)
+    if summary is not None:
+        return summary
+    path = out / "runs" / variant / stage / "run" / "stopped.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def spent_rows(study: Study, out: Path, forecast=None, state: dict | None = None) -> list[dict]:
+    """Per (variant, stage): predicted hours and peak memory (with their ranges, when the study was planned)
+    beside what it spent and measured, how far it ran, and why."""
+    table = []
+    stages = (state or {}).get("stages", {})
+    for run in study.runs:
+        cost = forecast.cost(run.variant, run.stage) if forecast is not None else None
+        reached = _reached(out, run.variant, run.stage)
+        spent = spent_h(out, run.variant, run.stage, cost.accelerators if cost else 1)
+        status = stages.get(f"{run.variant}/{run.stage}", {}).get("status")
+        if forecast is not None and run.variant in forecast.refused:
+            status = "refused: " + forecast.refused[run.variant]
+        steps = reached.get("stopped_at", reached.get("steps")) if reached else 0
+        table.append({
+            "variant": short_name(run.variant, study.base_name), "stage": run.stage,
+            "steps": f"{steps}/{run.spec.train.steps}",
+            "predicted h": round(cost.hours[1], 4) if cost else None,
+            "range h": f"{cost.hours[0]:.3g}-{cost.hours[2]:.3g}" if cost else None,
+            "spent h": round(spent, 4) if spent is not None else None,
+            "spent/predicted": round(spent / cost.hours[1], 2) if cost and spent and cost.hours[1] else None,
+            "predicted peak MB": cost.peak_memory_mb[1] if cost else None,
+            "peak MB": reached.get("peak_rss_mb") if reached else None,
+            "status": status or ("complete" if reached and "stopped_at" not in reached else "not run")})
+    return table
+
+
 def rows(study: Study, out: Path) -> list[dict]:
     """Per variant: what changed, the first stage's costs (trainable/frozen parameters, median step time, peak
     memory, wall time), the whole wall time, and every compared metric (None where a stage has not run)."""
@@ -36,8 +94,11 @@ def rows(study: Study, out: Path) -> list[dict]:
                "trainable": head.get("params", {}).get("trainable"), "frozen": head.get("params", {}).get("frozen"),
                f"{first} step s": head.get("step_time_s"), f"{first} peak MB": head.get("peak_rss_mb"),
                f"{first} wall s": head.get("wall_time_s")}
-        summaries = {stage: _summary(out, variant.name, stage) for stage in study.config.stages}
+        summaries = {stage: _reached(out, variant.name, stage) for stage in study.config.stages}
         row["total wall s"] = round(sum(s["wall_time_s"] for s in summaries.values() if s), 1)
+        spent = [spent_h(out, variant.name, stage) for stage in study.config.stages]
+        row["total h"] = round(sum(h for h in spent if h is not None), 4) if any(h is not None for h in spent) \
+            else None
         for metric in study.config.compare:
             stage, _, key = metric.partition(".")
             row[metric] = (summaries[stage] or {}).get("val", {}).get(key)
@@ -75,10 +136,15 @@ def _plots(study: Study, out: Path, table: list[dict]) -> list[Path]:
         colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
         for ax, metric in zip(axes[0], study.config.compare):
             for k, row in enumerate(table):  # one colour per variant in every panel, named in the legend
-                if row[metric] is not None and row[f"{first} wall s"] is not None:
-                    ax.scatter(row[f"{first} wall s"], row[metric], color=colours[k % len(colours)],
-                               label=row["variant"])
-            ax.set_xlabel(f"{first} compute (wall s)")
+                if row[metric] is not None and row["total h"] is not None:
+                    ax.scatter(row["total h"], row[metric], color=colours[k % len(colours)],
+                               label=short_name(row["variant"], study.base_name))
+            chance = CHANCE.get(metric.partition(".")[2])
+            if chance is not None:
+                ax.axhline(chance, color="grey", linestyle="--", linewidth=1)
+                ax.annotate("chance", (0, chance), xycoords=("axes fraction", "data"), fontsize=7, color="grey",
+                            xytext=(2, 2), textcoords="offset points")
+            ax.set_xlabel("compute, all stages (hours)")
             ax.set_ylabel(metric)
             if not ax.collections:  # no variant has this metric (e.g. the stage had no validation)
                 ax.text(0.5, 0.5, "no values", ha="center", va="center", transform=ax.transAxes)
@@ -98,7 +164,7 @@ def _plots(study: Study, out: Path, table: list[dict]) -> list[Path]:
         for variant in study.variants:
             steps, losses = _curve(out, variant.name, stage)
             if steps:
-                ax.plot(steps, losses, label=variant.name, linewidth=1)
+                ax.plot(steps, losses, label=short_name(variant.name, study.base_name), linewidth=1)
         ax.set_title(stage)
         ax.set_xlabel("step")
         ax.set_ylabel("train loss")
@@ -110,12 +176,20 @@ def _plots(study: Study, out: Path, table: list[dict]) -> list[Path]:
     return written
 
 
-def write_comparison(study: Study, out: Path) -> dict:
+def write_comparison(study: Study, out: Path, forecast=None, state: dict | None = None) -> dict:
+    """results.csv and results.md (one row per variant), spent.md (per stage: predicted against spent), the
+    plots; the paths written, and the tables."""
     table = rows(study, out)
+    spent = spent_rows(study, out, forecast, state)
+    budget = f"budget {forecast.budget_h:g} h; " if forecast is not None and forecast.budget_h is not None else ""
+    total = sum(r["spent h"] or 0 for r in spent)
+    planned = f"planned {forecast.planned_h:.4g} h; " if forecast is not None else ""
+    (out / "spent.md").write_text(f"# {study.name}: predicted and spent\n\n{budget}{planned}spent {total:.4g} h\n\n"
+                                  + markdown(spent))
     with (out / "results.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(table[0]))
         writer.writeheader()
         writer.writerows(table)
     (out / "results.md").write_text(f"# {study.name}\n\n" + markdown(table))
-    return {"csv": out / "results.csv", "markdown": out / "results.md", "plots": _plots(study, out, table),
-            "table": table}
+    return {"csv": out / "results.csv", "markdown": out / "results.md", "spent": out / "spent.md",
+            "plots": _plots(study, out, table), "table": table, "spent_table": spent}

@@ -1,38 +1,54 @@
-"""`graphspec study`: run every (variant, stage) of a study in turn, then compare them.
+"""`graphspec study`: run every (variant, stage) of a study, within a budget when one is given, then compare.
 
-Each stage runs as its own `graphspec run` process (its peak memory is its own, and
-a crash in one stage cannot leave state behind in the next), forked from a server
-that has imported the libraries once (graphspec.studies.stages). A stage whose
-`run/summary.json` exists is complete and skipped, so a study that was stopped
-continues where it was; a stage that was stopped midway starts over.
+This process is a light controller. Each stage runs as `graphspec run` in a process (or job) of its own, on an
+executor (`executors`): `inline`, one after another, forked from a server that has imported the libraries
+once (`stages`); `local`, submitit's local jobs, several at once; `slurm`, sbatch jobs. What was submitted is
+recorded in the study folder (`study.json`) before it runs, so a new invocation re-attaches to jobs still
+running and skips what finished. A stage whose `run/summary.json` exists is complete. A stage that stopped
+with a checkpoint (a signal, a time limit: exit 75; a rung's `--stop-at`) continues with `--resume`; one
+that stopped before its first checkpoint starts over.
+
+With a budget (hours), the plan (`forecast`) decides: everything, or successive halving of the first stage
+(`halving.Ladder`) with the later stages for the survivors. The budget is a hard cap: each run is given the
+steps the hours left pay for (`--stop-at`), and a time limit past which it checkpoints and stops.
 
 Layout of the study folder::
 
     variants/VARIANT.yaml          the variant specs (extends: the base)
-    runs/VARIANT/STAGE/spec.json   the stage's resolved spec; build/ (compiled by the study's process) and
-                                   run/ beside it; log.txt
-    results.csv, results.md        one row per variant
+    study.json                     the controller's state: plan, ladder, every job submitted
+    plan.json                      the predictions the plan rests on
+    runs/VARIANT/STAGE/spec.json   the stage's resolved spec; build/ (compiled by the controller) and run/ beside
+                                   it; log.txt; attempts.jsonl (one line per job: host, start, end, exit code)
+    jobs/                          submitit's files (local and slurm executors)
+    results.csv, results.md        one row per variant; spent.md: predicted and spent hours and memory per stage
     plots/metrics_vs_compute.png, plots/learning_curves.png
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
+from graphspec.language.errors import EnvironmentProblem, GraphspecError, Issue, Loc, SpecError
+from graphspec.language.reading import load, override
 from graphspec.runtime.launch import SELF_STARTED
 
 from .compare import write_comparison
-from graphspec.language.errors import GraphspecError, Issue, Loc
-from graphspec.language.reading import load, override
+from .executors import Executor, Resources, StageJob, make_executor
 from .plan import StageRun, Study
 from .writing import write_variants
 
 DIST_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", SELF_STARTED)
+STATE_FORMAT = 1
+MAX_STOPS = 8  # resumable stops of one stage in a row before the study gives up on it
+TIME_MARGIN = 1.5  # a job's time limit over its predicted hours (the high end), plus a start
+RESUMABLE = 75
 
 
 def fresh_env() -> dict[str, str]:
@@ -49,6 +65,35 @@ def is_complete(out: Path, run: StageRun) -> bool:
     return (stage_dir(out, run) / "run" / "summary.json").is_file()
 
 
+@dataclass
+class Options:
+    """How a study runs: where, within what, and how many stages at once."""
+
+    executor: str = "inline"
+    budget_h: float | None = None
+    machine: str = "this"
+    memory_gb: float | None = None
+    max_parallel: int | None = None
+    partition: str | None = None
+    account: str | None = None
+    sbatch: dict[str, Any] = field(default_factory=dict)
+    detach: bool = False  # submit what can be submitted, record it, and return (slurm: run again to continue)
+    poll_s: float = 5.0
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
 def _spec_file(out: Path, run: StageRun) -> Path:
     spec = run.spec
     if run.after:
@@ -59,54 +104,336 @@ def _spec_file(out: Path, run: StageRun) -> Path:
     return path
 
 
-def _run_stage(out: Path, run: StageRun) -> float:
-    """One stage in its own process; its output goes to log.txt; when it started (epoch seconds). The study's
-    process compiles the stage's build first (its libraries are imported already, and a spec error is shown
-    here, located in the stage's spec.json), so the stage starts from the build and does not run the compile
-    checks a second time."""
-    from graphspec.compiler import compile_spec, write_build
-    from .stages import run_stage
-
-    started = time.time()
-    d = stage_dir(out, run)
-    if d.exists():  # stopped midway last time: start it over
-        shutil.rmtree(d)
-    d.mkdir(parents=True)
-    spec_file = _spec_file(out, run)
-    write_build(compile_spec(load(spec_file)), d / "build")
-    (d / "log.txt").write_text("")
-    code = run_stage(["run", str(d / "build"), "--run-dir", str(d / "run")], str(d / "log.txt"), fresh_env())
-    if code != 0:
-        tail = (d / "log.txt").read_text().strip().splitlines()[-8:]
-        raise GraphspecError([Issue((), f"variant {run.variant}, stage {run.stage} failed (exit {code}):\n    "
-                                    + "\n    ".join(tail), "fix it and run the study again: completed stages are "
-                                    "kept", loc=Loc(str(d / "log.txt")))], title="the study stopped")
-    return started
+def _at_step(d: Path) -> int:
+    """Where a stage's run is: its last pause (`--stop-at`), else its newest checkpoint, else 0."""
+    stopped = _read_json(d / "run" / "stopped.json")
+    ckpts = sorted((d / "run" / "checkpoints").glob("step-*")) if (d / "run" / "checkpoints").is_dir() else []
+    newest = int(ckpts[-1].name.split("-")[1]) if ckpts and ckpts[-1].name.split("-")[1].isdigit() else 0
+    return max(newest, int(stopped["stopped_at"]) if stopped else 0)
 
 
-def _show_done(run: StageRun, summary: dict, show: Callable[[str], None], note: str) -> None:
+def _attempts(d: Path) -> list[dict]:
+    path = d / "attempts.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def _log_tail(d: Path) -> str:
+    lines = (d / "log.txt").read_text().strip().splitlines()[-8:] if (d / "log.txt").is_file() else []
+    return "\n    ".join(lines)
+
+
+class Controller:
+    """Submits each (variant, stage) when it is ready, polls what runs, and records everything in study.json."""
+
+    def __init__(self, study: Study, out: Path, options: Options, show: Callable[[str], None]):
+        self.study, self.out, self.options, self.show = study, out, options, show
+        self.first = next(iter(study.config.stages))
+        self.state = self._load_state()
+        self.forecast = None
+        self.ladder = None
+        self.executor: Executor = make_executor(options.executor, out / "jobs", options.partition or
+                                                study.config.slurm.partition, options.account or
+                                                study.config.slurm.account,
+                                                {**study.config.slurm.options, **options.sbatch})
+
+    # --- state ---------------------------------------------------------------------------------------------
+
+    def _load_state(self) -> dict:
+        state = _read_json(self.out / "study.json")
+        if state is None:
+            return {"format": STATE_FORMAT, "budget_h": self.options.budget_h, "stages": {}}
+        if state.get("budget_h") != self.options.budget_h and any(s.get("parts") for s in state["stages"].values()):
+            raise SpecError([Issue((), f"this study folder was started with --budget {state.get('budget_h')}, "
+                                        f"not {self.options.budget_h}", "give the same budget to continue it, or "
+                                        "another folder (-o) to start anew", loc=Loc(str(self.out / "study.json")))],
+                            title="the study cannot continue")
+        return state
+
+    def save(self) -> None:
+        if self.ladder is not None:
+            self.state["ladder"] = self.ladder.to_state()
+        _write_json(self.out / "study.json", self.state)
+
+    def entry(self, run: StageRun) -> dict:
+        return self.state["stages"].setdefault(f"{run.variant}/{run.stage}", {"parts": [], "stops": 0})
+
+    def active(self, run: StageRun) -> dict | None:
+        parts = self.entry(run)["parts"]
+        return parts[-1] if parts and not parts[-1].get("ended") else None
+
+    # --- planning ------------------------------------------------------------------------------------------
+
+    def plan(self) -> None:
+        from .forecast import forecast, format_plan
+        from .halving import Ladder, Schedule
+
+        if self.options.budget_h is None and os.environ.get("GRAPHSPEC_COST", "").lower() == "off":
+            return  # nothing to plan against: run everything (the spent table has no predictions)
+        saved = _read_json(self.out / "plan.json")
+        self.forecast = forecast(self.study, self.options.machine, self.options.memory_gb, self.options.budget_h,
+                                 self.show, saved)
+        _write_json(self.out / "plan.json", self.forecast.to_json())
+        self.show(format_plan(self.forecast))
+        for variant, why in self.forecast.refused.items():
+            self.show(f"{variant}: refused, {why}")
+        if len(self.forecast.refused) == len(self.study.variants):
+            raise EnvironmentProblem([Issue((), "every variant is predicted not to fit the memory: "
+                                        + "; ".join(self.forecast.refused.values()),
+                                        "give --memory if the machine has more, or make the specs smaller "
+                                        "(ZeRO stage, micro batch, checkpoint: true)")],
+                                 title="the study cannot start")
+        schedule = self.forecast.schedule
+        if schedule is None:
+            return
+        if not schedule.rungs:
+            raise SpecError([Issue((), " ".join(schedule.cut), "give a larger --budget")],
+                                 title="the study cannot start")
+        if "schedule" in self.state:  # continue the ladder the study began with
+            schedule = Schedule.from_json(self.state["schedule"])
+        self.state["schedule"] = schedule.to_json()
+        from .forecast import arms
+
+        metric = self.study.rank_by or ""
+        key = metric.partition(".")[2]
+        self.ladder = Ladder(schedule, arms(self.forecast.costs, self.study, self.forecast.refused),
+                             maximise="loss" not in key, metric=key or "metric")
+        if "ladder" in self.state:
+            self.ladder = Ladder.from_state(schedule, arms(self.forecast.costs, self.study, self.forecast.refused),
+                                            self.state["ladder"])
+        elif schedule.eta is not None and not metric:
+            raise SpecError([Issue(("rank_by",), "the budget calls for successive halving, which needs a "
+                                        f"validation metric of stage {self.first} to promote variants",
+                                        f"add `rank_by: {self.first}.METRIC` (or a compare metric of it) to the "
+                                        "study file", loc=Loc(str(self.study.file)))], title="the study cannot start")
+
+    # --- one stage part ------------------------------------------------------------------------------------
+
+    def cost(self, run: StageRun):
+        return self.forecast.cost(run.variant, run.stage) if self.forecast is not None else None
+
+    def target(self, run: StageRun) -> int | None:
+        """The step this stage should run to now (None: not now, or never)."""
+        if (self.forecast is not None and run.variant in self.forecast.refused) or self.entry(run).get("cut"):
+            return None
+        steps = run.spec.train.steps
+        if run.stage == self.first and self.ladder is not None:
+            return next((t for a, t in self.ladder.next_runs() if a == run.variant), None)
+        if self.ladder is not None and (not self.ladder.done or run.variant not in self.ladder.survivors()):
+            return None
+        return steps
+
+    def ready_after(self, run: StageRun) -> tuple[bool, str | None]:
+        """Whether the stage it starts from is complete (or, on Slurm, submitted to its end: a dependency)."""
+        if run.after is None:
+            return True, None
+        before = next(r for r in self.study.runs if r.variant == run.variant and r.stage == run.after)
+        if is_complete(self.out, before):
+            return True, None
+        part = self.active(before)
+        if self.options.executor == "slurm" and part and part.get("target") == before.spec.train.steps:
+            return True, part["job"]
+        return False, None
+
+    def submit(self, run: StageRun, target: int, after: str | None) -> None:
+        d = stage_dir(self.out, run)
+        at = _at_step(d)
+        resume = at > 0 and not is_complete(self.out, run)
+        if not resume:  # nothing to continue from: start it (over)
+            if d.exists():
+                shutil.rmtree(d)
+            d.mkdir(parents=True)
+            spec_file = _spec_file(self.out, run)
+            if after is None:  # compiled here (a mistake shows now); after a job still queued: by its own job
+                self.build(spec_file, d / "build")
+            (d / "log.txt").write_text("")
+        cost = self.cost(run)
+        to = target
+        if self.ladder is not None and run.stage == self.first:
+            to = self.ladder.cap(run.variant, target, at)
+        elif self.ladder is not None and cost is not None:
+            to = min(target, at + _affordable(self.ladder.left_h, cost, self.ladder.ratio))
+        if to <= at:
+            self.entry(run)["status"] = f"not run past step {at}: the budget is spent"
+            self.entry(run)["cut"] = True
+            if self.ladder is not None and run.stage == self.first:
+                self.ladder.report(run.variant, self.ladder.rung, self._metric(d), step=at)
+            self.save()
+            self.show(f"{run.variant} / {run.stage}: {self.entry(run)['status']}")
+            return
+        stop = ["--stop-at", str(to)] if to < run.spec.train.steps else []
+        built = d / "build" if (d / "build").is_dir() else d / "spec.json"
+        argv = ["run", "--resume", str(d / "run"), *stop] if resume else \
+            ["run", str(built), "--run-dir", str(d / "run"), *stop] + (
+                ["--build-dir", str(d / "build")] if built.name == "spec.json" else [])
+        part = {"job": None, "target": to, "asked": target, "from": at, "submitted": time.time(),
+                "attempts_before": len(_attempts(d)),
+                "rung": self.ladder.rung if self.ladder is not None and run.stage == self.first else None}
+        self.entry(run)["parts"].append(part)
+        self.save()
+        job = StageJob(argv, str(d / "log.txt"), str(d / "attempts.jsonl"))
+        self.show(f"{run.variant} / {run.stage}: {'resuming at step ' + str(at) if resume else 'starting'}, to "
+                  f"step {to} of {run.spec.train.steps} ({self.options.executor}; log {d / 'log.txt'})")
+        part["job"] = self.executor.submit(job, f"{self.study.name}:{run.variant}:{run.stage}",
+                                           self.resources(run, at, to), after)
+        self.save()
+
+    def build(self, spec_file: Path, folder: Path) -> None:
+        """Compile a stage's spec into its build folder (a stage's job then starts from it)."""
+        from graphspec.compiler import compile_spec, write_build
+
+        write_build(compile_spec(load(spec_file)), folder)
+
+    def resources(self, run: StageRun, at: int, to: int) -> Resources:
+        spec, slurm = run.spec, self.study.config.slurm
+        world = spec.distributed.world_size
+        gpu = spec.distributed.accelerator != "cpu" and self.options.executor == "slurm"
+        per_node = min(world, slurm.gpus_per_node) if gpu else world
+        nodes = math.ceil(world / per_node)
+        cpus = slurm.cpus_per_task or (spec.data.workers or 0) + 2
+        cost = self.cost(run)
+        if cost is not None:
+            hours = (cost.start_h + (to - at) * cost.step_s[2] * cost.accelerators / 3600 + cost.eval_h * 2)
+            minutes = math.ceil(hours / cost.accelerators * 60 * TIME_MARGIN) + 10
+            mem = slurm.mem_gb_per_gpu * per_node if gpu else math.ceil(cost.peak_memory_mb[2] * per_node / 1024 * 1.2)
+        else:
+            minutes, mem = 24 * 60, slurm.mem_gb_per_gpu * per_node
+        if self.ladder is not None and cost is not None:  # the budget's hard cap, as a time limit
+            minutes = max(5, min(minutes, math.floor(self.ladder.left_h / cost.accelerators * 60)))
+        return Resources(nodes, per_node, per_node if gpu else 0, cpus, max(1, mem), minutes)
+
+    def _metric(self, d: Path) -> float | None:
+        metric = (self.study.rank_by or "").partition(".")[2]
+        found = _read_json(d / "run" / "summary.json") or _read_json(d / "run" / "stopped.json") or {}
+        value = found.get("val", {}).get(metric)
+        return float(value) if isinstance(value, (int, float)) else None
+
+    def finish(self, run: StageRun, part: dict) -> None:
+        """A part whose job has ended: charge its hours, then decide from the run's files."""
+        d = stage_dir(self.out, run)
+        part["ended"] = time.time()
+        attempts = _attempts(d)[part.get("attempts_before", 0):]  # this part's jobs wrote these
+        cost = self.cost(run)
+        accelerators = cost.accelerators if cost else 1
+        hours = sum(a["ended"] - a["started"] for a in attempts) * accelerators / 3600
+        part["hours"] = hours
+        part["exit"] = attempts[-1]["exit"] if attempts else None
+        if self.ladder is not None and run.variant in self.ladder.arms:
+            self.ladder.charge(hours, run.variant)
+        at = _at_step(d)
+        entry = self.entry(run)
+        if is_complete(self.out, run) or (at >= part["target"] and part["target"] < run.spec.train.steps):
+            entry["stops"] = 0
+            if part["rung"] is not None and self.ladder is not None:
+                self.ladder.report(run.variant, part["rung"], self._metric(d), step=min(at, part["target"])
+                                   if not is_complete(self.out, run) else run.spec.train.steps)
+            entry["status"] = "complete" if is_complete(self.out, run) else f"paused at step {at}"
+            summary = _read_json(d / "run" / "summary.json") if is_complete(self.out, run) else \
+                _read_json(d / "run" / "stopped.json")
+            first = (summary or {}).get("first_step_at")
+            note = "done" if is_complete(self.out, run) else entry["status"]
+            if first and attempts:
+                note += f", first step {first - attempts[-1]['started']:.1f} s after the stage's start"
+            self.show(_done(run, summary or {}, note, hours * 3600 / accelerators))
+        elif at > 0 and part["exit"] in (RESUMABLE, None) and entry["stops"] < MAX_STOPS:
+            entry["stops"] += 1
+            entry["status"] = f"stopped at step {at} (exit {part['exit']}): requeued"
+            self.show(f"{run.variant} / {run.stage}: {entry['status']}")
+        else:
+            self.save()
+            raise GraphspecError([Issue((), f"variant {run.variant}, stage {run.stage} failed (exit "
+                                        f"{part['exit']}):\n    {_log_tail(d)}", "fix it and run the study again: "
+                                        "completed stages are kept", loc=Loc(str(d / "log.txt")))],
+                                 title="the study stopped")
+        self.save()
+
+    # --- the loop ------------------------------------------------------------------------------------------
+
+    def max_parallel(self) -> int:
+        if self.options.executor == "inline":
+            return 1
+        if self.options.max_parallel:
+            return self.options.max_parallel
+        if self.options.executor == "slurm":
+            return 10**6  # the scheduler queues them
+        try:
+            import torch
+
+            gpus = torch.cuda.device_count()
+        except ImportError:
+            gpus = 0
+        world = max(r.spec.distributed.world_size for r in self.study.runs)
+        return max(1, gpus // world) if gpus else 1  # a CPU stage takes every core it is given
+
+    def loop(self) -> None:
+        total = len(self.study.runs)
+        for k, run in enumerate(self.study.runs, 1):
+            if is_complete(self.out, run) and self.active(run) is None:
+                summary = _read_json(stage_dir(self.out, run) / "run" / "summary.json") or {}
+                self.show(_done(run, summary, f"[{k}/{total}] complete, skipped", summary.get("wall_time_s", 0)))
+        while True:
+            running = 0
+            for run in self.study.runs:  # what ended since the last look
+                part = self.active(run)
+                if part is not None and part["job"] is not None:
+                    if self.executor.state(part["job"]) == "ended":
+                        self.finish(run, part)
+                    else:
+                        running += 1
+                elif part is not None:  # recorded, never submitted (the controller died in between)
+                    self.entry(run)["parts"].pop()
+            submitted = False
+            for run in self.study.runs:
+                if running >= self.max_parallel():
+                    break
+                if self.active(run) is not None or is_complete(self.out, run):
+                    continue
+                target = self.target(run)
+                ready, after = self.ready_after(run)
+                if target is None or not ready or _at_step(stage_dir(self.out, run)) >= target:
+                    continue
+                self.submit(run, target, after)
+                submitted = True
+                part = self.active(run)
+                if part is not None and self.executor.state(part["job"]) == "ended":
+                    self.finish(run, part)  # inline: it has run
+                else:
+                    running += 1
+            if not running and not submitted:
+                return
+            if self.options.detach and not submitted:
+                return
+            if not submitted:
+                time.sleep(self.options.poll_s)
+
+
+def _done(run: StageRun, summary: dict, note: str, seconds: float) -> str:
     val = " ".join(f"{k} {v:.4f}" for k, v in summary.get("val", {}).items() if isinstance(v, float))
-    show(f"{run.variant} / {run.stage}: {note} ({summary['wall_time_s']:.0f} s; {val})")
+    return f"{run.variant} / {run.stage}: {note} ({seconds:.0f} s; {val})"
 
 
-def run_study(study: Study, out: Path, show: Callable[[str], None] = print) -> dict:
-    """Run what is not complete yet, then write the comparison; returns the paths written."""
+def _affordable(left_h: float, cost, ratio: float) -> int:
+    """The steps the hours left pay for after a start and one validation."""
+    room = left_h / max(ratio, 1.0) - cost.start_h - cost.eval_h
+    return max(0, math.floor(room / cost.hours_per_step())) if cost.hours_per_step() > 0 else 10**9
+
+
+def run_study(study: Study, out: Path, show: Callable[[str], None] = print, options: Options | None = None) -> dict:
+    """Run (or re-attach to) what is not complete yet, then write the comparison; returns the paths written
+    (with `detach`, once everything that can be submitted is)."""
+    options = options or Options()
     out.mkdir(parents=True, exist_ok=True)
     write_variants(study.variants, out / "variants", study.base_file)
-    total = len(study.runs)
-    if not all(is_complete(out, run) for run in study.runs):
+    control = Controller(study, out, options, show)
+    control.plan()
+    if options.executor == "inline" and not all(is_complete(out, r) for r in study.runs):
         from .stages import start_server
 
         start_server()  # its imports overlap with the first stage's compile
-    for k, run in enumerate(study.runs, 1):
-        if is_complete(out, run):
-            summary = json.loads((stage_dir(out, run) / "run" / "summary.json").read_text())
-            _show_done(run, summary, show, f"[{k}/{total}] complete, skipped")
-            continue
-        show(f"[{k}/{total}] {run.variant} / {run.stage}: running (log: {stage_dir(out, run) / 'log.txt'})")
-        started = _run_stage(out, run)
-        summary = json.loads((stage_dir(out, run) / "run" / "summary.json").read_text())
-        first = summary.get("first_step_at")
-        _show_done(run, summary, show, "done" + (f", first step {first - started:.1f} s after the stage's start"
-                                                  if first else ""))
-    return write_comparison(study, out)
+    control.loop()
+    control.save()
+    if options.detach and not all(is_complete(out, r) or control.target(r) is None for r in study.runs):
+        return {"detached": True, "state": out / "study.json"}
+    return write_comparison(study, out, control.forecast, control.state)
+
+
+__all__ = ["Options", "fresh_env", "is_complete", "run_study", "stage_dir"]

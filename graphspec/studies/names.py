@@ -61,3 +61,17 @@ def variant_names(base_name: str, pairs: list[tuple[list[Setting], list[Setting]
         names.append(unique)
     return names
 
+
+
+
+def short_name(variant: str, base_name: str) -> str:
+    """A variant's name for legends and tables: the base spec's name dropped, and a boolean change shown by its
+    label when true, left out when false ("vision_tower-freeze+text_tower-freeze"; "base" when none is)."""
+    if not variant.startswith(base_name + "-"):
+        return variant
+    parts = []
+    for part in variant[len(base_name) + 1:].split("__"):
+        if part.endswith("-false"):
+            continue
+        parts.append(part[: -len("-true")] if part.endswith("-true") else part)
+    return "+".join(parts) or "base"

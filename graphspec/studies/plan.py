@@ -49,6 +49,21 @@ class Stage(BaseModel):
                                 "(dotted path -> value), as `--set`.")
 
 
+class SlurmOptions(BaseModel):
+    """What a study's Slurm jobs ask for besides what each stage's spec gives (ranks, GPUs, time)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    partition: str | None = Field(None, description="sbatch --partition.")
+    account: str | None = Field(None, description="sbatch --account.")
+    gpus_per_node: int = Field(8, ge=1, description="GPUs of a node: a stage of more ranks spans several nodes.")
+    cpus_per_task: int | None = Field(None, ge=1, description="CPUs per rank (default: the spec's data workers "
+                                      "+ 2).")
+    mem_gb_per_gpu: int = Field(32, ge=1, description="Host memory per rank on a GPU node, in GB.")
+    options: dict[str, Any] = Field(default_factory=dict, description="Further sbatch options (name -> value, "
+                                    "e.g. qos: high, constraint: h100).")
+
+
 class StudyFile(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -62,6 +77,12 @@ class StudyFile(BaseModel):
     stages: dict[str, Stage] = Field(min_length=1, description="Runs per variant, in order.")
     compare: list[str] = Field(default_factory=list, description="Metrics to compare, `STAGE.METRIC` (a key of the "
                                "stage's validation metrics, e.g. nlvr2.nlvr2_acc).")
+    rank_by: str | None = Field(None, description="The first stage's validation metric (`STAGE.METRIC`) that "
+                                "promotes variants from one rung to the next when a budget calls for successive "
+                                "halving; higher is better unless its name says loss. Default: the first stage's "
+                                "first compare metric.")
+    slurm: SlurmOptions = Field(default_factory=lambda: SlurmOptions(), description="Where `--executor slurm` "
+                                "submits (the command line's flags win).")
 
 
 @dataclass(frozen=True)
@@ -86,6 +107,17 @@ class Study:
     def name(self) -> str:
         return self.config.name
 
+    @property
+    def base_name(self) -> str:
+        """The base spec's name: every variant's name starts with it."""
+        return load(self.base_file).name
+
+    @property
+    def rank_by(self) -> str | None:
+        """The metric that promotes variants between rungs: `rank_by`, else the first stage's first compared."""
+        first = next(iter(self.config.stages))
+        return self.config.rank_by or next((m for m in self.config.compare if m.startswith(first + ".")), None)
+
 
 def _read(path: Path) -> tuple[StudyFile, Any]:
     data, smap, issues = parse_file(path)
@@ -94,7 +126,7 @@ def _read(path: Path) -> tuple[StudyFile, Any]:
     try:
         return StudyFile.model_validate(data), smap
     except ValidationError as e:
-        known = [*StudyFile.model_fields, "spec", "from", "changes", "set"]
+        known = [*StudyFile.model_fields, *SlurmOptions.model_fields, "spec", "from", "changes", "set"]
         found = [Issue(err["loc"], err["msg"], suggest(str(err["loc"][-1]), known)
                        if err["type"] == "extra_forbidden" else "", loc=smap.locate(err["loc"])) for err in e.errors()]
         raise SpecError(found, title="the study file has errors") from None
@@ -109,6 +141,11 @@ def _order_issues(config: StudyFile, smap) -> list[Issue]:
                                 suggest(stage.from_, seen) or f"earlier stages: {', '.join(seen) or 'none'}",
                                 loc=smap.locate(where)))
         seen.append(name)
+    first = next(iter(config.stages))
+    if config.rank_by is not None and (not config.rank_by.startswith(first + ".") or config.rank_by == first + "."):
+        issues.append(Issue(("rank_by",), f"'{config.rank_by}' is not {first}.METRIC: variants are promoted on a "
+                            "validation metric of the first stage", f"e.g. rank_by: {first}.itm_acc",
+                            loc=smap.locate(("rank_by",))))
     for k, metric in enumerate(config.compare):
         stage = metric.partition(".")[0]
         if "." not in metric or stage not in config.stages:
@@ -162,7 +199,7 @@ def plan_study(path: str | Path, compile_check: bool = True) -> Study:
     path = Path(path)
     config, smap = _read(path)
     issues = _order_issues(config, smap)
-    grid = load_grid(path, extra_keys=("name", "description", "stages", "compare"))
+    grid = load_grid(path, extra_keys=("name", "description", "stages", "compare", "rank_by", "slurm"))
     found = variants(grid, compile_check=compile_check)
     bases = {name: _load_stage(path, name, stage, smap, issues) for name, stage in config.stages.items()}
     runs = []
@@ -194,4 +231,4 @@ def _compile_issues(runs: list[StageRun]) -> list[Issue]:
     return issues
 
 
-__all__ = ["Stage", "StudyFile", "StageRun", "Study", "plan_study"]
+__all__ = ["SlurmOptions", "Stage", "StudyFile", "StageRun", "Study", "plan_study"]

@@ -19,7 +19,9 @@ from __future__ import annotations
 import multiprocessing
 import os
 import runpy
+import signal
 import sys
+import time
 
 PRELOAD = ["torch", "transformers", "timm", "deepspeed", "graphspec.cli", "graphspec.runtime.train",
            "graphspec.compiler.backbones"]
@@ -42,17 +44,24 @@ def start_server() -> None:
     forkserver.ensure_running()
 
 
-def run_stage(argv: list[str], log: str, env: dict[str, str]) -> int:
-    """`graphspec ARGV` in a process forked from the server, its stdout and stderr appended to `log`; its exit
-    code (a negative one: the signal that ended it)."""
+def run_stage(argv: list[str], log: str, env: dict[str, str], deadline_s: float | None = None) -> tuple[int, bool]:
+    """`graphspec ARGV` in a process forked from the server, its stdout and stderr appended to `log`: its exit
+    code (a negative one: the signal that ended it), and whether it was told to stop at `deadline_s` (SIGUSR1:
+    it finishes its step, checkpoints and exits 75)."""
     process = _server().Process(target=_stage, args=(argv, log, env), name="graphspec-stage")
     process.start()
+    told = False
+    end = None if deadline_s is None else time.monotonic() + deadline_s
     try:
-        process.join()
+        while process.exitcode is None:
+            process.join(timeout=None if end is None or told else max(0.0, end - time.monotonic()))
+            if process.exitcode is None and not told and process.pid is not None:
+                os.kill(process.pid, signal.SIGUSR1)
+                told = True
     except KeyboardInterrupt:  # the stage got the Ctrl-C too (one process group): let it stop as it does
         process.join()
         raise
-    return process.exitcode
+    return int(process.exitcode or 0), told
 
 
 def _stage(argv: list[str], log: str, env: dict[str, str]) -> None:

@@ -144,7 +144,7 @@ def test_plots_of_a_metric_no_variant_has(study_file, tmp_path):
     study = plan_study(study_file, compile_check=False)
     names = [v.name for v in study.variants]
     for first_has in (None, 0.5):
-        table = [{"variant": n, "pretrain wall s": 3.0, "pretrain.itm_acc": None, "ve.snli_ve_acc": None}
+        table = [{"variant": n, "total h": 0.001, "pretrain.itm_acc": None, "ve.snli_ve_acc": None}
                  for n in names]
         table[1]["ve.snli_ve_acc"] = first_has
         written = _plots(study, tmp_path, table)
@@ -156,8 +156,8 @@ def test_a_stage_process_writes_its_log_and_returns_the_commands_exit_code(tiny,
     from graphspec.studies.stages import run_stage
 
     log = tmp_path / "log.txt"
-    assert run_stage(["validate", str(write_spec(tiny))], str(log), dict(os.environ)) == 0
+    assert run_stage(["validate", str(write_spec(tiny))], str(log), dict(os.environ)) == (0, False)
     tiny["nodes"]["fusion"]["inputs"]["image"] = "nowhere"
-    assert run_stage(["validate", str(write_spec(tiny, "bad.yaml"))], str(log), dict(os.environ)) == 2
+    assert run_stage(["validate", str(write_spec(tiny, "bad.yaml"))], str(log), dict(os.environ)) == (2, False)
     text = log.read_text()
     assert "bad.yaml" in text and "nowhere" in text and "Traceback" not in text

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -243,6 +244,39 @@ def test_one_ctrl_c_checkpoints_and_exits_resumable_then_resume_follows_the_traj
     assert not (stopped / "summary.json").exists()  # not done: a study would run it again
     assert main(["run", "--resume", str(stopped)]) == 0
     assert _losses(stopped) == pytest.approx(_losses(whole), rel=0, abs=1.5e-5)
+
+
+@pytest.mark.integration
+def test_stop_at_pauses_at_a_step_and_resume_follows_the_uninterrupted_trajectory(module_spec, whole, tmp_path):
+    """A study's rungs: `--stop-at` ends the run after a step that is no periodic checkpoint, under the full run's
+    schedule; resuming to a second stop and then to the end logs the uninterrupted run's losses."""
+    run_dir = tmp_path / "rungs"
+    args = ["run", str(module_spec), "--run-dir", str(run_dir), "--build-dir", str(tmp_path / "b")]
+    assert main([*args, "--stop-at", str(EVERY + 5)]) == 0
+    stopped = json.loads((run_dir / "stopped.json").read_text())
+    assert stopped["stopped_at"] == EVERY + 5 and stopped["steps"] == STEPS and not (run_dir / "summary.json").exists()
+    assert Path(stopped["checkpoint"]).name == f"step-{EVERY + 5:08d}" and _metrics_step(run_dir) == EVERY + 5
+    assert main(["run", "--resume", str(run_dir), "--stop-at", str(2 * EVERY + 3)]) == 0
+    assert json.loads((run_dir / "stopped.json").read_text())["stopped_at"] == 2 * EVERY + 3
+    assert main(["run", "--resume", str(run_dir)]) == 0
+    assert _losses(run_dir) == pytest.approx(_losses(whole), rel=0, abs=1.5e-5)
+    assert json.loads((run_dir / "summary.json").read_text())["steps"] == STEPS
+
+
+def test_stop_at_validates_at_its_step_and_refuses_a_step_already_passed(spec_file, tmp_path, capsys):
+    from tests.runtime.conftest import train_spec_data
+
+    spec = train_spec_data()
+    spec["train"].update(steps=8, val_every=None, checkpoint_every=None)
+    (tmp_path / "val.yaml").write_text(yaml.safe_dump(spec))
+    run_dir = tmp_path / "run"
+    assert main(["run", str(tmp_path / "val.yaml"), "--run-dir", str(run_dir), "--build-dir", str(tmp_path / "b"),
+                 "--stop-at", "3"]) == 0
+    stopped = json.loads((run_dir / "stopped.json").read_text())
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert stopped["val"] and [r["step"] for r in records if r.get("split") == "val"] == [3]
+    assert main(["run", "--resume", str(run_dir), "--stop-at", "2"]) == 2
+    assert "the run is already at step 3" in capsys.readouterr().err
 
 
 def test_a_full_disk_keeps_the_previous_checkpoint_and_says_so(spec_file, tmp_path, capsys, monkeypatch):
