@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from graphspec.language.errors import GraphspecError
 
+from . import slurm
 from .launch import cores
 
 
@@ -62,7 +63,8 @@ def default_workers(accelerator: bool) -> int:
     if not accelerator:
         return 0
     local = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("LOCAL_SIZE") or 1)
-    return max(0, min(8, cores() // max(1, local) - 1))
+    step = slurm.current()  # a Slurm task's CPUs are its own already
+    return max(0, min(8, (step.cpus() if step else cores() // max(1, local)) - 1))
 
 
 class Batches:

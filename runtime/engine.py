@@ -140,6 +140,30 @@ def unbuilt_ops(spec: Spec) -> list[str]:
         return []
 
 
+def own_extensions_folder() -> str | None:
+    """Give this installation of DeepSpeed and torch a folder of its own for the C++ ops torch compiles
+    (TORCH_EXTENSIONS_DIR, unless the user set it): torch's default is one folder per op name for every
+    installation, and ninja rebuilds an op whenever its command line names other include paths, so two
+    virtual environments on one machine (a checkout and a fresh clone, a study's venv and the user's) rebuilt
+    each other's ops, 30-50 s each here, at the start of the next run of either. The folder, inherited by
+    the ranks and a study's stages, is returned (None: the user's own)."""
+    import hashlib
+    import sys
+
+    if os.environ.get("TORCH_EXTENSIONS_DIR"):
+        return None
+    try:
+        import deepspeed
+        from torch.utils.cpp_extension import get_default_build_root
+    except ImportError:
+        return None
+    key = "|".join([str(Path(deepspeed.__file__).resolve().parent), str(Path(torch.__file__).resolve().parent),
+                    sys.version])
+    folder = str(Path(get_default_build_root()) / f"graphspec-{hashlib.sha256(key.encode()).hexdigest()[:12]}")
+    os.environ["TORCH_EXTENSIONS_DIR"] = folder
+    return folder
+
+
 def _accelerator(spec: Spec) -> str:
     return os.environ.get("DS_ACCELERATOR") or resolve_accelerator(spec)
 

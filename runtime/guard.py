@@ -20,7 +20,9 @@ from graphspec.language.errors import GraphspecError, Issue, Loc
 
 RESUMABLE = 75  # EX_TEMPFAIL: try again (with --resume)
 DIVERGED = 4
-GRACEFUL = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)  # SIGUSR1: Slurm's warning ahead of the kill
+# SIGUSR1: Slurm's warning ahead of the kill (--signal=USR1@S); SIGUSR2: submitit's, which a study's Slurm jobs
+# ask for, and which Slurm sends to every process of the step (its default action would end the run at once)
+GRACEFUL = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT)
 
 
 class Preempted(GraphspecError):

@@ -1,4 +1,5 @@
-"""Starting the ranks of a run: torchrun on this machine, DeepSpeed's launcher on the machines of a hostfile.
+"""Starting the ranks of a run: torchrun on this machine, DeepSpeed's launcher on the machines of a hostfile
+(under `srun`, Slurm starts them: graphspec.runtime.slurm).
 
 Each rank gets an even share of the machine's cores (OMP_NUM_THREADS = cores / ranks
 per machine, unless the user set it): DeepSpeed's launcher sets no thread count
@@ -119,9 +120,10 @@ def check_gpus(ranks: int, hostfile: Path | None = None) -> None:
 
 
 class Forward:
-    """While the ranks run: SIGTERM, SIGUSR1 and SIGINT sent to this process go on to them (its children)."""
+    """While the ranks run: SIGTERM, SIGUSR1, SIGUSR2 and SIGINT sent to this process go on to them (its
+    children)."""
 
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT)
 
     def __init__(self):
         self.scope = HandlerScope(self.SIGNALS, self._forward)
@@ -203,14 +205,15 @@ def _cannot_start(hostfile: Path, message: str, hint: str) -> EnvironmentProblem
     return EnvironmentProblem([Issue((), message, hint, loc=Loc(str(hostfile)))], title="the run cannot start")
 
 
-def share_cores() -> None:
-    """In a rank whose launcher set no thread count (DeepSpeed's sets none): this machine's cores split
-    evenly among the ranks it runs."""
+def share_cores(own: int | None = None) -> None:
+    """In a rank whose launcher set no thread count (DeepSpeed's sets none, nor does Slurm): `own` threads
+    where the caller knows this rank's CPUs (a Slurm task's, which Slurm has already set apart for it: not to
+    be divided again), else this machine's cores split evenly among the ranks it runs."""
     if launched() and "OMP_NUM_THREADS" not in os.environ:
         import torch
 
         local = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("LOCAL_SIZE") or 1)
-        torch.set_num_threads(threads_per_rank(local))
+        torch.set_num_threads(own or threads_per_rank(local))
 
 
 def free_port() -> str:

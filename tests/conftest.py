@@ -24,6 +24,9 @@ sys.dont_write_bytecode = False
 _OWN_RECORDS = "GRAPHSPEC_TOWER_RECORDS" not in os.environ
 if _OWN_RECORDS:
     os.environ["GRAPHSPEC_TOWER_RECORDS"] = tempfile.mkdtemp(prefix="graphspec-records-")
+# A suite run as a task of a Slurm job step (`srun python -m pytest`) tests what it tests anywhere: its `graphspec
+# run` processes are no tasks of that step (tests/runtime/test_slurm.py builds the steps it runs)
+os.environ.setdefault("GRAPHSPEC_IGNORE_SLURM", "1")
 # `graphspec run` predicts its cost first (graphspec.cost.predict.ensure, 5-10 s); the tests of that turn it on
 os.environ.setdefault("GRAPHSPEC_COST", "off")
 

@@ -37,24 +37,16 @@ from typing import Any, Callable
 
 from graphspec.language.errors import EnvironmentProblem, GraphspecError, Issue, Loc, SpecError
 from graphspec.language.reading import load, override
-from graphspec.runtime.launch import SELF_STARTED
 
 from .compare import write_comparison
-from .executors import Executor, Resources, StageJob, make_executor
+from .executors import Executor, Resources, StageJob, fresh_env, make_executor
 from .plan import StageRun, Study
 from .writing import write_variants
 
-DIST_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", SELF_STARTED)
 STATE_FORMAT = 1
 MAX_STOPS = 8  # resumable stops of one stage in a row before the study gives up on it
 TIME_MARGIN = 1.5  # a job's time limit over its predicted hours (the high end), plus a start
 RESUMABLE = 75
-
-
-def fresh_env() -> dict[str, str]:
-    """This process's environment without the rendezvous a run in this process may have set up: a stage is a
-    run of its own, and would otherwise try to bind the same MASTER_PORT."""
-    return {k: v for k, v in os.environ.items() if k not in DIST_VARS}
 
 
 def stage_dir(out: Path, run: StageRun) -> Path:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from graphspec.language.errors import GraphspecError, Issue
+from graphspec.runtime.launch import SELF_STARTED
 
 STOP_SIGNALS = (signal.SIGUSR2, signal.SIGUSR1, signal.SIGTERM)  # what a scheduler sends before it kills
 IGNORE_SLURM = "GRAPHSPEC_IGNORE_SLURM"
@@ -135,10 +136,19 @@ def record_attempt(record: str, started: float, code: int, signame: str | None) 
         f.write(json.dumps(entry) + "\n")
 
 
-def _env(job: StageJob) -> dict[str, str]:
-    from .execute import fresh_env
+DIST_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", SELF_STARTED)
 
-    return {**fresh_env(), **job.env}
+
+def fresh_env() -> dict[str, str]:
+    """This process's environment without the rendezvous a run in this process may have set up: a stage is a
+    run of its own, and would otherwise try to bind the same MASTER_PORT."""
+    return {k: v for k, v in os.environ.items() if k not in DIST_VARS}
+
+
+def _env(job: StageJob) -> dict[str, str]:
+    """A stage's environment here: the study's, no rendezvous, and no Slurm step (a stage on this machine is
+    not one of the tasks of a step the study may run in)."""
+    return {**fresh_env(), IGNORE_SLURM: "1", **job.env}
 
 
 class Local(Executor):

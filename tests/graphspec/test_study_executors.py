@@ -184,7 +184,7 @@ def _sbatch(script: str) -> dict[str, str]:
 @pytest.mark.integration
 def test_the_slurm_executor_asks_each_stage_for_its_resources_dependency_time_and_signal(tiny, tmp_path,
                                                                                         monkeypatch, capsys):
-    study = _study(tiny, tmp_path / "s", steps=6)
+    study = _study(tiny, tmp_path / "s", steps=20_000)  # predicted, never run: hours that show the margin
     record = tmp_path / "record"
     _stand_ins(tmp_path / "bin", record)
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")

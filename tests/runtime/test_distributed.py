@@ -20,26 +20,13 @@ from graphspec.cli import main
 from graphspec.runtime.tasks import REGISTRY
 from graphspec.runtime.text import load_tokenizer
 
-STEPS, EVERY = 24, 8
+from tests.runtime.conftest import RANKS_EVERY as EVERY
+from tests.runtime.conftest import RANKS_STEPS as STEPS
+from tests.runtime.conftest import ranks_spec_data as _spec_data
+
 # A logged loss has 5 decimals (metrics.jsonl); two ranks sum their halves in another order than one rank sums
 # the whole: equal to the logged precision, rounding included (measured: within 1e-5 at every step, ZeRO 0-3).
 TOLERANCE = 1.5e-5
-
-
-def _spec_data() -> dict:
-    """No dropout anywhere: with it, each rank would draw masks for its half of the batch, one rank for all of it.
-    Batch 8: 8 x 1 on one rank, 4 x 1 on each of two."""
-    from tests.runtime.conftest import train_spec_data
-
-    spec = train_spec_data()
-    for name in ("text_tower", "vision_tower"):
-        spec["nodes"][name]["dropout"] = 0.0
-    # ITC contrasts every rank's rows (gathered with their gradients), as one rank contrasts the whole batch
-    spec["heads"]["itc"] = {"kind": "itc", "inputs": {"text": "text_tower", "image": "vision_tower"}, "dim": 16}
-    spec["objectives"]["itc"] = {"weight": 1.0}
-    spec["train"].update(steps=STEPS, log_every=1, val_every=None, checkpoint_every=EVERY, keep_checkpoints=1)
-    spec["data"]["val"] = None
-    return spec
 
 
 @pytest.fixture
@@ -150,11 +137,12 @@ def _stopped_by_sigterm(args: list[str], run_dir) -> None:
 
 @pytest.mark.integration
 @pytest.mark.parametrize("stage", [0, 1, 2, 3])
-def test_two_ranks_follow_the_one_rank_trajectory(one_rank, tmp_path, stage):
+def test_two_ranks_follow_the_one_rank_trajectory(one_rank, tmp_path, stage, request):
     """ZeRO 0-3 on two ranks against one rank at ZeRO 0. Stage 0 is launched from this process (which has
-    trained in one process itself), stage 2 through DeepSpeed's launcher (a hostfile of this machine), 1 and 3
-    through torchrun (--nproc). Stage 1 runs as if its group were NCCL (host values then go through a gloo
-    group graphspec makes beside it), and every collective graphspec issues is checked against that rule. Stage
+    trained in one process itself: the session's `two_ranks` run, which test_slurm shares), stage 2 through
+    DeepSpeed's launcher (a hostfile of this machine), 1 and 3 through torchrun (--nproc). Stage 1 runs as if its
+    group were NCCL (host values then go through a gloo group graphspec makes beside it), and every collective
+    graphspec issues is checked against that rule. Stage
     3 is stopped by SIGTERM (a collective checkpoint: each rank's shards and random state), resumed on 2 ranks,
     and exported."""
     spec_file, one = one_rank
@@ -164,7 +152,7 @@ def test_two_ranks_follow_the_one_rank_trajectory(one_rank, tmp_path, stage):
     ranks = ["--hostfile", str(tmp_path / "hostfile")] if stage == 2 else ["--nproc", "2"]
     args = [str(spec_file), *ranks, "--set", zero, "--run-dir", str(two), "--build-dir", str(tmp_path / "b2")]
     if stage == 0:
-        assert main(["run", *args]) == 0
+        two = request.getfixturevalue("two_ranks")[1]
     elif stage == 3:
         _stopped_by_sigterm(args, two)
         newest = sorted((two / "checkpoints").glob("step-*"))[-1]
