@@ -291,8 +291,8 @@ def _stopped(run_dir: Path, spec, step: int, val: dict, wall: float, step_times:
               "checkpoint": str(checkpoints(run_dir)[-1]) if checkpoints(run_dir) else None}
     if ranks.is_main():
         (run_dir / "stopped.json").write_text(json.dumps(record, indent=2) + "\n")
-        print(f"stopped after step {step} of {spec.train.steps}, as asked (--stop-at): checkpoint {record['checkpoint']}"
-              f"\n  continue with: graphspec run --resume {run_dir}", flush=True)
+        print(f"stopped after step {step} of {spec.train.steps}, as asked (--stop-at): checkpoint "
+              f"{record['checkpoint']}\n  continue with: graphspec run --resume {run_dir}", flush=True)
     return record
 
 

@@ -83,13 +83,27 @@ def arms(costs: list[StageCost], study: Study, refused: dict[str, str]) -> list[
     return out
 
 
+def _three(values) -> tuple[float, float, float]:
+    low, mid, high = values
+    return float(low), float(mid), float(high)
+
+
+def _cost_of(row: dict) -> StageCost:
+    """A StageCost from its JSON row (plan.json)."""
+    return StageCost(str(row["variant"]), str(row["stage"]), tuple(row["frozen"]), int(row["trainable"]),
+                     int(row["steps"]), int(row["accelerators"]), _three(row["step_s"]), float(row["start_h"]),
+                     float(row["eval_h"]), int(row["evals"]), _three(row["hours"]), _three(row["peak_memory_mb"]),
+                     str(row["memory_kind"]))
+
+
 def _reuse(saved: dict | None, study: Study, machine: str) -> tuple[list[StageCost], dict] | None:
     """The predictions a study folder's plan.json holds, when they are of these runs on this machine."""
     if not saved or saved.get("machine_asked") != machine:
         return None
-    fields = StageCost.__dataclass_fields__
-    costs = [StageCost(**{k: tuple(v) if isinstance(v, list) else v for k, v in row.items() if k in fields})
-             for row in saved.get("rows", [])]
+    try:
+        costs = [_cost_of(row) for row in saved.get("rows", [])]
+    except (KeyError, TypeError, ValueError):
+        return None
     if sorted((c.variant, c.stage) for c in costs) != sorted((r.variant, r.stage) for r in study.runs):
         return None
     order = {(r.variant, r.stage): k for k, r in enumerate(study.runs)}

@@ -54,12 +54,13 @@ class SlurmOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    partition: str | None = Field(None, description="sbatch --partition.")
-    account: str | None = Field(None, description="sbatch --account.")
-    gpus_per_node: int = Field(8, ge=1, description="GPUs of a node: a stage of more ranks spans several nodes.")
-    cpus_per_task: int | None = Field(None, ge=1, description="CPUs per rank (default: the spec's data workers "
+    partition: str | None = Field(default=None, description="sbatch --partition.")
+    account: str | None = Field(default=None, description="sbatch --account.")
+    gpus_per_node: int = Field(default=8, ge=1, description="GPUs of a node: a stage of more ranks spans several "
+                               "nodes.")
+    cpus_per_task: int | None = Field(default=None, ge=1, description="CPUs per rank (default: the spec's data workers "
                                       "+ 2).")
-    mem_gb_per_gpu: int = Field(32, ge=1, description="Host memory per rank on a GPU node, in GB.")
+    mem_gb_per_gpu: int = Field(default=32, ge=1, description="Host memory per rank on a GPU node, in GB.")
     options: dict[str, Any] = Field(default_factory=dict, description="Further sbatch options (name -> value, "
                                     "e.g. qos: high, constraint: h100).")
 
