@@ -57,7 +57,7 @@ class StageCost:
         return asdict(self)
 
 
-def _key(spec: Spec) -> str:
+def cost_key(spec: Spec) -> str:
     """Specs that cost the same: the same spec but for its name and where its weights start from."""
     data = spec.model_dump(mode="json", exclude={"extends", "name", "init_from"}, exclude_none=True)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
@@ -102,21 +102,22 @@ def stage_cost(run: StageRun, report: dict) -> StageCost:
 
 
 def estimate_study(study: Study, machine: str, show: Callable[[str], None] = lambda _: None
-                   ) -> tuple[list[StageCost], dict]:
-    """Every (variant, stage)'s cost on `machine` (a cost-model profile name), and the profile the ranges rest
-    on (`machine` of a cost report, with its notes)."""
+                   ) -> tuple[list[StageCost], dict, dict[str, dict]]:
+    """Every (variant, stage)'s cost on `machine` (a cost-model profile name), the profile the ranges rest on
+    (`machine` of a cost report, with its notes), and the cost reports by `cost_key` (a stage's build gets its
+    own as cost.json, so its run does not predict it again)."""
     from graphspec.cost.predict import estimate
 
     reports: dict[str, dict] = {}
     costs = []
     for run in study.runs:
-        key = _key(run.spec)
+        key = cost_key(run.spec)
         if key not in reports:
             show(f"  predicting {run.variant} / {run.stage}")
             reports[key] = estimate(run.spec, machine)
         costs.append(stage_cost(run, reports[key]))
     first = next(iter(reports.values()))
-    return costs, {**first["machine"], "notes": [n for n in first["notes"] if "calibrat" in n]}
+    return costs, {**first["machine"], "notes": [n for n in first["notes"] if "calibrat" in n]}, reports
 
 
 def fits(cost: StageCost, memory_gb: float) -> str:
@@ -139,4 +140,4 @@ def ceil_steps(hours: float, cost: StageCost) -> int:
     return max(0, math.floor(left / cost.hours_per_step())) if cost.hours_per_step() else cost.steps
 
 
-__all__ = ["START_S", "StageCost", "estimate_study", "fits", "stage_cost", "total"]
+__all__ = ["START_S", "StageCost", "cost_key", "estimate_study", "fits", "stage_cost", "total"]

@@ -39,6 +39,7 @@ from graphspec.language.errors import EnvironmentProblem, GraphspecError, Issue,
 from graphspec.language.reading import load, override
 
 from .compare import write_comparison
+from .costs import cost_key
 from .executors import Executor, Resources, StageJob, fresh_env, make_executor
 from .plan import StageRun, Study
 from .writing import write_variants
@@ -164,7 +165,7 @@ class Controller:
         saved = _read_json(self.out / "plan.json")
         self.forecast = forecast(self.study, self.options.machine, self.options.memory_gb, self.options.budget_h,
                                  self.show, saved)
-        _write_json(self.out / "plan.json", self.forecast.to_json())
+        _write_json(self.out / "plan.json", {**self.forecast.to_json(), "reports": self.forecast.reports})
         self.show(format_plan(self.forecast))
         for variant, why in self.forecast.refused.items():
             self.show(f"{variant}: refused, {why}")
@@ -272,8 +273,15 @@ class Controller:
     def build(self, spec_file: Path, folder: Path) -> None:
         """Compile a stage's spec into its build folder (a stage's job then starts from it)."""
         from graphspec.compiler import compile_spec, write_build
+        from graphspec.compiler.folders import read_build
+        from graphspec.cost.predict import write
+        from graphspec.runtime.report import spec_digest
 
-        write_build(compile_spec(load(spec_file)), folder)
+        spec = load(spec_file)
+        write_build(compile_spec(spec), folder)
+        report = self.forecast.reports.get(cost_key(spec)) if self.forecast is not None else None
+        if report is not None:  # the run's prediction, made once for the plan: its run does not make it again
+            write({**report, "spec_digest": spec_digest(read_build(folder).spec)}, folder)
 
     def resources(self, run: StageRun, at: int, to: int) -> Resources:
         spec, slurm = run.spec, self.study.config.slurm

@@ -12,7 +12,7 @@ stages too), before anything runs.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from .costs import StageCost, estimate_study, fits, hours_text
@@ -34,6 +34,7 @@ class Forecast:
     refused: dict[str, str]  # variant -> why
     decisions: dict[tuple[str, str], str]
     machine_asked: str = "this"
+    reports: dict[str, dict] = field(default_factory=dict)  # cost reports by costs.cost_key
 
     @property
     def first(self) -> str:
@@ -96,7 +97,7 @@ def _cost_of(row: dict) -> StageCost:
                      str(row["memory_kind"]))
 
 
-def _reuse(saved: dict | None, study: Study, machine: str) -> tuple[list[StageCost], dict] | None:
+def _reuse(saved: dict | None, study: Study, machine: str) -> tuple[list[StageCost], dict, dict[str, dict]] | None:
     """The predictions a study folder's plan.json holds, when they are of these runs on this machine."""
     if not saved or saved.get("machine_asked") != machine:
         return None
@@ -107,13 +108,13 @@ def _reuse(saved: dict | None, study: Study, machine: str) -> tuple[list[StageCo
     if sorted((c.variant, c.stage) for c in costs) != sorted((r.variant, r.stage) for r in study.runs):
         return None
     order = {(r.variant, r.stage): k for k, r in enumerate(study.runs)}
-    return sorted(costs, key=lambda c: order[(c.variant, c.stage)]), saved["calibration"]
+    return sorted(costs, key=lambda c: order[(c.variant, c.stage)]), saved["calibration"], saved.get("reports", {})
 
 
 def forecast(study: Study, machine: str = "this", memory_gb: float | None = None, budget_h: float | None = None,
              show: Callable[[str], None] = lambda _: None, saved: dict | None = None) -> Forecast:
     """The plan; `saved`: an earlier plan's JSON, whose predictions are reused when they are of these runs."""
-    costs, profile = _reuse(saved, study, machine) or estimate_study(study, machine, show)
+    costs, profile, reports = _reuse(saved, study, machine) or estimate_study(study, machine, show)
     memory = memory_gb if memory_gb is not None else float(profile.get("memory_gb") or 0) or _host_memory_gb()
     refused = {}
     for c in costs:
@@ -129,7 +130,7 @@ def forecast(study: Study, machine: str = "this", memory_gb: float | None = None
     decisions = {}
     for c in costs:
         decisions[(c.variant, c.stage)] = _decision(c, first, refused, schedule, len(running))
-    return Forecast(study, costs, profile, memory, budget_h, schedule, refused, decisions, machine)
+    return Forecast(study, costs, profile, memory, budget_h, schedule, refused, decisions, machine, reports)
 
 
 def _decision(c: StageCost, first: str, refused: dict[str, str], schedule: Schedule | None, n: int) -> str:

@@ -114,7 +114,7 @@ compare: [pretrain.itm_acc, ve.snli_ve_acc]
     found = plan_study(tmp_path / "study.yaml", compile_check=False)
     monkeypatch.setattr(forecast_module, "estimate_study",
                         lambda s, machine, show: (_costs(s), {"name": "synthetic", "kind": "cpu", "calibrated": True,
-                                                              "memory_gb": 8}))
+                                                              "memory_gb": 8}, {}))
     return found
 
 
@@ -204,7 +204,7 @@ def test_a_variant_that_does_not_fit_the_memory_is_refused_with_its_reason(study
     monkeypatch.setattr(forecast_module, "estimate_study", lambda s, m, show: (big, {"name": "synthetic",
                                                                                        "kind": "cpu",
                                                                                        "calibrated": True,
-                                                                                       "memory_gb": 8}))
+                                                                                       "memory_gb": 8}, {}))
     monkeypatch.setenv("GRAPHSPEC_COST", "on")  # the suite's default is off: no prediction without a budget
     written = execute.run_study(study, tmp_path / "out", lines.append, execute.Options("inline"))
     assert not any("jobs-a/" in " ".join(a) for a in stand_in.argv) and len(stand_in.argv) == 6
