@@ -210,3 +210,29 @@ def test_a_variant_that_does_not_fit_the_memory_is_refused_with_its_reason(study
     assert not any("jobs-a/" in " ".join(a) for a in stand_in.argv) and len(stand_in.argv) == 6
     assert any("jobs-a: refused, stage pretrain: predicted peak 10,000 MB per rank > 8 GB" in line for line in lines)
     assert [r["status"].startswith("refused") for r in written["spent_table"]].count(True) == 2
+
+
+REAL_BUILD = execute.Controller.build  # before the fixture above replaces it
+
+
+def test_a_stage_build_holds_the_plans_prediction_so_its_run_does_not_predict_again(study, tmp_path, monkeypatch):
+    import types
+
+    from graphspec.compiler.folders import read_build
+    from graphspec.cost import predict
+    from graphspec.studies.costs import cost_key
+
+    run = study.runs[0]
+    spec_file = tmp_path / "stage.json"
+    spec_file.write_text(json.dumps(run.spec.model_dump(mode="json", exclude={"extends"}, exclude_none=True)))
+    report = {"format": predict.FORMAT, "spec": run.spec.name, "step_s": 0.25}
+    planned = types.SimpleNamespace(forecast=types.SimpleNamespace(reports={cost_key(run.spec): report}))
+    REAL_BUILD(planned, spec_file, tmp_path / "build")
+    build = read_build(tmp_path / "build")
+
+    def never(*args, **kwargs):
+        raise AssertionError("predicted again")
+
+    monkeypatch.setenv("GRAPHSPEC_COST", "on")
+    monkeypatch.setattr(predict, "estimate", never)
+    assert predict.ensure(build.dir, build.spec)["step_s"] == 0.25
