@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 import yaml
@@ -227,7 +228,7 @@ def test_a_stage_build_holds_the_plans_prediction_so_its_run_does_not_predict_ag
     spec_file.write_text(json.dumps(run.spec.model_dump(mode="json", exclude={"extends"}, exclude_none=True)))
     report = {"format": predict.FORMAT, "spec": run.spec.name, "step_s": 0.25}
     planned = types.SimpleNamespace(forecast=types.SimpleNamespace(reports={cost_key(run.spec): report}))
-    REAL_BUILD(planned, spec_file, tmp_path / "build")
+    REAL_BUILD(cast(Any, planned), spec_file, tmp_path / "build")  # all `build` reads of its controller
     build = read_build(tmp_path / "build")
 
     def never(*args, **kwargs):
@@ -235,4 +236,5 @@ def test_a_stage_build_holds_the_plans_prediction_so_its_run_does_not_predict_ag
 
     monkeypatch.setenv("GRAPHSPEC_COST", "on")
     monkeypatch.setattr(predict, "estimate", never)
-    assert predict.ensure(build.dir, build.spec)["step_s"] == 0.25
+    found = predict.ensure(build.dir, build.spec)
+    assert found is not None and found["step_s"] == 0.25
