@@ -30,6 +30,20 @@ def _json(path: Path) -> dict:
                         title="cannot refit from this run") from None
 
 
+def _as_predicted_now(run: Path, report: dict) -> dict:
+    """The run's prediction by the profile its name resolves to now: the one `refit` scales. When that profile
+    has changed since the run predicted (calibrated or refitted again), its step is predicted again."""
+    from graphspec.compiler.folders import read_build
+    from graphspec.cost.machine import resolve
+    from graphspec.cost.predict import estimate
+
+    used = report.get("machine", {})
+    now, _ = resolve(used.get("name", ""))
+    if (now.source, now.date) == (used.get("source"), used.get("date")):
+        return report
+    return estimate(read_build(run / "build").spec, used["name"])
+
+
 def command(args) -> int:
     from graphspec.cost.calibrate import calibrate, refit
     from graphspec.cost.machine import save
@@ -39,6 +53,7 @@ def command(args) -> int:
         summary, report = _json(run / "summary.json"), _json(run / "build" / "cost.json")
         machine = args.machine or report.get("machine", {}).get("name", "")
         try:
+            report = _as_predicted_now(run, report)
             profile = refit(summary, report, machine)
         except (KeyError, ValueError) as e:
             raise SpecError([Issue((), f"cannot refit the profile {e}", "give a run that finished its steps and "

@@ -273,6 +273,6 @@ def refit(run_summary: dict, report: dict, store_as: str | None = None) -> Profi
                   optimizer_s=base.optimizer_s * k, step_s=base.step_s * k, zero3_s=base.zero3_s * k,
                   calibrated=True, spread=0.2, date=datetime.date.today().isoformat(),
                   source=f"refitted from a run of {run_summary.get('spec')} ({measured:.3f} s per step measured, "
-                         f"{predicted:.3f} s predicted by {base.source.split(':')[0]})",
+                         f"{predicted:.3f} s predicted by the profile of {base.date or 'no date'})",
                   fits={**base.fits, "refit_factor": round(k, 4), "prior": base.source})
     return out

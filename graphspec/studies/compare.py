@@ -70,17 +70,32 @@ def spent_rows(study: Study, out: Path, forecast=None, state: dict | None = None
         if forecast is not None and run.variant in forecast.refused:
             status = "refused: " + forecast.refused[run.variant]
         steps = reached.get("stopped_at", reached.get("steps")) if reached else 0
+        parts = stages.get(f"{run.variant}/{run.stage}", {}).get("parts", [])
+        ran = _predicted_for_parts(cost, parts) if cost is not None and parts else None
+        if ran is None and cost is not None and reached and "stopped_at" not in reached:
+            ran = cost.hours[1]  # run whole, in one go (a study folder without the record of its parts)
         table.append({
             "variant": short_name(run.variant, study.base_name), "stage": run.stage,
             "steps": f"{steps}/{run.spec.train.steps}",
             "predicted h": round(cost.hours[1], 4) if cost else None,
             "range h": f"{cost.hours[0]:.3g}-{cost.hours[2]:.3g}" if cost else None,
+            "predicted h, as run": round(ran, 4) if ran is not None else None,
             "spent h": round(spent, 4) if spent is not None else None,
-            "spent/predicted": round(spent / cost.hours[1], 2) if cost and spent and cost.hours[1] else None,
+            "spent/predicted": round(spent / ran, 2) if ran and spent else None,
             "predicted peak MB": cost.peak_memory_mb[1] if cost else None,
             "peak MB": reached.get("peak_rss_mb") if reached else None,
             "status": status or ("complete" if reached and "stopped_at" not in reached else "not run")})
     return table
+
+
+def _predicted_for_parts(cost, parts: list[dict]) -> float | None:
+    """What the prediction says the stage's parts as they ran cost (each job: a start, its steps, a
+    validation), so that a stage paused at a rung or resumed is set beside what it was predicted to cost."""
+    done = [p for p in parts if p.get("ended") and p.get("target") is not None]
+    if not done:
+        return None
+    return sum(cost.start_h + (p["target"] - p.get("from", 0)) * cost.hours_per_step() + (cost.eval_h if cost.evals
+                                                                                         else 0.0) for p in done)
 
 
 def rows(study: Study, out: Path) -> list[dict]:
@@ -184,6 +199,8 @@ def write_comparison(study: Study, out: Path, forecast=None, state: dict | None 
     budget = f"budget {forecast.budget_h:g} h; " if forecast is not None and forecast.budget_h is not None else ""
     total = sum(r["spent h"] or 0 for r in spent)
     planned = f"planned {forecast.planned_h:.4g} h; " if forecast is not None else ""
+    if forecast is not None:  # the plan charges the dearest variants' continuation; this, what did continue
+        planned += f"predicted for what ran {sum(r['predicted h, as run'] or 0 for r in spent):.4g} h; "
     (out / "spent.md").write_text(f"# {study.name}: predicted and spent\n\n{budget}{planned}spent {total:.4g} h\n\n"
                                   + markdown(spent))
     with (out / "results.csv").open("w", newline="") as f:

@@ -23,10 +23,12 @@ from graphspec.language.schema import Spec
 
 from .plan import StageRun, Study
 
-# Seconds a run pays besides its steps, from its process's start to its first step (libraries, build, data, the
-# engine) and after its last (final checkpoint, summary): measured here at 14-25 s for the CPU twin's stages
-# (summary.json's process_first_step_s); on a GPU node model loading and NCCL's start are a prior.
-START_S = {"cpu": 25.0, "cuda": 90.0}
+# Seconds a run pays besides its steps and validations, from its process's start to its first step (build, data,
+# the engine) and after its last (checkpoint, summary). Measured here for the CPU twin's stages forked from the
+# study's stage server (a job's wall time less its steps at their median time): 5-9 s, validation included; a
+# stage in a fresh process (the local and Slurm executors) also imports its libraries, about 5 s more here. On a
+# GPU node, loading the model and starting NCCL: a prior, not a measurement.
+START_S = {"cpu": 6.0, "cuda": 90.0}
 # A predicted peak's range: the cost benchmark measured -12% to +23% on this machine (README, "How close it is");
 # a datasheet profile is uncalibrated and gets more.
 MEMORY_SPREAD = {True: (0.15, 0.25), False: (0.3, 0.5)}

@@ -129,6 +129,10 @@ def test_a_run_reports_its_prediction_and_calibrate_from_refits_it(tmp_path, cac
     again = estimate(graphspec.load(tmp_path / "spec.yaml"))  # this machine's prediction, now refitted
     assert again["machine"]["calibrated"]
     assert again["step_s"] == pytest.approx(summary["step_time_s"], rel=0.03)
+    # a second refit from the same run scales the profile as it is now (not by the first prediction's error)
+    assert main(["calibrate", "--from", str(run)]) == 0
+    assert estimate(graphspec.load(tmp_path / "spec.yaml"))["step_s"] == pytest.approx(summary["step_time_s"],
+                                                                                       rel=0.03)
 
 
 def test_cost_errors_name_the_fix(tmp_path, cache, capsys):
