@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from graphspec.cli import main
+from graphspec.studies import forecast
 
 STEPS = 60
 
@@ -179,6 +180,20 @@ echo "$@" >> {record}/scancel.log
         (bin_dir / name).chmod((bin_dir / name).stat().st_mode | stat.S_IEXEC)
 
 
+def _predicted(study, machine, show):
+    """Predictions as the cost model gives them, made up: a pretraining step of 0.5 s at the high end, 10,000 steps
+    (1.4 h), a fine-tune's 3 steps; 1.5 GB of peak memory."""
+    from graphspec.studies.costs import StageCost
+
+    costs = []
+    for run in study.runs:
+        steps = run.spec.train.steps
+        low, mid, high = (0.002 + steps * s / 3600 for s in (0.3, 0.4, 0.5))
+        costs.append(StageCost(run.variant, run.stage, (), 1000, steps, 1, (0.3, 0.4, 0.5), 0.002, 0.0005, 1,
+                               (low, mid, high), (1000.0, 1500.0, 2000.0), "device memory of each rank"))
+    return costs, {"name": "made-up", "kind": "cuda", "calibrated": False, "memory_gb": 80}, {}
+
+
 def _sbatch(script: str) -> dict[str, str]:
     return dict(re.findall(r"^#SBATCH --([a-z-]+)=?(.*)$", script, re.M))
 
@@ -186,11 +201,12 @@ def _sbatch(script: str) -> dict[str, str]:
 @pytest.mark.integration
 def test_the_slurm_executor_asks_each_stage_for_its_resources_dependency_time_and_signal(tiny, tmp_path,
                                                                                         monkeypatch, capsys):
-    study = _study(tiny, tmp_path / "s", steps=20_000)  # predicted, never run: hours that show the margin
+    study = _study(tiny, tmp_path / "s", steps=10_000)  # predicted, never run: hours that show the margin
     record = tmp_path / "record"
     _stand_ins(tmp_path / "bin", record)
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("GRAPHSPEC_COST", "on")
+    monkeypatch.setattr(forecast, "estimate_study", _predicted)  # the cost model is tested on its own
     out = tmp_path / "out"
     assert main(["study", str(study), "-o", str(out), "--executor", "slurm", "--detach", "--account", "vl",
                  "--sbatch", "constraint=h100"]) == 0
