@@ -199,6 +199,7 @@ def make_trainer(spec: Spec, model: fx.GraphModule, plan: FreezePlan, groups: li
                  placed: dict[str, dict] | None) -> Trainer:
     """The engine over the trainable part, the frozen towers where the build placed them (`placed`, see
     graphspec.compiler.placement); None keeps them inside the engine (a baseline to compare)."""
+    own_extensions_folder()  # every way in (command, benchmark, test, notebook) builds DeepSpeed's ops once
     distributed_env(spec)
     import deepspeed
     from deepspeed.utils import logger
