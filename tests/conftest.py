@@ -30,6 +30,16 @@ os.environ.setdefault("GRAPHSPEC_IGNORE_SLURM", "1")
 # `graphspec run` predicts its cost first (graphspec.cost.predict.ensure, 5-10 s); the tests of that turn it on
 os.environ.setdefault("GRAPHSPEC_COST", "off")
 
+def _own_extensions_folder() -> None:
+    """DeepSpeed's C++ ops in this installation's own folder, as every engine graphspec makes builds them (tests
+    that call deepspeed.initialize themselves would otherwise build them again in torch's shared folder: 20 s)."""
+    from graphspec.runtime.engine import own_extensions_folder
+
+    own_extensions_folder()
+
+
+_own_extensions_folder()
+
 
 def pytest_sessionfinish(session, exitstatus):
     if _OWN_RECORDS:

@@ -11,22 +11,10 @@ that stopped before its first checkpoint starts over.
 With a budget (hours), the plan (`forecast`) decides: everything, or successive halving of the first stage
 (`halving.Ladder`) with the later stages for the survivors. The budget is a hard cap: each run is given the
 steps the hours left pay for (`--stop-at`), and a time limit past which it checkpoints and stops.
-
-Layout of the study folder::
-
-    variants/VARIANT.yaml          the variant specs (extends: the base)
-    study.json                     the controller's state: plan, ladder, every job submitted
-    plan.json                      the predictions the plan rests on
-    runs/VARIANT/STAGE/spec.json   the stage's resolved spec; build/ (compiled by the controller) and run/ beside
-                                   it; log.txt; attempts.jsonl (one line per job: host, start, end, exit code)
-    jobs/                          submitit's files (local and slurm executors)
-    results.csv, results.md        one row per variant; spent.md: predicted and spent hours and memory per stage
-    plots/metrics_vs_compute.png, plots/learning_curves.png
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -36,26 +24,19 @@ from pathlib import Path
 from typing import Any, Callable
 
 from graphspec.language.errors import EnvironmentProblem, GraphspecError, Issue, Loc, SpecError
-from graphspec.language.reading import load, override
+from graphspec.language.reading import load
 
 from .compare import write_comparison
 from .costs import cost_key
-from .executors import Executor, Resources, StageJob, fresh_env, make_executor
+from .executors import (Executor, Resources, StageJob, default_parallel, fresh_env, make_executor,
+                        resources_of)
+from .folder import at_step, attempts, is_complete, log_tail, read_json, spec_file, stage_dir, write_json
 from .plan import StageRun, Study
 from .writing import write_variants
 
 STATE_FORMAT = 1
 MAX_STOPS = 8  # resumable stops of one stage in a row before the study gives up on it
-TIME_MARGIN = 1.5  # a job's time limit over its predicted hours (the high end), plus a start
 RESUMABLE = 75
-
-
-def stage_dir(out: Path, run: StageRun) -> Path:
-    return out / "runs" / run.variant / run.stage
-
-
-def is_complete(out: Path, run: StageRun) -> bool:
-    return (stage_dir(out, run) / "run" / "summary.json").is_file()
 
 
 @dataclass
@@ -72,47 +53,6 @@ class Options:
     sbatch: dict[str, Any] = field(default_factory=dict)
     detach: bool = False  # submit what can be submitted, record it, and return (slurm: run again to continue)
     poll_s: float = 5.0
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
-
-
-def _spec_file(out: Path, run: StageRun) -> Path:
-    spec = run.spec
-    if run.after:
-        checkpoint = out / "runs" / run.variant / run.after / "run" / "checkpoint"
-        spec = override(spec, {"init_from": str(checkpoint.resolve())})
-    path = stage_dir(out, run) / "spec.json"
-    path.write_text(json.dumps(spec.model_dump(mode="json", exclude={"extends"}, exclude_none=True), indent=2) + "\n")
-    return path
-
-
-def _at_step(d: Path) -> int:
-    """Where a stage's run is: its last pause (`--stop-at`), else its newest checkpoint, else 0."""
-    stopped = _read_json(d / "run" / "stopped.json")
-    ckpts = sorted((d / "run" / "checkpoints").glob("step-*")) if (d / "run" / "checkpoints").is_dir() else []
-    newest = int(ckpts[-1].name.split("-")[1]) if ckpts and ckpts[-1].name.split("-")[1].isdigit() else 0
-    return max(newest, int(stopped["stopped_at"]) if stopped else 0)
-
-
-def _attempts(d: Path) -> list[dict]:
-    path = d / "attempts.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
-
-
-def _log_tail(d: Path) -> str:
-    lines = (d / "log.txt").read_text().strip().splitlines()[-8:] if (d / "log.txt").is_file() else []
-    return "\n    ".join(lines)
 
 
 class Controller:
@@ -132,7 +72,7 @@ class Controller:
     # --- state ---------------------------------------------------------------------------------------------
 
     def _load_state(self) -> dict:
-        state = _read_json(self.out / "study.json")
+        state = read_json(self.out / "study.json")
         if state is None:
             return {"format": STATE_FORMAT, "budget_h": self.options.budget_h, "stages": {}}
         if state.get("budget_h") != self.options.budget_h and any(s.get("parts") for s in state["stages"].values()):
@@ -145,7 +85,7 @@ class Controller:
     def save(self) -> None:
         if self.ladder is not None:
             self.state["ladder"] = self.ladder.to_state()
-        _write_json(self.out / "study.json", self.state)
+        write_json(self.out / "study.json", self.state)
 
     def entry(self, run: StageRun) -> dict:
         return self.state["stages"].setdefault(f"{run.variant}/{run.stage}", {"parts": [], "stops": 0})
@@ -158,14 +98,15 @@ class Controller:
 
     def plan(self) -> None:
         from .forecast import forecast, format_plan
-        from .halving import Ladder, Schedule
+        from .halving import Schedule
+        from .ladder import Ladder
 
         if self.options.budget_h is None and os.environ.get("GRAPHSPEC_COST", "").lower() == "off":
             return  # nothing to plan against: run everything (the spent table has no predictions)
-        saved = _read_json(self.out / "plan.json")
+        saved = read_json(self.out / "plan.json")
         self.forecast = forecast(self.study, self.options.machine, self.options.memory_gb, self.options.budget_h,
                                  self.show, saved)
-        _write_json(self.out / "plan.json", {**self.forecast.to_json(), "reports": self.forecast.reports})
+        write_json(self.out / "plan.json", {**self.forecast.to_json(), "reports": self.forecast.reports})
         self.show(format_plan(self.forecast))
         for variant, why in self.forecast.refused.items():
             self.show(f"{variant}: refused, {why}")
@@ -229,15 +170,15 @@ class Controller:
 
     def submit(self, run: StageRun, target: int, after: str | None) -> None:
         d = stage_dir(self.out, run)
-        at = _at_step(d)
+        at = at_step(d)
         resume = at > 0 and not is_complete(self.out, run)
         if not resume:  # nothing to continue from: start it (over)
             if d.exists():
                 shutil.rmtree(d)
             d.mkdir(parents=True)
-            spec_file = _spec_file(self.out, run)
+            written = spec_file(self.out, run)
             if after is None:  # compiled here (a mistake shows now); after a job still queued: by its own job
-                self.build(spec_file, d / "build")
+                self.build(written, d / "build")
             (d / "log.txt").write_text("")
         cost = self.cost(run)
         to = target
@@ -259,7 +200,7 @@ class Controller:
             ["run", str(built), "--run-dir", str(d / "run"), *stop] + (
                 ["--build-dir", str(d / "build")] if built.name == "spec.json" else [])
         part = {"job": None, "target": to, "asked": target, "from": at, "submitted": time.time(),
-                "attempts_before": len(_attempts(d)),
+                "attempts_before": len(attempts(d)),
                 "rung": self.ladder.rung if self.ladder is not None and run.stage == self.first else None}
         self.entry(run)["parts"].append(part)
         self.save()
@@ -270,40 +211,26 @@ class Controller:
                                            self.resources(run, at, to), after)
         self.save()
 
-    def build(self, spec_file: Path, folder: Path) -> None:
+    def build(self, spec_path: Path, folder: Path) -> None:
         """Compile a stage's spec into its build folder (a stage's job then starts from it)."""
         from graphspec.compiler import compile_spec, write_build
         from graphspec.compiler.folders import read_build
         from graphspec.cost.predict import write
         from graphspec.runtime.report import spec_digest
 
-        spec = load(spec_file)
+        spec = load(spec_path)
         write_build(compile_spec(spec), folder)
         report = self.forecast.reports.get(cost_key(spec)) if self.forecast is not None else None
         if report is not None:  # the run's prediction, made once for the plan: its run does not make it again
             write({**report, "spec_digest": spec_digest(read_build(folder).spec)}, folder)
 
     def resources(self, run: StageRun, at: int, to: int) -> Resources:
-        spec, slurm = run.spec, self.study.config.slurm
-        world = spec.distributed.world_size
-        gpu = spec.distributed.accelerator != "cpu" and self.options.executor == "slurm"
-        per_node = min(world, slurm.gpus_per_node) if gpu else world
-        nodes = math.ceil(world / per_node)
-        cpus = slurm.cpus_per_task or (spec.data.workers or 0) + 2
-        cost = self.cost(run)
-        if cost is not None:
-            hours = (cost.start_h + (to - at) * cost.step_s[2] * cost.accelerators / 3600 + cost.eval_h * 2)
-            minutes = math.ceil(hours / cost.accelerators * 60 * TIME_MARGIN) + 10
-            mem = slurm.mem_gb_per_gpu * per_node if gpu else math.ceil(cost.peak_memory_mb[2] * per_node / 1024 * 1.2)
-        else:
-            minutes, mem = 24 * 60, slurm.mem_gb_per_gpu * per_node
-        if self.ladder is not None and cost is not None:  # the budget's hard cap, as a time limit
-            minutes = max(5, min(minutes, math.floor(self.ladder.left_h / cost.accelerators * 60)))
-        return Resources(nodes, per_node, per_node if gpu else 0, cpus, max(1, mem), minutes)
+        return resources_of(run.spec, self.study.config.slurm, self.cost(run), to - at,
+                            self.options.executor == "slurm", self.ladder.left_h if self.ladder is not None else None)
 
     def _metric(self, d: Path) -> float | None:
         metric = (self.study.rank_by or "").partition(".")[2]
-        found = _read_json(d / "run" / "summary.json") or _read_json(d / "run" / "stopped.json") or {}
+        found = read_json(d / "run" / "summary.json") or read_json(d / "run" / "stopped.json") or {}
         value = found.get("val", {}).get(metric)
         return float(value) if isinstance(value, (int, float)) else None
 
@@ -311,15 +238,15 @@ class Controller:
         """A part whose job has ended: charge its hours, then decide from the run's files."""
         d = stage_dir(self.out, run)
         part["ended"] = time.time()
-        attempts = _attempts(d)[part.get("attempts_before", 0):]  # this part's jobs wrote these
+        mine = attempts(d)[part.get("attempts_before", 0):]  # this part's jobs wrote these
         cost = self.cost(run)
         accelerators = cost.accelerators if cost else 1
-        hours = sum(a["ended"] - a["started"] for a in attempts) * accelerators / 3600
+        hours = sum(a["ended"] - a["started"] for a in mine) * accelerators / 3600
         part["hours"] = hours
-        part["exit"] = attempts[-1]["exit"] if attempts else None
+        part["exit"] = mine[-1]["exit"] if mine else None
         if self.ladder is not None and run.variant in self.ladder.arms:
             self.ladder.charge(hours, run.variant)
-        at = _at_step(d)
+        at = at_step(d)
         entry = self.entry(run)
         if is_complete(self.out, run) or (at >= part["target"] and part["target"] < run.spec.train.steps):
             entry["stops"] = 0
@@ -327,12 +254,12 @@ class Controller:
                 self.ladder.report(run.variant, part["rung"], self._metric(d), step=min(at, part["target"])
                                    if not is_complete(self.out, run) else run.spec.train.steps)
             entry["status"] = "complete" if is_complete(self.out, run) else f"paused at step {at}"
-            summary = _read_json(d / "run" / "summary.json") if is_complete(self.out, run) else \
-                _read_json(d / "run" / "stopped.json")
+            summary = read_json(d / "run" / "summary.json") if is_complete(self.out, run) else \
+                read_json(d / "run" / "stopped.json")
             first = (summary or {}).get("first_step_at")
             note = "done" if is_complete(self.out, run) else entry["status"]
-            if first and attempts:
-                note += f", first step {first - attempts[-1]['started']:.1f} s after the stage's start"
+            if first and mine:
+                note += f", first step {first - mine[-1]['started']:.1f} s after the stage's start"
             self.show(_done(run, summary or {}, note, hours * 3600 / accelerators))
         elif at > 0 and part["exit"] in (RESUMABLE, None) and entry["stops"] < MAX_STOPS:
             entry["stops"] += 1
@@ -341,7 +268,7 @@ class Controller:
         else:
             self.save()
             raise GraphspecError([Issue((), f"variant {run.variant}, stage {run.stage} failed (exit "
-                                        f"{part['exit']}):\n    {_log_tail(d)}", "fix it and run the study again: "
+                                        f"{part['exit']}):\n    {log_tail(d)}", "fix it and run the study again: "
                                         "completed stages are kept", loc=Loc(str(d / "log.txt")))],
                                  title="the study stopped")
         self.save()
@@ -349,26 +276,14 @@ class Controller:
     # --- the loop ------------------------------------------------------------------------------------------
 
     def max_parallel(self) -> int:
-        if self.options.executor == "inline":
-            return 1
-        if self.options.max_parallel:
-            return self.options.max_parallel
-        if self.options.executor == "slurm":
-            return 10**6  # the scheduler queues them
-        try:
-            import torch
-
-            gpus = torch.cuda.device_count()
-        except ImportError:
-            gpus = 0
-        world = max(r.spec.distributed.world_size for r in self.study.runs)
-        return max(1, gpus // world) if gpus else 1  # a CPU stage takes every core it is given
+        return self.options.max_parallel if self.options.max_parallel and self.options.executor == "local" else \
+            default_parallel(self.options.executor, max(r.spec.distributed.world_size for r in self.study.runs))
 
     def loop(self) -> None:
         total = len(self.study.runs)
         for k, run in enumerate(self.study.runs, 1):
             if is_complete(self.out, run) and self.active(run) is None:
-                summary = _read_json(stage_dir(self.out, run) / "run" / "summary.json") or {}
+                summary = read_json(stage_dir(self.out, run) / "run" / "summary.json") or {}
                 self.show(_done(run, summary, f"[{k}/{total}] complete, skipped", summary.get("wall_time_s", 0)))
         while True:
             running = 0
@@ -389,7 +304,7 @@ class Controller:
                     continue
                 target = self.target(run)
                 ready, after = self.ready_after(run)
-                if target is None or not ready or _at_step(stage_dir(self.out, run)) >= target:
+                if target is None or not ready or at_step(stage_dir(self.out, run)) >= target:
                     continue
                 self.submit(run, target, after)
                 submitted = True

@@ -17,6 +17,7 @@ controller records in the study folder, so a new invocation re-attaches to jobs 
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import socket
@@ -89,6 +90,46 @@ class Resources:
     cpus_per_task: int
     mem_gb: int
     minutes: int
+
+
+TIME_MARGIN = 1.5  # a job's time limit over its predicted hours (the high end), plus 10 minutes
+
+
+def resources_of(spec, slurm, cost, steps: int, on_slurm: bool, left_h: float | None) -> Resources:
+    """What a stage's job of `steps` steps asks for: a task per rank (`slurm.gpus_per_node` ranks a node on a
+    GPU cluster), CPUs for the rank and its data workers, memory from the prediction (on a GPU node,
+    `slurm.mem_gb_per_gpu` per rank), and a time limit from the predicted hours' high end, never past the
+    budget's hours left (`left_h`)."""
+    world = spec.distributed.world_size
+    gpu = spec.distributed.accelerator != "cpu" and on_slurm
+    per_node = min(world, slurm.gpus_per_node) if gpu else world
+    nodes = math.ceil(world / per_node)
+    cpus = slurm.cpus_per_task or (spec.data.workers or 0) + 2
+    if cost is not None:
+        hours = (cost.start_h + steps * cost.step_s[2] * cost.accelerators / 3600 + cost.eval_h * 2)
+        minutes = math.ceil(hours / cost.accelerators * 60 * TIME_MARGIN) + 10
+        mem = slurm.mem_gb_per_gpu * per_node if gpu else math.ceil(cost.peak_memory_mb[2] * per_node / 1024 * 1.2)
+    else:
+        minutes, mem = 24 * 60, slurm.mem_gb_per_gpu * per_node
+    if left_h is not None and cost is not None:  # the budget's hard cap, as a time limit
+        minutes = max(5, min(minutes, math.floor(left_h / cost.accelerators * 60)))
+    return Resources(nodes, per_node, per_node if gpu else 0, cpus, max(1, mem), minutes)
+
+
+def default_parallel(kind: str, world: int) -> int:
+    """Stages at once: inline one; Slurm all (its scheduler queues them); local, the GPUs here over a stage's
+    ranks, and 1 on a CPU, where a stage takes every core it is given (two trainings at once slow both)."""
+    if kind == "inline":
+        return 1
+    if kind == "slurm":
+        return 10**6
+    try:
+        import torch
+
+        gpus = torch.cuda.device_count()
+    except ImportError:
+        gpus = 0
+    return max(1, gpus // world) if gpus else 1
 
 
 class Executor(ABC):
@@ -268,4 +309,5 @@ def make_executor(kind: str, folder: Path, partition: str | None = None, account
     raise GraphspecError([Issue((), f"unknown executor '{kind}'", "give inline, local or slurm")])
 
 
-__all__ = ["Executor", "Inline", "Local", "Resources", "Slurm", "StageJob", "StageStopped", "make_executor"]
+__all__ = ["Executor", "Inline", "Local", "Resources", "Slurm", "StageJob", "StageStopped", "make_executor",
+           "default_parallel", "resources_of"]

@@ -12,7 +12,8 @@ from typing import Callable
 
 import pytest
 
-from graphspec.studies.halving import Arm, Ladder, Rung, Schedule, choose, planned_hours
+from graphspec.studies.halving import Arm, Rung, Schedule, choose, planned_hours
+from graphspec.studies.ladder import Ladder
 
 EQUAL = [Arm(f"v{i}", hours_per_step=0.01, start_h=0.1, eval_h=0.05, after_h=1.0) for i in range(4)]
 FULL_H = 4 * (0.1 + 1000 * 0.01 + 0.05 + 1.0)  # 44.6
