@@ -76,8 +76,10 @@ def main(stages: str, precision: str, freeze: str, spec_file: str) -> None:
         outside = {n for n, r in build.placed.items() if r["where"] == "outside"}
         predicted = model_states(build_weights(spec, build.plan, meta=True), set(build.plan.frozen), outside,
                                  precision, frozen_dtype(spec), build.ds_config["zero_optimization"], world).total
-        print(json.dumps({"rank": int(os.environ.get("RANK", "0")), "stage": spec.distributed.zero_stage,
-                          "world": world, "measured": measured, "predicted": predicted}), flush=True)
+        row = json.dumps({"rank": int(os.environ.get("RANK", "0")), "stage": spec.distributed.zero_stage,
+                          "world": world, "measured": measured, "predicted": predicted})
+        sys.stdout.write(row + "\n")  # one write of the whole line: print's text and newline are two, and the
+        sys.stdout.flush()  # other rank's line could land between them (seen once in a fresh clone's run)
         del trainer, model
         gc.collect()
     gc.freeze()  # the interpreter's teardown skips walking what the engines left
