@@ -19,6 +19,8 @@ from torch import nn
 
 from graphspec.language.errors import EnvironmentProblem, GraphspecError, Issue, Loc, SpecError, suggest
 
+from .hub_configs import recorded_config
+
 _HF_SIZES = {  # size override -> transformers config attribute
     "hidden": "hidden_size", "layers": "num_hidden_layers", "heads": "num_attention_heads",
     "embedding_size": "embedding_size", "vocab_size": "vocab_size",
@@ -99,15 +101,18 @@ def hf_config(node, path: tuple, image_size: int | None = None, meta: bool = Fal
                                suggest(node.model_type, CONFIG_MAPPING.keys()))])
     if not node.source:
         cfg = AutoConfig.for_model(node.model_type)
-    elif meta and node.model_type:
+    elif meta and (node.model_type or recorded_config(node.source) is not None):
         try:
             cfg = _pretrained_config(local_source(node.source, path), path, network=False)
         except EnvironmentProblem:
-            cfg = AutoConfig.for_model(node.model_type)
+            cfg = recorded_config(node.source)
+            against = "graphspec's record of its architecture (compiler/hub_configs.py)"
+            if cfg is None:
+                cfg, against = AutoConfig.for_model(node.model_type), f"model_type '{node.model_type}' defaults"
             if warnings is not None:
                 warnings.append(Issue(path + ("source",), f"the config of '{node.source}' is not on this machine: "
-                                      f"checked against model_type '{node.model_type}' defaults",
-                                      "the weights are needed to run; see `source`", "warning"))
+                                      f"checked against {against}", "the weights are needed to run; see `source`",
+                                      "warning"))
     else:
         cfg = _pretrained_config(local_source(node.source, path), path)
     if hasattr(cfg, "image_size") and image_size and node.init == "random":

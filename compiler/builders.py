@@ -34,7 +34,7 @@ from .layers import heads as H
 from .layers.encoders import HFTextEncoder, HFVisionEncoder, TimmVisionEncoder
 from .layers.fusion import MergedAttention, TwoStreamFusion
 from .layers.one_tower import (
-    HFTextBackbone,
+    HFBackbone,
     OneTower,
     PatchEmbed,
     TimmViTBackbone,
@@ -65,7 +65,7 @@ def _projected(ins: dict[str, Port | None]) -> dict[str, Port]:
 
 
 def _one_tower_library(node) -> str:
-    return "transformers" if node.backbone == "text" else "timm"
+    return node.library or ("transformers" if node.backbone == "text" else "timm")
 
 
 def _probability(head: str, raw) -> dict:
@@ -149,16 +149,49 @@ def build_timm_vision(node, path, ins, ctx):
           library=_one_tower_library, text_vocabulary=True)
 def build_one_tower(node, path, ins, ctx):
     image = ctx.spec.inputs[ref_node(node.inputs.image)]
-    if node.backbone == "text":
-        cfg = backbones.hf_config(node, path, meta=ctx.meta, warnings=ctx.warnings)
-        backbone = HFTextBackbone(_hf_model(node, cfg, path, ctx))
-        other = PatchEmbed(image.channels, node.patch_size, image.size, backbone.width)
-        return OneTower(backbone, other, True, cfg.vocab_size, getattr(cfg, "max_position_embeddings", None),
-                        node.patch_size)
-    backbone = TimmViTBackbone(backbones.timm_model(node, image.size, path, ctx.meta), node.checkpoint)
-    other = TokenEmbed(node.vocab_size, node.max_text_positions, backbone.width)
-    patch = backbone.model.patch_embed.patch_size
-    return OneTower(backbone, other, False, node.vocab_size, node.max_text_positions, patch[0])
+    own = node.embeddings == "own"
+    cfg = None
+    if _one_tower_library(node) == "transformers":
+        vision = node.backbone == "vision"
+        cfg = backbones.hf_config(node, path, image_size=image.size if vision else None, meta=ctx.meta,
+                                  warnings=ctx.warnings)
+        _refuse_stages(cfg, path)
+        interpolate = vision and getattr(cfg, "image_size", image.size) != image.size
+        backbone = HFBackbone(_hf_model(node, cfg, path, ctx), vision, own, node.final_norm, interpolate)
+        dropout = getattr(cfg, "hidden_dropout_prob", 0.0)
+        embed_width = backbone.width if own else getattr(cfg, "embedding_size", None) or backbone.width
+        patch = getattr(cfg, "patch_size", None) if vision and own else node.patch_size
+    else:
+        model = backbones.timm_model(node, image.size, path, ctx.meta)
+        patch = model.patch_embed.patch_size[0] if own else node.patch_size
+        dropout = getattr(getattr(model, "pos_drop", None), "p", 0.0)
+        backbone = TimmViTBackbone(model, node.checkpoint, own, node.final_norm)
+        embed_width = backbone.width
+    dropout = node.dropout if node.dropout is not None else dropout
+    text_embed = image_embed = None
+    if not own or node.backbone == "vision":
+        text_embed = TokenEmbed(node.vocab_size, node.max_text_positions, embed_width, dropout, node.embedding_init)
+    if not own or node.backbone == "text":
+        image_embed = PatchEmbed(image.channels, node.patch_size, image.size, embed_width, node.image_cls, dropout,
+                                 node.embedding_init)
+    if text_embed is None:
+        vocab, positions = cfg.vocab_size, getattr(cfg, "max_position_embeddings", None)
+    else:
+        vocab, positions = node.vocab_size, node.max_text_positions
+    return OneTower(backbone, text_embed, image_embed, embed_width, node.attention_mask == "padding", vocab,
+                    positions, patch)
+
+
+def _refuse_stages(cfg, path: tuple) -> None:
+    """A one tower runs one sequence of text and image tokens through layers of one width. A hierarchical vision
+    model (Swin, ConvNeXt...) has stages of growing width over a 2-D grid that each stage merges."""
+    if getattr(cfg, "depths", None) is not None:
+        raise SpecError([Issue(path + ("source",), f"a '{cfg.model_type}' model cannot be a one_tower backbone: its "
+                               f"stages ({', '.join(map(str, cfg.depths))} layers) change width and need a 2-D grid "
+                               "of patches (Swin's `input_dimensions`), and text tokens are no grid. The Renaissance "
+                               "platform builds such a model but cannot run it: it calls the encoder without the "
+                               "grid, at the wrong width",
+                               "use a plain transformer: a text encoder (BERT, ELECTRA) or a ViT/DeiT")])
 
 
 @register(N.Projection, reads={"input": Want(EITHER)}, gives=_projected)
@@ -225,15 +258,19 @@ def build_itc(node, path, ins, ctx):
     return H.ITCHead(ins["inputs.text"].width, ins["inputs.image"].width, node.dim, node.temperature)
 
 
+def _hidden(node, ins) -> int | None:
+    return ins["input"].width if node.hidden == "input" else node.hidden
+
+
 @register(S.ClassifyHead, reads=VECTOR, gives=LOGITS, outputs=HeadOutputs(_prediction, features=True))
 def build_classify(node, path, ins, ctx):
-    return H.ClassifyHead(ins["input"].width, node.classes, node.hidden)
+    return H.ClassifyHead(ins["input"].width, node.classes, _hidden(node, ins))
 
 
 @register(S.PairClassifyHead, reads=VECTOR, gives=LOGITS,
           outputs=HeadOutputs(_prediction, ("false", "true"), features=True))
 def build_pair_classify(node, path, ins, ctx):
-    return H.PairClassifyHead(ins["input"].width, node.classes, node.hidden)
+    return H.PairClassifyHead(ins["input"].width, node.classes, _hidden(node, ins))
 
 
 @register(S.VQAHead, reads=VECTOR, gives=LOGITS, outputs=HeadOutputs(_prediction, features=True))

@@ -22,7 +22,7 @@ def _is_library(module: nn.Module) -> bool:
 
 def own_modules(module: nn.Module):
     """The submodules graphspec defined: a library model's subtree is not walked into."""
-    if _is_library(module):
+    if _is_library(module) or getattr(module, "keeps_init", False):  # a layer that initialised it on purpose
         return
     yield module
     for child in module.children():

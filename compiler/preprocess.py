@@ -81,17 +81,21 @@ def hf_transform(node, module: nn.Module, size: int, path: tuple = ()) -> Transf
 
 
 def hf_tokenizer(node, path: tuple):
-    """A text tower's own tokenizer, from its source; None for a tower built from a model type."""
+    """The node's `tokenizer` source if it names one, else a text tower's own tokenizer from its source; None for a
+    tower built from a model type or a vision backbone (one is trained)."""
     from transformers import AutoTokenizer
 
-    if not node.source or getattr(node, "backbone", "text") != "text":
+    field = "tokenizer" if getattr(node, "tokenizer", None) else "source"
+    source = getattr(node, field)
+    if field == "source" and (not source or getattr(node, "backbone", "text") != "text"):
         return None
     try:
-        return AutoTokenizer.from_pretrained(local_source(node.source, path), local_files_only=True,
+        return AutoTokenizer.from_pretrained(local_source(source, path, field), local_files_only=True,
                                              trust_remote_code=False)
     except (OSError, ValueError) as e:
-        raise EnvironmentProblem([Issue(path + ("source",), f"no tokenizer found for '{node.source}': {e}",
-                                        "point `source` at a local directory that holds the tokenizer files")]) from None
+        raise EnvironmentProblem([Issue(path + (field,), f"no tokenizer found for '{source}': {e}",
+                                        f"point `{field}` at a local directory that holds the tokenizer files, or "
+                                        "a `package:NAME` that ships them")]) from None
 
 
 def readers(spec: Spec, input_name: str, want) -> list[tuple[str, object]]:

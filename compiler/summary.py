@@ -10,19 +10,25 @@ from .freeze import FreezePlan
 from .placement import format_placement, frozen_dtype
 
 
-def param_counts(spec: Spec, model: nn.Module, plan: FreezePlan) -> dict[str, dict[str, int]]:
-    rows: dict[str, dict[str, int]] = {}
+def param_counts(spec: Spec, model: nn.Module, plan: FreezePlan) -> dict[str, dict]:
+    """Per node and head: total, trainable and frozen parameters; `parts` too for a module that breaks its total
+    down (a one tower: layers, embeddings, [CLS] + positions, type + projections)."""
+    rows: dict[str, dict] = {}
     prefixes = list(spec.nodes) + [f"heads.{h}" for h in spec.heads]
     seen: set[int] = set()  # a tied weight counts once, under the node that owns it first
     for prefix in prefixes:
         total = frozen = 0
-        for name, p in model.get_submodule(prefix).named_parameters():
+        module = model.get_submodule(prefix)
+        for name, p in module.named_parameters():
             if id(p) in seen:
                 continue
             seen.add(id(p))
             total += p.numel()
             frozen += p.numel() if f"{prefix}.{name}" in plan.frozen else 0
         rows[prefix] = {"total": total, "trainable": total - frozen, "frozen": frozen}
+        parts = module.parts() if callable(getattr(module, "parts", None)) else None
+        if parts is not None:
+            rows[prefix]["parts"] = {k: v for k, v in parts.items() if v}
     rows["total"] = {k: sum(r[k] for r in rows.values()) for k in ("total", "trainable", "frozen")}
     return rows
 
@@ -76,6 +82,8 @@ def format_summary(summary: dict) -> str:
     for node, row in summary["params"].items():
         shape = summary["shapes"].get(node, "")
         lines.append(f"{node:<24}{row['total']:>14,}{row['trainable']:>14,}{row['frozen']:>14,}  {shape}")
+        for part, count in row.get("parts", {}).items():
+            lines.append(f"  {part:<22}{count:>14,}")
     lines += ["", f"memory per process ({summary['precision']}, world size {summary['world_size']}; "
               f"this spec uses ZeRO-{summary['zero_stage']}):",
               f"{'stage':<10}{'weights':>14}{'grads':>14}{'optimizer':>14}{'total':>14}"]

@@ -192,6 +192,7 @@ def _facts(module: nn.Module) -> dict:
         "port_widths": adapter.port_widths() if adapter is not None else {},
         "num_layers": adapter.num_layers if adapter is not None else None,
         "input_embeddings": where,
+        "parts": module.parts() if callable(getattr(module, "parts", None)) else None,
     }
 
 
@@ -256,6 +257,9 @@ class RecordedTower(_Part, Adapter):
     def input_embeddings(self) -> nn.Module | None:
         where = self._facts["input_embeddings"]
         return None if where is None else self.get_submodule(where)
+
+    def parts(self) -> dict[str, int] | None:
+        return self._facts.get("parts")
 
     def forward(self, *args, **kwargs):
         return _rebuild(self._output)

@@ -58,6 +58,10 @@ def load_tokenizer(spec: Spec, input_name: str, vocab_size: int, cache_dir: Path
     name, _ = text_node(spec, input_name)
     found = source_tokenizer(spec, input_name) if own else None
     if found is not None:
+        if len(found) > vocab_size:  # a `tokenizer` named apart from the model: ids past the table would crash
+            raise SpecError([Issue(("nodes", name, "tokenizer"), f"the tokenizer has {len(found)} entries, more "
+                                   f"than the model's {vocab_size} token embeddings",
+                                   f"set `vocab_size: {len(found)}` or more, or use a tokenizer of that vocabulary")])
         return found
     if spec.init_from and (Path(spec.init_from) / "tokenizer").is_dir():
         # Fine-tuning: the pretraining run's vocabulary, or its embeddings would read other ids.

@@ -1,8 +1,9 @@
 """A single-stream encoder over text tokens and image patches together (ViLT-style).
 
-The backbone (a transformers text encoder or a timm vision transformer) embeds
-its own modality and runs the joint sequence through its layers; the other
-modality gets new embeddings of the backbone's width.
+A backbone (a transformers text or vision encoder, or a timm vision transformer) runs the joint sequence through
+its layers. With its own embeddings it embeds its own modality and the other modality gets new embeddings of its
+width; without them (`embeddings: new`, the Renaissance platform's one tower) both modalities get new embeddings
+at the backbone's embedding width, each projected to the hidden width where the two differ.
 """
 
 from __future__ import annotations
@@ -15,57 +16,114 @@ from .encoders import layer_stack
 from .recompute import run_layer
 
 
-class PatchEmbed(nn.Module):
-    """Image -> (B, N, D) patch tokens with learned positions (for a text backbone, which has none)."""
+def _count(*modules: nn.Module | nn.Parameter | None) -> int:
+    total = 0
+    for m in modules:
+        if isinstance(m, nn.Parameter):
+            total += m.numel()
+        elif m is not None:
+            total += sum(p.numel() for p in m.parameters())
+    return total
 
-    def __init__(self, channels: int, patch: int, image_size: int, width: int):
+
+class PatchEmbed(nn.Module):
+    """Image -> (B, [1 +] N, D) patch tokens: a Conv2d per patch, an optional [CLS] token, learned positions.
+
+    `init="torch"` keeps what the Renaissance platform gets: [CLS] and positions from torch.randn, the Conv2d at
+    PyTorch's default (`keeps_init` tells graphspec's `param_init` to leave it)."""
+
+    def __init__(self, channels: int, patch: int, image_size: int, width: int, cls: bool = False,
+                 dropout: float = 0.0, init: str = "bert"):
         super().__init__()
         self.proj = nn.Conv2d(channels, width, kernel_size=patch, stride=patch)
-        self.pos = nn.Parameter(torch.zeros(1, (image_size // patch) ** 2, width))
-        nn.init.trunc_normal_(self.pos, std=0.02)
+        self.cls = nn.Parameter(torch.zeros(1, 1, width)) if cls else None
+        self.pos = nn.Parameter(torch.zeros(1, (image_size // patch) ** 2 + int(cls), width))
+        self.drop = nn.Dropout(dropout)
+        for p in (self.cls, self.pos):
+            if p is None:
+                continue
+            if init == "torch":
+                nn.init.normal_(p)  # torch.randn's N(0, 1)
+            else:
+                nn.init.trunc_normal_(p, std=0.02)
+        if init == "torch":
+            self.proj.keeps_init = True
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.proj(pixels).flatten(2).transpose(1, 2) + self.pos  # (B, N, D)
+        x = self.proj(pixels).flatten(2).transpose(1, 2)  # (B, N, D)
+        if self.cls is not None:
+            x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1)  # (B, 1 + N, D)
+        return self.drop(x + self.pos)
 
 
 class TokenEmbed(nn.Module):
-    """Token ids -> (B, T, D) with learned positions and LayerNorm (for a vision backbone, which has none)."""
+    """Token ids -> (B, T, D): token + learned position embeddings, LayerNorm, dropout.
 
-    def __init__(self, vocab_size: int, max_positions: int, width: int):
+    `init="torch"`: the token table has a padding row (id 0) that gets no gradient, drawn from N(0, 0.02) like the
+    other rows, as the Renaissance platform's `init_weights` leaves it; `param_init` would zero it."""
+
+    def __init__(self, vocab_size: int, max_positions: int, width: int, dropout: float = 0.0, init: str = "bert"):
         super().__init__()
-        self.tokens = nn.Embedding(vocab_size, width)
+        self.tokens = nn.Embedding(vocab_size, width, padding_idx=0 if init == "torch" else None)
         self.pos = nn.Embedding(max_positions, width)
         self.norm = nn.LayerNorm(width, eps=1e-12)
-        nn.init.trunc_normal_(self.tokens.weight, std=0.02)
+        self.drop = nn.Dropout(dropout)
+        if init == "torch":
+            nn.init.normal_(self.tokens.weight, std=0.02)
+            self.tokens.keeps_init = True
+        else:
+            nn.init.trunc_normal_(self.tokens.weight, std=0.02)
         nn.init.trunc_normal_(self.pos.weight, std=0.02)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         positions = torch.arange(ids.shape[1], device=ids.device)
-        return self.norm(self.tokens(ids) + self.pos(positions))  # (B, T, D)
+        return self.drop(self.norm(self.tokens(ids) + self.pos(positions)))  # (B, T, D)
 
 
-class HFTextBackbone(nn.Module):
-    """A transformers text encoder split in two: its embeddings, and its layers under a joint mask."""
+class HFBackbone(nn.Module):
+    """A transformers encoder (text: BERT, ELECTRA...; vision: ViT, DeiT...) split in two: its embeddings, and its
+    layers under a joint mask (or none). Without its own embeddings they are removed, so nothing unused is counted
+    or trained; without `final_norm` a vision model's LayerNorm after the layers is removed too."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, vision: bool, own_embeddings: bool = True, final_norm: bool = True,
+                 interpolate: bool = False):
         super().__init__()
-        self.model = model
+        self.model, self.vision, self.interpolate = model, vision, interpolate
         self.width = model.config.hidden_size
         self.stack = "model." + layer_stack(model, model.config.num_hidden_layers)
+        if not own_embeddings:
+            model.embeddings = None
+            if getattr(model, "embeddings_project", None) is not None:  # ELECTRA: E -> D
+                model.embeddings_project = None
+        if not final_norm and getattr(model, "layernorm", None) is not None:
+            model.layernorm = None
 
-    def embed(self, ids: torch.Tensor) -> torch.Tensor:
-        x = self.model.embeddings(input_ids=ids)  # (B, T, E)
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        if self.vision:
+            return self.model.embeddings(x, interpolate_pos_encoding=self.interpolate)  # (B, 1 + N, D)
+        x = self.model.embeddings(input_ids=x)  # (B, T, E)
         project = getattr(self.model, "embeddings_project", None)  # ELECTRA: E -> D
         return project(x) if project is not None else x  # (B, T, D)
 
-    def layers(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def layers(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         from transformers.masking_utils import create_bidirectional_mask
 
-        attn = create_bidirectional_mask(config=self.model.config, inputs_embeds=x, attention_mask=mask)
-        return self.model.encoder(x, attention_mask=attn).last_hidden_state  # (B, T, D)
+        attn = None if mask is None else create_bidirectional_mask(config=self.model.config, inputs_embeds=x,
+                                                                   attention_mask=mask)
+        encoder = getattr(self.model, "encoder", None)
+        if encoder is not None:
+            x = encoder(x, attention_mask=attn).last_hidden_state  # (B, T, D)
+        else:
+            for layer in self.model.get_submodule(self.stack.removeprefix("model.")):
+                x = layer(x, attn)  # (B, T, D)
+        norm = getattr(self.model, "layernorm", None)
+        return norm(x) if norm is not None else x
 
     def input_embeddings(self) -> nn.Embedding:
         return self.model.get_input_embeddings()
+
+    def final_norm(self) -> nn.Module | None:
+        return getattr(self.model, "layernorm", None)
 
 
 class TimmViTBackbone(nn.Module):
@@ -74,21 +132,34 @@ class TimmViTBackbone(nn.Module):
     It runs the blocks itself (timm's forward takes no mask), so `checkpoint` is done here, per block, not by
     timm's `set_grad_checkpointing`."""
 
-    def __init__(self, model: nn.Module, checkpoint: bool = False):
+    def __init__(self, model: nn.Module, checkpoint: bool = False, own_embeddings: bool = True,
+                 final_norm: bool = True):
         super().__init__()
         self.model = model
         self.width = model.num_features
         self.stack = "model.blocks"
         self.checkpoint = checkpoint
+        if not own_embeddings:
+            model.patch_embed = None
+            for name in ("cls_token", "reg_token", "pos_embed"):
+                if getattr(model, name, None) is not None:
+                    setattr(model, name, None)
+        if not final_norm:
+            model.norm = nn.Identity()
+
+    def final_norm(self) -> nn.Module | None:
+        return self.model.norm
 
     def embed(self, pixels: torch.Tensor) -> torch.Tensor:
         m = self.model
         # timm's own position-embedding step (class/register tokens and positions, its conventions).
         return m.norm_pre(m.patch_drop(m._pos_embed(m.patch_embed(pixels))))  # (B, 1 + N, D)
 
-    def layers(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        additive = torch.zeros(mask.shape, dtype=x.dtype, device=x.device).masked_fill(~mask, torch.finfo(x.dtype).min)
-        additive = additive[:, None, None, :]  # (B, 1, 1, T): timm adds it to the attention scores
+    def layers(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        additive = None
+        if mask is not None:
+            additive = torch.zeros(mask.shape, dtype=x.dtype, device=x.device).masked_fill(
+                ~mask, torch.finfo(x.dtype).min)[:, None, None, :]  # (B, 1, 1, T): timm adds it to the scores
         for block in self.model.blocks:
             x = run_layer(block, x, attn_mask=additive, recompute=self.checkpoint and self.training)  # (B, T, D)
         return self.model.norm(x)  # (B, T, D)
@@ -97,18 +168,25 @@ class TimmViTBackbone(nn.Module):
 class OneTower(Adapter):
     """[text tokens; image tokens] + modality-type embeddings through one backbone's layers.
 
-    The joint mask masks text padding (ViLT does not, so padding leaks into real
-    tokens there). Outputs: `text` and `image` (the two parts) and `seq` (all).
+    `text_embed` / `image_embed` are the new embeddings (None: the backbone embeds that modality itself). The
+    type embedding has their width and is added before the projections to the hidden width, if any. With
+    `mask_padding` the joint attention masks text padding (ViLT does not, so padding leaks into real tokens
+    there). Outputs: `text` and `image` (the two parts) and `seq` (all), each with the real tokens' mask.
     """
 
     needs_fake_shapes = True  # a transformers backbone inspects the mask
 
-    def __init__(self, backbone: nn.Module, other: nn.Module, text_backbone: bool, vocab_size: int,
-                 max_positions: int | None, patch_size: int | None):
+    def __init__(self, backbone: nn.Module, text_embed: nn.Module | None, image_embed: nn.Module | None,
+                 embed_width: int, mask_padding: bool, vocab_size: int, max_positions: int | None,
+                 patch_size: int | None):
         super().__init__()
-        self.backbone, self.other, self.text_backbone = backbone, other, text_backbone
+        self.backbone, self.text_embed, self.image_embed = backbone, text_embed, image_embed
         self.width = backbone.width
-        self.type_embed = nn.Embedding(2, self.width)
+        self.type_embed = nn.Embedding(2, embed_width)
+        project = embed_width != self.width
+        self.text_project = nn.Linear(embed_width, self.width) if project else None
+        self.image_project = nn.Linear(embed_width, self.width) if project else None
+        self.mask_padding = mask_padding
         self.vocab_size, self.max_positions, self.patch_size = vocab_size, max_positions, patch_size
         self.stack = "backbone." + backbone.stack
 
@@ -120,19 +198,39 @@ class OneTower(Adapter):
                 break
             before.append(f"backbone.model.{name}.")
         own = [f"backbone.model.{n}" for n, _ in self.backbone.model.named_parameters(recurse=False)]
-        return before + own + ["other.", "type_embed."]
+        new = [f"{n}." for n in ("text_embed", "image_embed", "type_embed", "text_project", "image_project")
+               if getattr(self, n) is not None]
+        return before + own + new
 
     def input_embeddings(self) -> nn.Embedding:
-        return self.backbone.input_embeddings() if self.text_backbone else self.other.tokens
+        return self.backbone.input_embeddings() if self.text_embed is None else self.text_embed.tokens
+
+    def parts(self) -> dict[str, int]:
+        """Parameters by part, as docs/paper.md's Experiment 2 table counts them; they sum to the node's total."""
+        stack, norm = self.get_submodule(self.stack), self.backbone.final_norm()
+        inside = {id(p) for p in stack.parameters()} | {id(p) for p in (norm.parameters() if norm else ())}
+        rest = [p for p in self.backbone.parameters() if id(p) not in inside]  # what embeds its own modality
+        out = {"layers": _count(stack), "final norm": _count(norm),
+               "backbone embeddings": sum(p.numel() for p in rest)}
+        if self.text_embed is not None:
+            out["text embeddings"] = _count(self.text_embed)
+        if self.image_embed is not None:
+            out["patch conv"] = _count(self.image_embed.proj)
+            out["[CLS] + positions"] = _count(self.image_embed.cls, self.image_embed.pos)
+        out["type + projections"] = _count(self.type_embed, self.text_project, self.image_project)
+        return out
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor, pixels: torch.Tensor) -> dict:
-        text = self.backbone.embed(ids) if self.text_backbone else self.other(ids)  # (B, T, D)
-        image = self.other(pixels) if self.text_backbone else self.backbone.embed(pixels)  # (B, N, D)
+        text = self.backbone.embed(ids) if self.text_embed is None else self.text_embed(ids)  # (B, T, E)
+        image = self.backbone.embed(pixels) if self.image_embed is None else self.image_embed(pixels)  # (B, N, E)
         text = text + self.type_embed.weight[0]
         image = image + self.type_embed.weight[1]
+        if self.text_project is not None:
+            text, image = self.text_project(text), self.image_project(image)  # (B, T | N, D)
         t = text.shape[1]
         image_mask = torch.ones(image.shape[:2], dtype=torch.bool, device=image.device)  # (B, N)
         joint_mask = torch.cat([mask.bool(), image_mask], dim=1)  # (B, T + N)
-        joint = self.backbone.layers(torch.cat([text, image], dim=1), joint_mask)  # (B, T + N, D)
+        joint = self.backbone.layers(torch.cat([text, image], dim=1),
+                                     joint_mask if self.mask_padding else None)  # (B, T + N, D)
         return {"text": (joint[:, :t], joint_mask[:, :t]), "image": (joint[:, t:], image_mask),
                 "seq": (joint, joint_mask)}

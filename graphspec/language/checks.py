@@ -56,14 +56,17 @@ def size_overrides_need_random_init(spec: Spec) -> Iterator[Issue]:
 
 def encoders_name_a_source(spec: Spec) -> Iterator[Issue]:
     for name, node in spec.nodes.items():
-        if isinstance(node, OneTower) and node.backbone == "vision":
-            if not node.source:
-                yield Issue(("nodes", name, "source"), "a vision one_tower needs a timm ViT name as its source",
-                            "set `source:` e.g. deit_tiny_patch16_224")
-            if node.model_type:
-                yield Issue(("nodes", name, "model_type"), "`model_type` is for a text backbone",
-                            "remove it; `source` names the timm model")
-            continue
+        if isinstance(node, OneTower):
+            yield from _one_tower_options(name, node)
+            if node.backbone == "vision" and node.library != "transformers":
+                if not node.source:
+                    yield Issue(("nodes", name, "source"), "a vision one_tower needs a timm ViT name as its source",
+                                "set `source:` e.g. deit_tiny_patch16_224, or `library: transformers` with a "
+                                "`model_type`")
+                if node.model_type:
+                    yield Issue(("nodes", name, "model_type"), "`model_type` is for a transformers backbone",
+                                "remove it (`source` names the timm model), or set `library: transformers`")
+                continue
         if "model_type" not in type(node).model_fields:  # not a transformers tower (its config comes from them)
             continue
         if node.init == "pretrained" and not node.source:
@@ -72,6 +75,21 @@ def encoders_name_a_source(spec: Spec) -> Iterator[Issue]:
         if node.init == "random" and not (node.source or node.model_type):
             yield Issue(("nodes", name), "a random encoder needs a config: a `source` or a `model_type`",
                         "set `model_type:` (e.g. 'bert') to build it offline")
+
+
+def _one_tower_options(name: str, node: OneTower) -> Iterator[Issue]:
+    """Options of a one tower that only mean something with some backbones."""
+    where = ("nodes", name)
+    if node.backbone == "text" and node.library == "timm":
+        yield Issue(where + ("library",), "timm has vision models only", "remove `library`, or use transformers")
+    if node.backbone == "text" and not node.final_norm:
+        yield Issue(where + ("final_norm",), "a text backbone (post-LN: BERT, ELECTRA) has no final LayerNorm to drop",
+                    "remove `final_norm`")
+    if node.image_cls and node.embeddings == "own" and node.backbone == "vision":
+        yield Issue(where + ("image_cls",), "a vision backbone embeds images with its own [CLS]: `image_cls` is "
+                    "for new patch embeddings", "remove `image_cls`, or set `embeddings: new`")
+    if node.weights and node.library == "transformers":
+        yield Issue(where + ("weights",), "`weights` is a timm weights file", "name the model folder in `source`")
 
 
 def offload_matches_zero_stage(spec: Spec) -> Iterator[Issue]:

@@ -79,3 +79,38 @@ def test_one_tower_initialised_from_a_text_model(tiny, write_spec, tmp_path, tin
     ids = torch.randint(0, 64, (2, 12))
     model.eval(), tiny_bert.eval()
     assert torch.equal(model.joint.backbone.embed(ids), tiny_bert.embeddings(input_ids=ids))
+
+
+def test_a_vision_one_tower_reads_text_with_the_tokenizer_it_names(tiny, write_spec, tmp_path, tiny_bert):
+    from graphspec.language.errors import SpecError
+    from graphspec.runtime.text import load_tokenizer
+
+    tiny["nodes"] = {
+        "joint": {"kind": "one_tower", "inputs": {"text": "text", "image": "image"}, "backbone": "vision",
+                  "library": "transformers", "model_type": "vit", "init": "random", "vocab_size": 64,
+                  "size": {"hidden": 32, "layers": 2, "heads": 2, "patch_size": 8},
+                  "tokenizer": str(tmp_path / "bert")},
+        "pooled": {"kind": "cls_pool", "inputs": ["joint.text", "joint.image"]}}
+    tiny["heads"]["mlm"].update(input="joint.text", vocab_from="joint")
+    spec = graphspec.load(write_spec(tiny))
+    never = lambda: pytest.fail("a tokenizer was trained")  # noqa: E731
+    tok = load_tokenizer(spec, "text", 64, tmp_path, never)
+    assert tok.name_or_path == str(tmp_path / "bert")  # tiny_bert's, not one trained on captions
+    small = len(tok) - 1
+    with pytest.raises(SpecError, match=f"the tokenizer has {len(tok)} entries, more than the model's {small}") as e:
+        load_tokenizer(spec, "text", small, tmp_path, never)
+    assert e.value.issues[0].path == ("nodes", "joint", "tokenizer")
+
+    # transformers' ViT embeds the image itself ([CLS] + patches), its final LayerNorm kept; text padding masked
+    model, _ = build_model(spec)
+    assert model.joint.text_embed is not None and model.joint.image_embed is None
+    model.eval()
+    ids, mask = torch.randint(5, 64, (2, 12)), torch.ones(2, 12, dtype=torch.long)
+    mask[0, 6:] = 0
+    out = model.joint(ids, mask, torch.randn(2, 3, 32, 32))
+    assert out["image"][0].shape == (2, 1 + 16, 32)
+    changed = ids.clone()
+    changed[0, 6:] = 7  # what padding holds does not reach the real tokens
+    pixels = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(model.joint(changed, mask, pixels)["text"][0][0, :6],
+                          model.joint(ids, mask, pixels)["text"][0][0, :6], atol=1e-5)

@@ -19,8 +19,8 @@ from graphspec.compiler.tower_records import RecordedTower, record_key
 ROOT = Path(__file__).resolve().parents[2] / "specs"
 # Between them: ELECTRA + timm DeiT, a freeze, both one-tower backbones, transformers' ViT with a tied MLM,
 # intermediate layers (layer_N), a CNN from a package's weights.
-SPECS = ["paper/exp1_two_tower.yaml", "paper/exp1_freeze_vision.yaml", "paper/exp2_one_tower_text.yaml",
-         "paper/exp2_one_tower_vision.yaml", "families/vit_refexp.yaml", "families/albef_style.yaml",
+SPECS = ["paper/exp1_two_tower.yaml", "paper/exp1_freeze_vision.yaml", "paper/exp2/electra_small.yaml",
+         "paper/exp2/deit_small.yaml", "families/vit_refexp.yaml", "families/albef_style.yaml",
          "families/meter_cross_attention.yaml", "families/minilm_efficientnet.yaml"]
 
 

@@ -26,6 +26,9 @@ def _set(data: dict, dotted: str, value) -> None:
 
 
 # (rule, changes to the small spec, path of the issue, message, hint)
+ONE_TOWER = {"kind": "one_tower", "inputs": {"text": "text", "image": "image"}, "backbone": "text",
+             "model_type": "bert", "init": "random"}
+
 CASES = [
     ("batch_sizes_divide", {"train.batch_size": 8, "train.micro_batch_size": 3},
      ("train", "batch_size"), "batch_size 8 is not micro_batch_size 3 x accumulation x world_size 1",
@@ -82,7 +85,19 @@ CASES = [
     ("encoders_name_a_source", {"nodes.joint": {"kind": "one_tower", "inputs": {"text": "text", "image": "image"},
                                                 "backbone": "vision", "init": "random"}},
      ("nodes", "joint", "source"), "a vision one_tower needs a timm ViT name as its source",
-     "set `source:` e.g. deit_tiny_patch16_224"),
+     "set `source:` e.g. deit_tiny_patch16_224, or `library: transformers` with a `model_type`"),
+    ("encoders_name_a_source", {"nodes.joint": {**ONE_TOWER, "final_norm": False}},
+     ("nodes", "joint", "final_norm"), "a text backbone (post-LN: BERT, ELECTRA) has no final LayerNorm to drop",
+     "remove `final_norm`"),
+    ("encoders_name_a_source", {"nodes.joint": {**ONE_TOWER, "library": "timm"}},
+     ("nodes", "joint", "library"), "timm has vision models only", "remove `library`, or use transformers"),
+    ("encoders_name_a_source", {"nodes.joint": {**ONE_TOWER, "backbone": "vision", "model_type": None,
+                                                "source": "vit_tiny_patch16_224", "image_cls": True}},
+     ("nodes", "joint", "image_cls"), "a vision backbone embeds images with its own [CLS]: `image_cls` is for new "
+     "patch embeddings", "remove `image_cls`, or set `embeddings: new`"),
+    ("encoders_name_a_source", {"nodes.joint": {**ONE_TOWER, "backbone": "vision", "library": "transformers",
+                                                "model_type": "vit", "weights": "vit.safetensors"}},
+     ("nodes", "joint", "weights"), "`weights` is a timm weights file", "name the model folder in `source`"),
     ("skipping_needs_no_accumulation", {"train.nonfinite": {"action": "skip"}, "train.micro_batch_size": 4},
      ("train", "nonfinite", "action"), "skipping a step needs gradient accumulation 1, and this spec accumulates "
      "2 micro batches: the ones already added to a step cannot be taken back from ZeRO's gradient partitions",

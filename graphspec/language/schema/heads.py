@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, TYPE_CHECKING, Union
 
 from pydantic import Field, model_validator
 
@@ -51,7 +51,9 @@ class ClassifyHead(Strict):
     kind: Literal["classify"] = Field(description="Classification head.")
     input: Ref = Field(description="A pooled vector.")
     classes: int = Field(ge=2, description="Number of classes.")
-    hidden: int | None = Field(None, ge=1, description="Width of a hidden layer (LayerNorm, GELU) before the output.")
+    hidden: Annotated[int, Field(ge=1)] | Literal["input"] | None = Field(
+        None, description="Width of a hidden layer (LayerNorm, GELU) before the output; `input`: the pooled "
+        "vector's width (for pair_classify, one pass's), as ViLT-style heads size it, whatever the model's width.")
     freeze: bool | Freeze = FreezeField
 
 

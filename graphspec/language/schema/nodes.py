@@ -175,26 +175,51 @@ class OneInputs(Strict):
 class OneTower(Strict):
     """One transformer over text tokens and image patches together (ViLT-style).
 
-    The backbone's layers come from a text model (its own token embeddings; new
-    patch embeddings) or a vision model (its own patch embeddings; new token
-    embeddings); modality-type embeddings mark the two parts, and padding is
-    masked in the joint attention.
+    The backbone's layers come from a text model or a vision model. By default
+    (`embeddings: own`) the backbone keeps the embeddings of its own modality and
+    the other modality gets new ones; modality-type embeddings mark the two parts,
+    and padding is masked in the joint attention. The other options express the
+    one-tower models of the Renaissance platform (docs/paper.md, Experiment 2).
     """
 
     kind: Literal["one_tower"] = Field(description="A single-stream encoder over text and image.")
     inputs: OneInputs = Field(description="The text and image inputs.")
-    backbone: Literal["text", "vision"] = Field(description="The family of the backbone: a transformers "
-                                                "text encoder, or a timm vision transformer.")
-    source: str | None = Field(None, description="Text: a hub id, local directory or `package:NAME`. "
-                               "Vision: a timm ViT name.")
-    model_type: str | None = Field(None, description="Text backbone: a transformers model type, as for hf_text.")
+    backbone: Literal["text", "vision"] = Field(description="The family of the backbone: a text encoder, or a "
+                                                "vision transformer.")
+    library: Literal["transformers", "timm"] | None = Field(
+        None, description="Where the backbone comes from. Default: transformers for a text backbone, timm for a "
+        "vision one; a vision backbone from transformers (ViT, DeiT) takes `model_type` as a text one does.")
+    source: str | None = Field(None, description="transformers: a hub id, local directory or `package:NAME`. "
+                               "timm: a ViT name.")
+    model_type: str | None = Field(None, description="transformers backbone: a model type, as for hf_text.")
     init: Literal["pretrained", "random"] = Field("pretrained", description="Load the backbone's weights, or not.")
-    weights: str | None = Field(None, description="Vision: a local weights file for `init: pretrained`.")
+    weights: str | None = Field(None, description="timm: a local weights file for `init: pretrained`.")
     size: SizeOverrides | None = Field(None, description="Size overrides; only with `init: random`.")
-    patch_size: int = Field(16, ge=1, description="Patch side of the new patch embeddings (text backbone).")
-    vocab_size: int = Field(30522, ge=2, description="Entries of the new token embeddings (vision backbone).")
-    max_text_positions: int = Field(512, ge=2, description="Positions of the new token embeddings (vision backbone).")
-    dropout: float | None = Field(None, ge=0, le=1, description="Override the backbone's dropout probability.")
+    embeddings: Literal["own", "new"] = Field(
+        "own", description="own: the backbone embeds its own modality with its own embeddings. new: only the "
+        "backbone's layers are kept; both modalities get new embeddings (token + position + LayerNorm; patch "
+        "Conv2d + positions) at the backbone's embedding width (ELECTRA's `embedding_size`, else its hidden "
+        "width), each projected to the hidden width where the two differ, as the Renaissance platform does.")
+    image_cls: bool = Field(False, description="A learned image [CLS] token before the new patch embeddings "
+                            "(positions for patches + 1); the image part's first token is then that, not a patch.")
+    embedding_init: Literal["bert", "torch"] = Field(
+        "bert", description="Initialisation of the new embeddings. bert: N(0, 0.02) (truncated for the [CLS] "
+        "and positions), as `param_init` does for every new layer. torch: as the Renaissance platform leaves "
+        "them: [CLS] and image positions torch.randn (std 1), the patch Conv2d at PyTorch's default, and a word "
+        "embedding padding row (id 0) drawn like the others and then never updated.")
+    attention_mask: Literal["padding", "none"] = Field(
+        "padding", description="padding: text padding is masked in the joint attention. none: every position "
+        "attends to every other, padding included (ViLT's one-tower and the Renaissance platform do this).")
+    final_norm: bool = Field(True, description="Keep a pre-LN vision backbone's final LayerNorm after its layers "
+                             "(false: dropped, as the platform keeps only the encoder's layers).")
+    tokenizer: str | None = Field(None, description="The tokenizer's source (hub id, local directory or "
+                                  "`package:NAME`) when it is not the backbone's own; without one, a vision or "
+                                  "source-less backbone gets a WordPiece tokenizer trained on the captions.")
+    patch_size: int = Field(16, ge=1, description="Patch side of the new patch embeddings.")
+    vocab_size: int = Field(30522, ge=2, description="Entries of the new token embeddings.")
+    max_text_positions: int = Field(512, ge=2, description="Positions of the new token embeddings.")
+    dropout: float | None = Field(None, ge=0, le=1, description="Override the backbone's dropout probability "
+                                  "(its new embeddings' too).")
     freeze: bool | Freeze = FreezeField
     checkpoint: bool = CheckpointField
 
