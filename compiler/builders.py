@@ -172,8 +172,8 @@ def build_one_tower(node, path, ins, ctx):
     if not own or node.backbone == "vision":
         text_embed = TokenEmbed(node.vocab_size, node.max_text_positions, embed_width, dropout, node.embedding_init)
     if not own or node.backbone == "text":
-        image_embed = PatchEmbed(image.channels, node.patch_size, image.size, embed_width, node.image_cls, dropout,
-                                 node.embedding_init)
+        image_embed = PatchEmbed(image.channels, node.patch_size, node.position_image_size or image.size,
+                                 embed_width, node.image_cls, dropout, node.embedding_init)
     if text_embed is None:
         vocab, positions = cfg.vocab_size, getattr(cfg, "max_position_embeddings", None)
     else:

@@ -27,10 +27,18 @@ class Match:
     missing: list[str] = field(default_factory=list)  # in the model, not in the checkpoint: keep their init
     unexpected: list[str] = field(default_factory=list)  # in the checkpoint, not in the model: ignored
     mismatched: list[str] = field(default_factory=list)  # same name, other shape: an error
+    resized: list[str] = field(default_factory=list)  # rows of a table that may grow or shrink: the first ones
 
     def as_dict(self) -> dict:
         return {"loaded": len(self.loaded), "missing": self.missing, "unexpected": self.unexpected,
-                "mismatched": self.mismatched}
+                "mismatched": self.mismatched, "resized": self.resized}
+
+
+def _rows_resize(model: nn.Module, name: str, old: tuple, new: tuple) -> bool:
+    """Whether `name` is a table whose layer lets a checkpoint with another number of rows fill it (the new text
+    positions of a one tower, fine-tuned at another text length)."""
+    owner = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
+    return bool(getattr(owner, "rows_resize", False)) and len(old) == len(new) and old[1:] == new[1:]
 
 
 def _listing(names: list[str], limit: int = 6) -> str:
@@ -51,16 +59,23 @@ def match_checkpoint(directory: str, model: nn.Module, frozen: frozenset[str]) -
         return Match(), [Issue(WHERE, f"cannot read the checkpoint weights {path}: {type(e).__name__}: "
                                f"{str(e).splitlines()[0][:200]}", "point init_from at an intact checkpoint/")]
     params = {n: tuple(p.shape) for n, p in model.named_parameters()}
-    m = Match()
+    m, resized = Match(), []
     for name, shape in params.items():
         if name not in shapes:
             m.missing.append(name)
+        elif shapes[name] != shape and _rows_resize(model, name, shapes[name], shape):
+            m.resized.append(name)
+            resized.append(f"{name} {shapes[name][0]} -> {shape[0]} rows")
         elif shapes[name] != shape:
             m.mismatched.append(f"{name} {shapes[name]} -> {shape}")
         else:
             m.loaded.append(name)
     m.unexpected = sorted(set(shapes) - set(params))
-    return m, _issues(m, frozen)
+    issues = _issues(m, frozen)
+    if resized:
+        issues.append(Issue(WHERE, f"{len(resized)} tables take the checkpoint's first rows, the rest start fresh: "
+                            f"{_listing(resized)}", "expected when fine-tuning at another text length", "warning"))
+    return m, issues
 
 
 def _issues(m: Match, frozen: frozenset[str]) -> list[Issue]:
@@ -96,4 +111,7 @@ def load_into(model: nn.Module, directory: str) -> Match:
     params = dict(model.named_parameters())
     for name in m.loaded:
         params[name].copy_(state[name])
+    for name in m.resized:
+        rows = min(len(state[name]), len(params[name]))
+        params[name][:rows].copy_(state[name][:rows])
     return m

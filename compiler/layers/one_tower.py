@@ -29,15 +29,18 @@ def _count(*modules: nn.Module | nn.Parameter | None) -> int:
 class PatchEmbed(nn.Module):
     """Image -> (B, [1 +] N, D) patch tokens: a Conv2d per patch, an optional [CLS] token, learned positions.
 
-    `init="torch"` keeps what the Renaissance platform gets: [CLS] and positions from torch.randn, the Conv2d at
-    PyTorch's default (`keeps_init` tells graphspec's `param_init` to leave it)."""
+    The positions are for a grid of `position_size // patch` squared; another grid gets them resampled bicubically
+    (the [CLS] position as it is), with the scale the Renaissance platform (and DINO) uses: (grid + 0.1) / theirs.
+    `init="torch"` keeps what the platform gets: [CLS] and positions from torch.randn, the Conv2d at PyTorch's
+    default (`keeps_init` tells graphspec's `param_init` to leave it)."""
 
-    def __init__(self, channels: int, patch: int, image_size: int, width: int, cls: bool = False,
+    def __init__(self, channels: int, patch: int, position_size: int, width: int, cls: bool = False,
                  dropout: float = 0.0, init: str = "bert"):
         super().__init__()
         self.proj = nn.Conv2d(channels, width, kernel_size=patch, stride=patch)
         self.cls = nn.Parameter(torch.zeros(1, 1, width)) if cls else None
-        self.pos = nn.Parameter(torch.zeros(1, (image_size // patch) ** 2 + int(cls), width))
+        self.grid = position_size // patch
+        self.pos = nn.Parameter(torch.zeros(1, self.grid ** 2 + int(cls), width))
         self.drop = nn.Dropout(dropout)
         for p in (self.cls, self.pos):
             if p is None:
@@ -50,10 +53,20 @@ class PatchEmbed(nn.Module):
             self.proj.keeps_init = True
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        x = self.proj(pixels).flatten(2).transpose(1, 2)  # (B, N, D)
+        x = self.proj(pixels)  # (B, D, h, w)
+        h, w = x.shape[-2:]
+        x = x.flatten(2).transpose(1, 2)  # (B, N, D)
         if self.cls is not None:
             x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1)  # (B, 1 + N, D)
-        return self.drop(x + self.pos)
+        return self.drop(x + (self.pos if (h, w) == (self.grid, self.grid) else self.resampled(h, w)))
+
+    def resampled(self, h: int, w: int) -> torch.Tensor:
+        """The positions for an h x w grid: (1, [1 +] h w, D)."""
+        first = int(self.cls is not None)
+        grid = self.pos[:, first:].reshape(1, self.grid, self.grid, -1).permute(0, 3, 1, 2)  # (1, D, g, g)
+        grid = nn.functional.interpolate(grid, scale_factor=((h + 0.1) / self.grid, (w + 0.1) / self.grid),
+                                         mode="bicubic", align_corners=False)  # (1, D, h, w)
+        return torch.cat([self.pos[:, :first], grid.permute(0, 2, 3, 1).reshape(1, h * w, -1)], dim=1)
 
 
 class TokenEmbed(nn.Module):
@@ -66,6 +79,7 @@ class TokenEmbed(nn.Module):
         super().__init__()
         self.tokens = nn.Embedding(vocab_size, width, padding_idx=0 if init == "torch" else None)
         self.pos = nn.Embedding(max_positions, width)
+        self.pos.rows_resize = True  # a checkpoint with another text length gives its first rows (init_from)
         self.norm = nn.LayerNorm(width, eps=1e-12)
         self.drop = nn.Dropout(dropout)
         if init == "torch":

@@ -88,6 +88,9 @@ def _one_tower_options(name: str, node: OneTower) -> Iterator[Issue]:
     if node.image_cls and node.embeddings == "own" and node.backbone == "vision":
         yield Issue(where + ("image_cls",), "a vision backbone embeds images with its own [CLS]: `image_cls` is "
                     "for new patch embeddings", "remove `image_cls`, or set `embeddings: new`")
+    if node.position_image_size and node.position_image_size % node.patch_size:
+        yield Issue(where + ("position_image_size",), f"{node.position_image_size}-pixel images do not split into "
+                    f"{node.patch_size}-pixel patches", f"use a multiple of {node.patch_size}")
     if node.weights and node.library == "transformers":
         yield Issue(where + ("weights",), "`weights` is a timm weights file", "name the model folder in `source`")
 

@@ -246,3 +246,52 @@ def test_the_study_runs_each_configuration_as_its_file_gives_it():
     for config, spec in pretrain.items():
         ours = spec.model_dump(exclude={"name", "data"})
         assert ours == graphspec.load(EXP2 / f"{config}.yaml").model_dump(exclude={"name", "data"}), config
+
+
+def _platform_positions(pos: torch.Tensor, grid: int, h: int, w: int) -> torch.Tensor:
+    """The platform's ViTEmbeddings.interpolate_pos_encoding (DINO's): [CLS] kept, the rest bicubic at a scale of
+    (new grid + 0.1) / old grid."""
+    cls, patches = pos[:, :1], pos[:, 1:].reshape(1, grid, grid, -1).permute(0, 3, 1, 2)
+    patches = nn.functional.interpolate(patches, scale_factor=((h + 0.1) / grid, (w + 0.1) / grid), mode="bicubic",
+                                        align_corners=False)
+    return torch.cat([cls, patches.permute(0, 2, 3, 1).reshape(1, h * w, -1)], dim=1)
+
+
+def test_a_fine_tune_at_other_sizes_starts_from_the_pretraining_checkpoint(tiny, write_spec, tmp_path):
+    """As the platform fine-tunes: images larger than pretraining's, positions resampled from those learned at
+    pretraining's size; text longer, its positions the checkpoint's first rows and new ones after."""
+    from safetensors.torch import save_file
+
+    from graphspec.compiler.init_from import load_into
+
+    def spec(image: int, positions: int, **more):
+        tiny["inputs"]["image"]["size"] = image
+        tiny["nodes"] = {
+            "joint": {"kind": "one_tower", "inputs": {"text": "text", "image": "image"}, "backbone": "text",
+                      "model_type": "bert", "init": "random", "size": {"hidden": 32, "layers": 1, "heads": 2},
+                      "embeddings": "new", "image_cls": True, "patch_size": 8, "vocab_size": 64,
+                      "max_text_positions": positions, **more},
+            "pooled": {"kind": "cls_pool", "inputs": ["joint.text", "joint.image"]}}
+        tiny["heads"] = {"itm": {"kind": "itm", "input": "pooled"}}
+        tiny["objectives"] = {"itm": {"weight": 1.0}}
+        return graphspec.load(write_spec(tiny, f"spec{image}.yaml"))
+
+    pretrained, _ = build_model(spec(32, 12))
+    save_file({k: v.contiguous() for k, v in pretrained.state_dict().items()}, str(tmp_path / "model.safetensors"))
+    tiny["inputs"]["text"]["max_length"] = 16
+    fine = spec(48, 16, position_image_size=32)
+    compiled = compile_spec(fine.model_copy(update={"init_from": str(tmp_path)}))
+    assert any("take the checkpoint's first rows" in w.message and "12 -> 16 rows" in w.message
+               for w in compiled.warnings)
+    model, _ = build_model(fine)
+    fresh = model.joint.text_embed.pos.weight[12:].clone()
+    load_into(model, str(tmp_path))
+    ours, theirs = model.joint, pretrained.joint
+    assert torch.equal(ours.text_embed.pos.weight[:12], theirs.text_embed.pos.weight)
+    assert torch.equal(ours.text_embed.pos.weight[12:], fresh)
+    assert torch.equal(ours.image_embed.pos, theirs.image_embed.pos)  # learned for 4 x 4 patches, kept so
+    expected = _platform_positions(theirs.image_embed.pos, 4, 6, 6)  # what 48-pixel images (6 x 6 patches) add
+    assert torch.allclose(ours.image_embed.resampled(6, 6), expected, atol=1e-6)
+    ours.eval()
+    out = ours(torch.randint(1, 64, (2, 16)), torch.ones(2, 16, dtype=torch.long), torch.randn(2, 3, 48, 48))
+    assert out["image"][0].shape == (2, 1 + 36, 32)

@@ -216,8 +216,13 @@ class OneTower(Strict):
                                   "`package:NAME`) when it is not the backbone's own; without one, a vision or "
                                   "source-less backbone gets a WordPiece tokenizer trained on the captions.")
     patch_size: int = Field(16, ge=1, description="Patch side of the new patch embeddings.")
+    position_image_size: int | None = Field(
+        None, ge=1, description="The image side the new patch positions are learned for (default: the image "
+        "input's). Images of another size get them resampled bicubically, as the platform fine-tunes at 384 "
+        "pixels from positions learned at 224.")
     vocab_size: int = Field(30522, ge=2, description="Entries of the new token embeddings.")
-    max_text_positions: int = Field(512, ge=2, description="Positions of the new token embeddings.")
+    max_text_positions: int = Field(512, ge=2, description="Positions of the new token embeddings. A checkpoint "
+                                    "(`init_from`) with fewer or more gives its first rows; the rest start fresh.")
     dropout: float | None = Field(None, ge=0, le=1, description="Override the backbone's dropout probability "
                                   "(its new embeddings' too).")
     freeze: bool | Freeze = FreezeField
