@@ -68,10 +68,14 @@ def refuse_remote_code(folder: Path, path: tuple = (), field: str = "source") ->
 
 
 def local_source(source: str, path: tuple, field: str = "source") -> str:
-    """A `package:NAME` source as the local path inside that installed distribution; others unchanged. A local
-    folder is checked for code it asks to run (`refuse_remote_code`)."""
+    """A `package:NAME` source as the local path inside that installed distribution, `builtin:NAME` as the file
+    graphspec trained (now, if it is not in the cache yet); others unchanged. A local folder is checked for code it
+    asks to run (`refuse_remote_code`)."""
+    from .builtin_weights import ensure_builtin, is_builtin
     from .packaged import is_package_source, resolve_package_source
 
+    if is_builtin(source):
+        return str(ensure_builtin(source, path, field))
     if not is_package_source(source):
         if Path(source).is_dir():
             refuse_remote_code(Path(source), path, field)

@@ -8,6 +8,7 @@ here and its layer. Builders are the only place that reads spec objects; the mod
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import networkx as nx
 
@@ -162,7 +163,7 @@ def build_one_tower(node, path, ins, ctx):
         embed_width = backbone.width if own else getattr(cfg, "embedding_size", None) or backbone.width
         patch = getattr(cfg, "patch_size", None) if vision and own else node.patch_size
     else:
-        model = backbones.timm_model(node, image.size, path, ctx.meta)
+        model: Any = backbones.timm_model(node, image.size, path, ctx.meta)
         patch = model.patch_embed.patch_size[0] if own else node.patch_size
         dropout = getattr(getattr(model, "pos_drop", None), "p", 0.0)
         backbone = TimmViTBackbone(model, node.checkpoint, own, node.final_norm)
@@ -175,6 +176,7 @@ def build_one_tower(node, path, ins, ctx):
         image_embed = PatchEmbed(image.channels, node.patch_size, node.position_image_size or image.size,
                                  embed_width, node.image_cls, dropout, node.embedding_init)
     if text_embed is None:
+        assert cfg is not None  # the text backbone embeds its own text: a transformers model
         vocab, positions = cfg.vocab_size, getattr(cfg, "max_position_embeddings", None)
     else:
         vocab, positions = node.vocab_size, node.max_text_positions

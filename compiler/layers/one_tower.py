@@ -8,6 +8,8 @@ at the backbone's embedding width, each projected to the hidden width where the 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -34,6 +36,9 @@ class PatchEmbed(nn.Module):
     `init="torch"` keeps what the platform gets: [CLS] and positions from torch.randn, the Conv2d at PyTorch's
     default (`keeps_init` tells graphspec's `param_init` to leave it)."""
 
+    cls: nn.Parameter | None
+    pos: nn.Parameter
+
     def __init__(self, channels: int, patch: int, position_size: int, width: int, cls: bool = False,
                  dropout: float = 0.0, init: str = "bert"):
         super().__init__()
@@ -50,7 +55,7 @@ class PatchEmbed(nn.Module):
             else:
                 nn.init.trunc_normal_(p, std=0.02)
         if init == "torch":
-            self.proj.keeps_init = True
+            setattr(self.proj, "keeps_init", True)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         x = self.proj(pixels)  # (B, D, h, w)
@@ -79,12 +84,12 @@ class TokenEmbed(nn.Module):
         super().__init__()
         self.tokens = nn.Embedding(vocab_size, width, padding_idx=0 if init == "torch" else None)
         self.pos = nn.Embedding(max_positions, width)
-        self.pos.rows_resize = True  # a checkpoint with another text length gives its first rows (init_from)
+        setattr(self.pos, "rows_resize", True)  # a checkpoint with another text length gives its first rows (init_from)
         self.norm = nn.LayerNorm(width, eps=1e-12)
         self.drop = nn.Dropout(dropout)
         if init == "torch":
             nn.init.normal_(self.tokens.weight, std=0.02)
-            self.tokens.keeps_init = True
+            setattr(self.tokens, "keeps_init", True)
         else:
             nn.init.trunc_normal_(self.tokens.weight, std=0.02)
         nn.init.trunc_normal_(self.pos.weight, std=0.02)
@@ -99,18 +104,22 @@ class HFBackbone(nn.Module):
     layers under a joint mask (or none). Without its own embeddings they are removed, so nothing unused is counted
     or trained; without `final_norm` a vision model's LayerNorm after the layers is removed too."""
 
+    model: Any  # a transformers PreTrainedModel
+    width: int
+
     def __init__(self, model: nn.Module, vision: bool, own_embeddings: bool = True, final_norm: bool = True,
                  interpolate: bool = False):
         super().__init__()
-        self.model, self.vision, self.interpolate = model, vision, interpolate
-        self.width = model.config.hidden_size
-        self.stack = "model." + layer_stack(model, model.config.num_hidden_layers)
+        hf: Any = model
+        self.model, self.vision, self.interpolate = hf, vision, interpolate
+        self.width = hf.config.hidden_size
+        self.stack = f"model.{layer_stack(hf, hf.config.num_hidden_layers)}"
         if not own_embeddings:
-            model.embeddings = None
-            if getattr(model, "embeddings_project", None) is not None:  # ELECTRA: E -> D
-                model.embeddings_project = None
-        if not final_norm and getattr(model, "layernorm", None) is not None:
-            model.layernorm = None
+            hf.embeddings = None
+            if getattr(hf, "embeddings_project", None) is not None:  # ELECTRA: E -> D
+                hf.embeddings_project = None
+        if not final_norm and getattr(hf, "layernorm", None) is not None:
+            hf.layernorm = None
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         if self.vision:
@@ -146,15 +155,19 @@ class TimmViTBackbone(nn.Module):
     It runs the blocks itself (timm's forward takes no mask), so `checkpoint` is done here, per block, not by
     timm's `set_grad_checkpointing`."""
 
+    model: Any  # a timm VisionTransformer
+    width: int
+
     def __init__(self, model: nn.Module, checkpoint: bool = False, own_embeddings: bool = True,
                  final_norm: bool = True):
         super().__init__()
-        self.model = model
-        self.width = model.num_features
+        vit: Any = model
+        self.model = vit
+        self.width = vit.num_features
         self.stack = "model.blocks"
         self.checkpoint = checkpoint
         if not own_embeddings:
-            model.patch_embed = None
+            setattr(model, "patch_embed", None)
             for name in ("cls_token", "reg_token", "pos_embed"):
                 if getattr(model, name, None) is not None:
                     setattr(model, name, None)
@@ -189,8 +202,13 @@ class OneTower(Adapter):
     """
 
     needs_fake_shapes = True  # a transformers backbone inspects the mask
+    backbone: Any  # HFBackbone or TimmViTBackbone
+    text_embed: Any  # TokenEmbed or None
+    image_embed: Any  # PatchEmbed or None
+    text_project: nn.Linear | None
+    image_project: nn.Linear | None
 
-    def __init__(self, backbone: nn.Module, text_embed: nn.Module | None, image_embed: nn.Module | None,
+    def __init__(self, backbone: Any, text_embed: nn.Module | None, image_embed: nn.Module | None,
                  embed_width: int, mask_padding: bool, vocab_size: int, max_positions: int | None,
                  patch_size: int | None):
         super().__init__()
@@ -205,7 +223,7 @@ class OneTower(Adapter):
         self.stack = "backbone." + backbone.stack
 
     def embedding_prefixes(self) -> list[str]:
-        top = self.stack.split(".")[2]
+        top = str(self.stack).split(".")[2]
         before = []
         for name, _ in self.backbone.model.named_children():
             if name == top:
@@ -221,7 +239,7 @@ class OneTower(Adapter):
 
     def parts(self) -> dict[str, int]:
         """Parameters by part, as docs/paper.md's Experiment 2 table counts them; they sum to the node's total."""
-        stack, norm = self.get_submodule(self.stack), self.backbone.final_norm()
+        stack, norm = self.get_submodule(str(self.stack)), self.backbone.final_norm()
         inside = {id(p) for p in stack.parameters()} | {id(p) for p in (norm.parameters() if norm else ())}
         rest = [p for p in self.backbone.parameters() if id(p) not in inside]  # what embeds its own modality
         out = {"layers": _count(stack), "final norm": _count(norm),
@@ -239,7 +257,7 @@ class OneTower(Adapter):
         image = self.backbone.embed(pixels) if self.image_embed is None else self.image_embed(pixels)  # (B, N, E)
         text = text + self.type_embed.weight[0]
         image = image + self.type_embed.weight[1]
-        if self.text_project is not None:
+        if self.text_project is not None and self.image_project is not None:
             text, image = self.text_project(text), self.image_project(image)  # (B, T | N, D)
         t = text.shape[1]
         image_mask = torch.ones(image.shape[:2], dtype=torch.bool, device=image.device)  # (B, N)

@@ -12,14 +12,15 @@ layers; the model's final LayerNorm is not in it).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModel
-from transformers.models.bert.modeling_bert import BertConfig, BertPooler, BertPredictionHeadTransform
+from transformers import AutoConfig, AutoModel, BertConfig, ViTConfig
+from transformers.models.bert.modeling_bert import BertPooler, BertPredictionHeadTransform
 from transformers.models.deit.modeling_deit import DeiTLayer
-from transformers.models.vit.modeling_vit import ViTConfig, ViTEmbeddings, ViTLayer
+from transformers.models.vit.modeling_vit import ViTEmbeddings, ViTLayer
 
 import graphspec
 from graphspec.compiler import build_model, compile_spec
@@ -74,7 +75,7 @@ class PlatformOneTower(nn.Module):
     def __init__(self, model_type: str, fields: dict, text_length: int, vocab: int = VOCAB, image: int = IMAGE,
                  patch: int = PATCH):
         super().__init__()
-        cfg = AutoConfig.for_model(model_type, **fields)
+        cfg: Any = AutoConfig.for_model(model_type, **fields)
         if model_type in ("vit", "deit"):  # transformers 4's ViTEncoder: the layers alone
             layer = ViTLayer if model_type == "vit" else DeiTLayer
             self.encoder = nn.ModuleList([layer(cfg) for _ in range(cfg.num_hidden_layers)])
@@ -181,7 +182,7 @@ def test_the_fused_stack_computes_what_the_platforms_does(backbone, tiny, write_
     tiny["heads"] = {"itm": {"kind": "itm", "input": "pooled"}}
     tiny["objectives"] = {"itm": {"weight": 1.0}}
     model, _ = build_model(graphspec.load(write_spec(tiny)))
-    ours = model.get_submodule("joint")
+    ours: Any = model.get_submodule("joint")
     reference = PlatformOneTower(model_type, fields, 12, vocab=64, image=32, patch=8)
     _copy_into_reference(ours, reference)
     ours.eval(), reference.eval()
@@ -204,7 +205,7 @@ def test_the_fused_stack_computes_what_the_platforms_does(backbone, tiny, write_
 def test_the_platforms_init_of_the_new_embeddings(tiny, write_spec):
     """embedding_init: torch keeps what the platform leaves: [CLS] and positions N(0, 1), the Conv2d at PyTorch's
     default (uniform, bias not zero), a padding row drawn like the rest; bert: all at the field's 0.02."""
-    def joint(init: str):
+    def joint(init: str) -> Any:
         tiny["nodes"]["joint"] = {"kind": "one_tower", "inputs": {"text": "text", "image": "image"},
                                   "backbone": "text", "model_type": "bert", "init": "random",
                                   "size": {"hidden": 64, "layers": 1, "heads": 4}, "embeddings": "new",
@@ -284,9 +285,10 @@ def test_a_fine_tune_at_other_sizes_starts_from_the_pretraining_checkpoint(tiny,
     assert any("take the checkpoint's first rows" in w.message and "12 -> 16 rows" in w.message
                for w in compiled.warnings)
     model, _ = build_model(fine)
-    fresh = model.joint.text_embed.pos.weight[12:].clone()
+    fresh = model.get_parameter("joint.text_embed.pos.weight")[12:].clone()
     load_into(model, str(tmp_path))
-    ours, theirs = model.joint, pretrained.joint
+    ours: Any = model.get_submodule("joint")
+    theirs: Any = pretrained.get_submodule("joint")
     assert torch.equal(ours.text_embed.pos.weight[:12], theirs.text_embed.pos.weight)
     assert torch.equal(ours.text_embed.pos.weight[12:], fresh)
     assert torch.equal(ours.image_embed.pos, theirs.image_embed.pos)  # learned for 4 x 4 patches, kept so

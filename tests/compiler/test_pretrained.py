@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import timm
 import torch
@@ -103,14 +105,15 @@ def test_a_vision_one_tower_reads_text_with_the_tokenizer_it_names(tiny, write_s
 
     # transformers' ViT embeds the image itself ([CLS] + patches), its final LayerNorm kept; text padding masked
     model, _ = build_model(spec)
-    assert model.joint.text_embed is not None and model.joint.image_embed is None
+    joint: Any = model.get_submodule("joint")
+    assert joint.text_embed is not None and joint.image_embed is None
     model.eval()
     ids, mask = torch.randint(5, 64, (2, 12)), torch.ones(2, 12, dtype=torch.long)
     mask[0, 6:] = 0
-    out = model.joint(ids, mask, torch.randn(2, 3, 32, 32))
+    out = joint(ids, mask, torch.randn(2, 3, 32, 32))
     assert out["image"][0].shape == (2, 1 + 16, 32)
     changed = ids.clone()
     changed[0, 6:] = 7  # what padding holds does not reach the real tokens
     pixels = torch.randn(2, 3, 32, 32)
-    assert torch.allclose(model.joint(changed, mask, pixels)["text"][0][0, :6],
-                          model.joint(ids, mask, pixels)["text"][0][0, :6], atol=1e-5)
+    assert torch.allclose(joint(changed, mask, pixels)["text"][0][0, :6],
+                          joint(ids, mask, pixels)["text"][0][0, :6], atol=1e-5)
