@@ -20,13 +20,13 @@ pytestmark = pytest.mark.integration  # pyright takes 30-45 s here, most of it r
 ROOT = Path(__file__).resolve().parents[1]
 # pyright's error count over graphspec/, compiler/, runtime/ and tests/ (431, then 423 once the engine's fields
 # were typed, then 406 once the layout split by layer and nothing read a module's private names, 405 with the
-# study controller's tests typed), with the
+# study controller's tests typed, 384 once the one tower's modules were), with the
 # versions below: most are library types pyright cannot see through (torch's
 # Module.__getattr__, pydantic unions, Optional access the code has checked another way). Lower it when you fix
 # some; a change that raises it fails here. The count also moves with the libraries' own annotations (the
 # oldest versions pyproject.toml allows gave 499): with other versions than these, 20% more are allowed, and the
 # message names what differs.
-ERROR_CEILING = 405
+ERROR_CEILING = 384
 RECORDED = {"pyright": "1.1.414", "torch": "2.14.1", "transformers": "5.24.0", "timm": "1.0.31",
             "deepspeed": "0.19.8", "pydantic": "2.13.4"}
 UNRESOLVED = ("reportMissingImports", "reportMissingModuleSource")
