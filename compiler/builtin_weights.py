@@ -6,9 +6,11 @@ the first time a build needs the file, and keeps it in the cache (``$GRAPHSPEC_C
 makes a new file. Compiling needs no file (the architecture is the spec's); building the model with weights
 does. Processes that need the same file at once build it once (a lock file).
 
-``builtin:small-vit``: timm's ``vit_small_patch16_224`` cut to 6 blocks at 64-pixel images, trained to name the
-shapes in built-in scenes (`graphspec.runtime.small_vit`, which documents the recipe); the vision arm of
-Experiment 2's CPU twin. The recipe renders scenes, so it lives with the data, in runtime.
+A recipe renders data, so it lives in the runtime, which registers it here (`register`) when it is imported:
+the compiler names no later layer. Every process that builds a model with weights has imported the runtime.
+``builtin:small-vit``: timm's ``vit_small_patch32_224`` cut to 6 blocks at 64-pixel images, trained to name the
+shapes in built-in scenes (`graphspec/runtime/small_vit.py` documents the recipe); the vision arm of
+Experiment 2's CPU twin.
 
 This module imports no torch at import time.
 """
@@ -25,7 +27,12 @@ from pathlib import Path
 from graphspec.language.errors import EnvironmentProblem, Issue, SpecError, suggest
 
 PREFIX = "builtin:"
-RECIPES = {"small-vit": "graphspec.runtime.small_vit"}  # name -> module with build(path) -> dict of facts
+RECIPES: dict[str, str] = {}  # name -> module with build(path) -> dict of facts (registered by the runtime)
+
+
+def register(name: str, module: str) -> None:
+    """Make `builtin:NAME` the file `module`'s `build(path)` trains."""
+    RECIPES[name] = module
 
 
 def is_builtin(source: object) -> bool:

@@ -8,6 +8,7 @@ import textwrap
 
 import pytest
 
+import graphspec.runtime  # noqa: F401  (registers the built-in recipes)
 from graphspec.compiler import builtin_weights as B
 from graphspec.compiler.backbones import local_source
 from graphspec.language.errors import SpecError
